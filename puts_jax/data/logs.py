@@ -1,0 +1,306 @@
+"""Parquet contracts for exploration logs and request sets (DESIGN.md section 4).
+
+Exploration log, one row a request:
+  request_id: i64, context: list<f32>[D], optional context_ids: list<i64>[C], action: i32,
+  propensity: f64 in (0, 1], rewards: list<f32>[J], optional consistent: list<bool>[A],
+  optional preds: list<list<f32>> (N_b x K, for slate matching).
+Request set, one row a request:
+  request_id: i64, context: list<f32>[D], optional context_ids, preds: list<list<f32>> (N_b x K,
+  ragged; empty or null lists are requests without candidates), optional candidate_ids: list<i64>.
+File metadata: schema key ``puts_jax`` holding JSON (``LogMeta``): the action set, outcome names
+(K), reward names and kinds (J), the logging policy's description.
+
+Readers stream record batches (``iter_*``) so nothing needs the whole table in memory, and
+validate each chunk with errors that name the column and the absolute row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from puts_jax import checks
+from puts_jax.action_set import ActionSet
+from puts_jax.checks import InputError
+from puts_jax.types import LoggedBatch, RequestBatch
+
+META_KEY = b"puts_jax"
+REWARD_KINDS = ("binary", "count", "real")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogMeta:
+    """File-level metadata of a log or request set.
+
+    reward_kinds: per objective, "binary" (0/1: BCE, exact intervals), "count" or "real".
+    logging_policy: free-form description, e.g. {"kind": "uniform"} or
+      {"kind": "epsilon_greedy", "epsilon": 0.1, "production": 7}.
+    """
+
+    action_set: ActionSet
+    reward_names: tuple[str, ...] = ()
+    reward_kinds: tuple[str, ...] = ()
+    logging_policy: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.reward_names) != len(self.reward_kinds):
+            raise InputError("reward_kinds", [], f"{len(self.reward_kinds)} kinds for "
+                             f"{len(self.reward_names)} reward names")
+        bad = [k for k in self.reward_kinds if k not in REWARD_KINDS]
+        if bad:
+            raise InputError("reward_kinds", [], f"unknown kinds {bad}; use {REWARD_KINDS}")
+
+    def to_json(self) -> str:
+        return json.dumps({"action_set": self.action_set.to_dict(),
+                           "reward_names": list(self.reward_names),
+                           "reward_kinds": list(self.reward_kinds),
+                           "logging_policy": self.logging_policy, "extra": self.extra})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "LogMeta":
+        d = json.loads(text)
+        return cls(ActionSet.from_dict(d["action_set"]), tuple(d["reward_names"]),
+                   tuple(d["reward_kinds"]), d.get("logging_policy", {}), d.get("extra", {}))
+
+
+def read_meta(path: str) -> LogMeta:
+    """LogMeta of a puts_jax Parquet file. Raises InputError when the key is missing."""
+    md = pq.read_schema(path).metadata or {}
+    if META_KEY not in md:
+        raise InputError("metadata", [], f"{path} has no '{META_KEY.decode()}' schema metadata")
+    return LogMeta.from_json(md[META_KEY])
+
+
+def _list_col(x: np.ndarray, dtype) -> pa.Array:
+    """Rows of a 2-D array as a list<dtype> column."""
+    x = np.ascontiguousarray(x)
+    offsets = np.arange(x.shape[0] + 1, dtype=np.int32) * x.shape[1]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(x.reshape(-1), type=dtype))
+
+
+def _ragged_col(rows: list, dtype) -> pa.Array:
+    """A list of 2-D arrays (N_b x K, N_b may be 0) or None as list<list<dtype>>."""
+    return pa.array([None if r is None else np.asarray(r).tolist() for r in rows],
+                    type=pa.list_(pa.list_(dtype)))
+
+
+def _atomic_write_table(table: pa.Table, path: str, row_group_size: int) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.ndarray,
+              action: np.ndarray, propensity: np.ndarray, rewards: np.ndarray,
+              consistent: np.ndarray | None = None, context_ids: np.ndarray | None = None,
+              preds: list | None = None, row_group_size: int = 65536) -> None:
+    """Validate and write an exploration log atomically.
+
+    Args: request_id i64[B]; context f32[B, D]; action i32[B]; propensity f64[B] in (0, 1];
+      rewards f32[B, J]; consistent bool[B, A] (optional); context_ids i64[B, C] (optional);
+      preds: optional list of f32[N_b, K] per row.
+    Raises InputError naming the field and rows (bad propensity, action out of range, ...).
+    """
+    A = meta.action_set.n_actions
+    lb = LoggedBatch(np.asarray(context, np.float32), np.asarray(action, np.int32),
+                     np.asarray(propensity, np.float64), np.asarray(rewards, np.float32),
+                     None if consistent is None else np.asarray(consistent, bool),
+                     np.ones(len(action), bool), context_ids)
+    validate_logged(lb, A, len(meta.reward_names) or None)
+    cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
+            "context": _list_col(lb.context, pa.float32()),
+            "action": pa.array(lb.action), "propensity": pa.array(lb.propensity),
+            "rewards": _list_col(lb.rewards, pa.float32())}
+    if context_ids is not None:
+        cols["context_ids"] = _list_col(np.asarray(context_ids, np.int64), pa.int64())
+    if consistent is not None:
+        cols["consistent"] = _list_col(lb.consistent, pa.bool_())
+    if preds is not None:
+        cols["preds"] = _ragged_col(preds, pa.float32())
+    table = pa.table(cols).replace_schema_metadata({META_KEY: meta.to_json().encode()})
+    _atomic_write_table(table, path, row_group_size)
+
+
+def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
+                    row_offset: int = 0) -> None:
+    """Check a LoggedBatch (numpy) against the contract; errors name field and absolute rows."""
+    if lb.context.ndim != 2:
+        raise InputError("context", [], f"expected f32[B, D], got {lb.context.shape}")
+    checks.check_finite("context", lb.context, row_offset)
+    checks.check_index("action", lb.action, n_actions, row_offset)
+    checks.check_propensity(lb.propensity, row_offset=row_offset)
+    if lb.rewards.ndim != 2 or (n_rewards is not None and lb.rewards.shape[1] != n_rewards):
+        raise InputError("rewards", [], f"expected f32[B, {n_rewards}], got {lb.rewards.shape}")
+    checks.check_finite("rewards", lb.rewards, row_offset)
+    if lb.consistent is not None:
+        c = lb.consistent
+        if c.shape != (len(lb.action), n_actions):
+            raise InputError("consistent", [], f"expected bool[B, {n_actions}], got {c.shape}")
+        logged = c[np.arange(len(lb.action)), lb.action]
+        checks.raise_if(~logged, "consistent", "the logged action must be consistent with itself",
+                        row_offset)
+
+
+def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset: int,
+                 width: int | None = None) -> np.ndarray:
+    """A list<...> column of equal-length rows as a 2-D numpy array; nulls/width errors name rows."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    checks.raise_if(np.asarray(arr.is_null()), field, "null list", row_offset)
+    lengths = np.asarray(arr.value_lengths().fill_null(0))
+    w = int(lengths[0]) if width is None and len(lengths) else width
+    checks.check_width(field, lengths, w, row_offset)
+    vals = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+    return vals.reshape(len(arr), w)
+
+
+def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.ndarray, LoggedBatch]:
+    A = meta.action_set.n_actions
+    J = len(meta.reward_names) or None
+    action = np.asarray(t["action"].to_numpy(), np.int32)
+    consistent = None
+    if "consistent" in t.column_names:
+        consistent = _fixed_width(t["consistent"], "consistent", bool, row_offset, A)
+    ids = None
+    if "context_ids" in t.column_names:
+        ids = _fixed_width(t["context_ids"], "context_ids", np.int32, row_offset)
+    lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset),
+                     action, np.asarray(t["propensity"].to_numpy(), np.float64),
+                     _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
+                     consistent, np.ones(len(action), bool), ids)
+    validate_logged(lb, A, J, row_offset)
+    if consistent is None:
+        one_hot = np.zeros((len(action), A), bool)
+        one_hot[np.arange(len(action)), action] = True
+        lb = lb._replace(consistent=one_hot)
+    return np.asarray(t["request_id"].to_numpy(), np.int64), lb
+
+
+def iter_log_chunks(path: str, chunk_rows: int = 65536,
+                    columns: list[str] | None = None) -> Iterator[tuple[int, np.ndarray, LoggedBatch]]:
+    """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
+
+    ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
+    Raises InputError naming the column and the absolute row of the first bad rows.
+    """
+    meta = read_meta(path)
+    pf = pq.ParquetFile(path)
+    offset = 0
+    for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+        t = pa.Table.from_batches([rb])
+        rid, lb = _logged_from_table(t, meta, offset)
+        yield offset, rid, lb
+        offset += t.num_rows
+
+
+def read_log(path: str) -> tuple[LogMeta, np.ndarray, LoggedBatch]:
+    """Whole log in memory: (meta, request_id, LoggedBatch). For training-sized logs only."""
+    meta = read_meta(path)
+    parts = [(rid, lb) for _, rid, lb in iter_log_chunks(path)]
+    if not parts:
+        raise InputError("rows", [], f"{path} has no rows")
+    rid = np.concatenate([p[0] for p in parts])
+    fields = {}
+    for name in LoggedBatch._fields:
+        vals = [getattr(p[1], name) for p in parts]
+        fields[name] = None if vals[0] is None else np.concatenate(vals)
+    return meta, rid, LoggedBatch(**fields)
+
+
+def write_requests(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.ndarray,
+                   preds: list, candidate_ids: list | None = None,
+                   context_ids: np.ndarray | None = None, row_group_size: int = 65536) -> None:
+    """Write a request set atomically. preds: list of f32[N_b, K] (or None / empty for no
+    candidates); candidate_ids: optional list of i64[N_b]."""
+    context = np.asarray(context, np.float32)
+    checks.check_finite("context", context)
+    cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
+            "context": _list_col(context, pa.float32()),
+            "preds": _ragged_col(preds, pa.float32())}
+    if candidate_ids is not None:
+        cols["candidate_ids"] = pa.array([None if c is None else np.asarray(c).tolist()
+                                          for c in candidate_ids], type=pa.list_(pa.int64()))
+    if context_ids is not None:
+        cols["context_ids"] = _list_col(np.asarray(context_ids, np.int64), pa.int64())
+    table = pa.table(cols).replace_schema_metadata({META_KEY: meta.to_json().encode()})
+    _atomic_write_table(table, path, row_group_size)
+
+
+class RequestChunk(NamedTuple):
+    """One streamed chunk of a request set (host numpy).
+
+    request_id: i64[b]; batch: RequestBatch with preds f32[b, n, K] zero-padded and mask bool[b, n];
+    candidate_ids: i64[b, n] (-1 at padding; the position when the file has no ids);
+    n_empty / n_null: rows whose preds list was empty / null (no candidates: no recommendations).
+    """
+
+    row_offset: int
+    request_id: np.ndarray
+    batch: RequestBatch
+    candidate_ids: np.ndarray
+    n_empty: int
+    n_null: int
+
+
+def _pad_ragged(col: pa.Array, n_pad: int | None, K: int, row_offset: int):
+    """list<list<f32>> -> (f32[b, n, K], bool[b, n], n_empty, n_null) with P10's semantics."""
+    is_null = np.asarray(col.is_null())
+    n_per = np.asarray(col.value_lengths().fill_null(0))
+    n = int(n_pad if n_pad is not None else max(int(n_per.max(initial=0)), 1))
+    checks.raise_if(n_per > n, "preds", f"more than {n} candidates", row_offset)
+    inner = col.flatten()  # list<f32> per candidate, nulls skipped
+    k_len = np.asarray(inner.value_lengths().fill_null(-1))
+    if k_len.size:
+        owner = np.repeat(np.arange(len(col)), n_per)
+        checks.raise_if(np.isin(np.arange(len(col)), owner[k_len != K]), "preds",
+                        f"each candidate needs K = {K} predictions", row_offset)
+    vals = np.asarray(inner.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, K)
+    b = len(col)
+    preds = np.zeros((b, n, K), np.float32)
+    mask = np.arange(n)[None, :] < n_per[:, None]
+    preds[mask] = vals
+    n_empty = int(((n_per == 0) & ~is_null).sum())
+    return preds, mask, n_empty, int(is_null.sum()), n_per
+
+
+def iter_request_chunks(path: str, chunk_rows: int = 8192,
+                        n_pad: int | None = None) -> Iterator[RequestChunk]:
+    """Stream a request set in record batches, padded per chunk to ``n_pad`` (or the chunk's
+    longest list). Never reads the whole table. Raises InputError naming column and row."""
+    meta = read_meta(path)
+    K = meta.action_set.n_outcomes
+    pf = pq.ParquetFile(path)
+    offset = 0
+    for rb in pf.iter_batches(batch_size=chunk_rows):
+        t = pa.Table.from_batches([rb])
+        ctx = _fixed_width(t["context"], "context", np.float32, offset)
+        checks.check_finite("context", ctx, offset)
+        preds, mask, n_empty, n_null, n_per = _pad_ragged(t["preds"].combine_chunks(), n_pad, K, offset)
+        cand = np.where(mask, np.arange(mask.shape[1])[None, :], -1).astype(np.int64)
+        if "candidate_ids" in t.column_names:
+            ids_col = t["candidate_ids"].combine_chunks()
+            ids_len = np.asarray(ids_col.value_lengths().fill_null(0))
+            checks.raise_if(ids_len != n_per, "candidate_ids", "length differs from preds", offset)
+            cand[mask] = np.asarray(ids_col.flatten().to_numpy(zero_copy_only=False), np.int64)
+        ids = None
+        if "context_ids" in t.column_names:
+            ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset)
+        batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
+        yield RequestChunk(offset, np.asarray(t["request_id"].to_numpy(), np.int64), batch, cand,
+                           n_empty, n_null)
+        offset += t.num_rows

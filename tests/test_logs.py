@@ -1,0 +1,70 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from puts_jax.action_set import simplex_grid
+from puts_jax.checks import InputError
+from puts_jax.data import logs
+
+
+def _meta(K=2, J=2):
+    names = tuple(f"h{k}" for k in range(K))
+    aset = simplex_grid(names, names, 2)
+    return logs.LogMeta(aset, tuple(f"r{j}" for j in range(J)), ("binary",) * J, {"kind": "uniform"})
+
+
+def _log_arrays(B=10, D=3, A=3, J=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(request_id=np.arange(B), context=rng.normal(size=(B, D)).astype(np.float32),
+                action=rng.integers(0, A, B), propensity=np.full(B, 1 / A),
+                rewards=rng.integers(0, 2, (B, J)).astype(np.float32))
+
+
+def test_log_roundtrip_streamed_equals_whole(tmp_path):
+    meta = _meta()
+    arr = _log_arrays(B=25)
+    path = str(tmp_path / "log.parquet")
+    logs.write_log(path, meta, row_group_size=7, **arr)
+    m2, rid, lb = logs.read_log(path)
+    assert m2.action_set.hash() == meta.action_set.hash()
+    np.testing.assert_array_equal(rid, arr["request_id"])
+    np.testing.assert_array_equal(lb.action, arr["action"])
+    np.testing.assert_allclose(lb.context, arr["context"])
+    assert lb.consistent.sum(1).tolist() == [1] * 25
+    chunks = list(logs.iter_log_chunks(path, chunk_rows=4))
+    assert [c[0] for c in chunks] == list(range(0, 25, 4))
+    np.testing.assert_array_equal(np.concatenate([c[2].rewards for c in chunks]), lb.rewards)
+
+
+def test_bad_propensity_names_rows(tmp_path):
+    arr = _log_arrays()
+    arr["propensity"] = np.array([0.5, 0.0, 0.3, 1.2, 0.5, 0.5, 0.5, 0.5, 0.5, np.nan])
+    with pytest.raises(InputError, match=r"propensity.*rows \[1, 3, 9\]|propensity.*rows \[9\]"):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_action_out_of_range_names_row(tmp_path):
+    arr = _log_arrays()
+    arr["action"][4] = 3
+    with pytest.raises(InputError, match=r"action: index outside \[0, 3\) at rows \[4\]"):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+
+
+def test_p10_empty_null_lists_streamed_across_row_groups(tmp_path):
+    """PITFALLS P10: [[0.1, 0.2], [], null, [0.5]] as N_b x K with K = 1 ... here K = 1 per
+    candidate, i.e. rows of 2, 0, null, 1 candidates, padded to N = 2."""
+    meta = _meta(K=1, J=2)
+    preds = [np.array([[0.1], [0.2]]), np.zeros((0, 1)), None, np.array([[0.5]])]
+    path = str(tmp_path / "req.parquet")
+    logs.write_requests(path, meta, request_id=np.arange(4), context=np.zeros((4, 2)), preds=preds,
+                        row_group_size=2)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    chunks = list(logs.iter_request_chunks(path, chunk_rows=3, n_pad=2))
+    vals = np.concatenate([c.batch.preds[..., 0] for c in chunks])
+    mask = np.concatenate([c.batch.mask for c in chunks])
+    np.testing.assert_allclose(vals, [[0.1, 0.2], [0, 0], [0, 0], [0.5, 0]], rtol=1e-6)
+    np.testing.assert_array_equal(mask, [[1, 1], [0, 0], [0, 0], [1, 0]])
+    assert sum(c.n_empty for c in chunks) == 1 and sum(c.n_null for c in chunks) == 1
+    whole = list(logs.iter_request_chunks(path, chunk_rows=100, n_pad=2))[0]
+    np.testing.assert_array_equal(whole.batch.preds[..., 0], vals)
