@@ -1,0 +1,60 @@
+"""The one-way layering of DESIGN.md section 3, checked by parsing imports."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Import order: a module may import only modules listed before it.
+ORDER = [
+    "types", "config", "checks", "action_set", "scalarization", "kernels", "losses", "ope",
+    "pareto", "qnet", "model_io", "data.logs", "data.simulator", "data.obd", "engine", "policy",
+    "report", "reference", "cli",
+]
+PURE = {"kernels", "losses", "ope", "pareto", "reference", "scalarization", "types", "checks"}
+HEAVY = ("flax", "grain", "orbax")
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            if node.module == "puts_jax" or node.module == "puts_jax.data":
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _modules():
+    for path in sorted((ROOT / "puts_jax").rglob("*.py")):
+        rel = path.relative_to(ROOT / "puts_jax").with_suffix("")
+        name = ".".join(rel.parts)
+        if not name.endswith("__init__") and not name.endswith("__main__"):
+            yield name, path
+
+
+def test_every_module_is_placed_in_the_order():
+    missing = [name for name, _ in _modules() if name not in ORDER]
+    assert not missing, f"add {missing} to ORDER (and to DESIGN.md section 3)"
+
+
+def test_one_way_layering():
+    for name, path in _modules():
+        pos = ORDER.index(name)
+        for imp in _imports(path):
+            assert not imp.split(".")[0] in ("train", "bench"), f"{name} imports {imp}"
+            if not imp.startswith("puts_jax."):
+                continue
+            target = imp[len("puts_jax."):]
+            if target in ("data",):
+                continue
+            assert target in ORDER, f"{name} imports unknown {imp}"
+            assert ORDER.index(target) < pos, f"{name} imports {imp}, which comes later"
+
+
+def test_pure_modules_import_no_model_or_io_libraries():
+    for name, path in _modules():
+        if name in PURE:
+            bad = [i for i in _imports(path) if i.split(".")[0] in HEAVY]
+            assert not bad, f"{name} imports {bad}"
