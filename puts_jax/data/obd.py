@@ -1,0 +1,471 @@
+"""Open Bandit Dataset (ZOZOTOWN, Saito et al. 2021) -> puts_jax exploration log and request set.
+
+Each OBD row is one (request, slot) observation: an item shown at a position (1-based in the file,
+0-based here), a click, and the logging policy's per-position propensity (uniform random: 1/N for
+N items). The conversion gives every row the N items as candidates with K = 3 ranker heads:
+
+  p_click         posterior mean alpha / (alpha + beta) of the production Bernoulli Thompson
+                  sampling prior (``obp/policy/conf/prior_bts.yaml``, the campaign's section),
+                  min-max scaled to [0, 1] over the N items;
+  affinity        the row's user-item affinity of the item divided by ``AFFINITY_SCALE`` (no other
+                  scaling: values can exceed 1 in the men/women campaigns);
+  item_feature_0  min-max scaled to [0, 1] over the N items.
+
+The action set is a simplex grid over the three heads. An action ranks the items by
+``W[a] . preds`` (float64 over the stored float32 values, ties to the lower item_id) and shows the
+top ``OBD_POSITIONS``; a row is CONSISTENT with the action when that ranking puts the logged item
+at the logged position (slot-level matching, DESIGN.md section 4), and ``propensity`` is the
+file's ``propensity_score``, the logging probability of that (item, position) decision.
+
+Most rows are consistent with no action: ``action`` is then ``OUTSIDE_ACTION`` (-1, "the logged
+decision is outside the action set"), otherwise the lowest consistent action. Such rows must stay in
+the log (they are the zero terms of IPS), which the current ``logs.write_log`` refuses; until
+logs.py allows it, ``_write_log`` below writes the same schema with that one relaxation and the
+extra columns ``item_id`` and ``position``.
+
+Context: one-hots of user_feature_0..3 over the categorical values seen in the file (sorted; kept
+in the metadata ``extra`` so that another file converts with the same columns), then the N raw
+affinity columns. Rewards (J = 2): click, and click x (item_feature_0 - min over items + 1).
+
+The package files are found with ``importlib.util.find_spec("obp")``; obp itself is never imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import yaml
+
+from puts_jax import checks
+from puts_jax.action_set import ActionSet, atomic_write_text, simplex_grid
+from puts_jax.checks import InputError
+from puts_jax.data import logs
+
+OBD_POSITIONS = 3  # slots shown per impression in ZOZOTOWN's OBD (positions 1..3 in the file)
+HEAD_NAMES = ("p_click", "affinity", "item_feature_0")
+REWARD_NAMES = ("click", "click_x_item_value")
+REWARD_KINDS = ("binary", "real")
+AFFINITY_SCALE = 3.0
+OUTSIDE_ACTION = -1  # logged decision matches no action of the action set
+# A uniform-random file's propensity_score must equal 1/N within this relative tolerance.
+PROPENSITY_RTOL = 1e-9
+CAMPAIGNS = ("all", "men", "women")
+BEHAVIORS = ("random", "bts")
+N_USER_FEATURES = 4
+_CHUNK_ROWS = 4096
+
+
+# ---------------------------------------------------------------- files
+
+
+def obp_package_dir() -> str:
+    """Folder of the installed obp package, located without importing it."""
+    spec = importlib.util.find_spec("obp")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("obp", [], "package not installed: pip install --no-deps obp==0.4.1 "
+                         "(its data files are read, the package is never imported)")
+    return list(spec.submodule_search_locations)[0]
+
+
+def obd_paths(data_root: str | None, campaign: str, behavior: str) -> dict[str, str]:
+    """Paths of the log CSV, the item CSV and the BTS prior; ``data_root`` None -> the sample
+    shipped with obp, else ``<root>/<behavior>/<campaign>/{<campaign>,item_context}.csv``."""
+    if campaign not in CAMPAIGNS:
+        raise InputError("campaign", [], f"{campaign!r} not in {CAMPAIGNS}")
+    if behavior not in BEHAVIORS:
+        raise InputError("behavior", [], f"{behavior!r} not in {BEHAVIORS}")
+    root = data_root or os.path.join(obp_package_dir(), "dataset", "obd")
+    folder = os.path.join(root, behavior, campaign)
+    paths = {"log": os.path.join(folder, f"{campaign}.csv"),
+             "items": os.path.join(folder, "item_context.csv"),
+             "prior": os.path.join(obp_package_dir(), "policy", "conf", "prior_bts.yaml")}
+    for name, p in paths.items():
+        if not os.path.isfile(p):
+            raise InputError(name, [], f"file not found: {p}")
+    return paths
+
+
+def _header(path: str) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def _bad_value_rows(path: str, column: str, dtype) -> list[int]:
+    """Data rows (0-based, header excluded) whose ``column`` does not parse as ``dtype``."""
+    t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        include_columns=[column], column_types={column: pa.string()}))
+    bad = []
+    for i, v in enumerate(t[column].to_pylist()):
+        try:
+            dtype(v)
+        except (TypeError, ValueError):
+            bad.append(i)
+    return bad
+
+
+def read_csv_columns(path: str, types: dict[str, pa.DataType]) -> dict[str, np.ndarray]:
+    """Read the named columns with fixed types. Errors name the column and the data rows (0-based,
+    header excluded): missing column, unparsable value, empty cell."""
+    header = _header(path)
+    missing = [c for c in types if c not in header]
+    if missing:
+        raise InputError(missing[0], [], f"column missing from {path} (also missing: {missing[1:]})")
+    opts = pacsv.ConvertOptions(include_columns=list(types), column_types=types,
+                                strings_can_be_null=True)
+    try:
+        t = pacsv.read_csv(path, convert_options=opts)
+    except pa.ArrowInvalid as e:
+        m = re.search(r"column #(\d+)", str(e))
+        suspects = [header[int(m.group(1))]] if m and int(m.group(1)) < len(header) else list(types)
+        for col in suspects:
+            if col in types and types[col] != pa.string():
+                py = int if pa.types.is_integer(types[col]) else float
+                rows = _bad_value_rows(path, col, py)
+                if rows:
+                    raise InputError(col, rows, f"not a {types[col]} value in {path}") from e
+        raise InputError(suspects[0], [], f"unparsable in {path}: {e}") from e
+    out = {}
+    for col in types:
+        arr = t[col]
+        checks.raise_if(np.asarray(arr.is_null()), col, f"empty cell in {path}")
+        out[col] = arr.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+class ObdData(NamedTuple):
+    """Parsed, validated OBD arrays (host numpy).
+
+    Fields:
+      item_id:        i64[B] logged item.
+      position:       i64[B] logged position, 0-based (the file's is 1-based).
+      click:          i64[B] in {0, 1}.
+      propensity:     f64[B] the file's propensity_score.
+      user_features:  4 object (str) arrays [B], user_feature_0..3.
+      affinity:       f64[B, N] user-item affinity, column n = item_id n.
+      item_feature_0: f64[N] indexed by item_id.
+      alpha, beta:    f64[N] the production BTS prior, indexed by item_id.
+    """
+
+    item_id: np.ndarray
+    position: np.ndarray
+    click: np.ndarray
+    propensity: np.ndarray
+    user_features: list
+    affinity: np.ndarray
+    item_feature_0: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+
+
+def read_items(path: str) -> np.ndarray:
+    """item_feature_0 f64[N] indexed by item_id; item ids must be exactly 0..N-1."""
+    cols = read_csv_columns(path, {"item_id": pa.int64(), "item_feature_0": pa.float64()})
+    ids, f0 = cols["item_id"], cols["item_feature_0"]
+    n = len(ids)
+    checks.raise_if((ids < 0) | (ids >= n), "item_id", f"outside [0, {n}) in {path}")
+    _, first = np.unique(ids, return_index=True)
+    checks.raise_if(~np.isin(np.arange(n), first), "item_id", f"duplicate item id in {path}")
+    checks.check_finite("item_feature_0", f0)
+    out = np.empty(n, np.float64)
+    out[ids] = f0  # join on item_id, not on row order
+    return out
+
+
+def read_prior(path: str, campaign: str, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) f64[N] of the production BTS prior for ``campaign``, indexed by item_id."""
+    with open(path) as f:
+        conf = yaml.safe_load(f)
+    if not isinstance(conf, dict) or campaign not in conf:
+        raise InputError(f"prior_bts.{campaign}", [], f"section missing from {path}")
+    ab = []
+    for key in ("alpha", "beta"):
+        v = np.asarray(conf[campaign].get(key, []), np.float64)
+        field = f"prior_bts.{campaign}.{key}"
+        if v.shape != (n_items,):
+            raise InputError(field, [], f"expected {n_items} values, got {v.shape} in {path}")
+        checks.raise_if(~np.isfinite(v) | (v <= 0), field, "must be finite and > 0")
+        ab.append(v)
+    return ab[0], ab[1]
+
+
+def read_obd(data_root: str | None = None, campaign: str = "all",
+             behavior: str = "random") -> tuple[ObdData, dict[str, str]]:
+    """Read and validate one OBD campaign/behavior; returns (data, paths). Errors name the column
+    and the data rows (0-based, header excluded)."""
+    paths = obd_paths(data_root, campaign, behavior)
+    f0 = read_items(paths["items"])
+    n = len(f0)
+    uf = [f"user_feature_{j}" for j in range(N_USER_FEATURES)]
+    aff = [f"user-item_affinity_{i}" for i in range(n)]
+    types = {"item_id": pa.int64(), "position": pa.int64(), "click": pa.int64(),
+             "propensity_score": pa.float64(), **{c: pa.string() for c in uf},
+             **{c: pa.float64() for c in aff}}
+    cols = read_csv_columns(paths["log"], types)
+    item, pos, click, p = (cols[c] for c in ("item_id", "position", "click", "propensity_score"))
+    checks.raise_if((item < 0) | (item >= n), "item_id", f"outside the {n} items of "
+                    f"{paths['items']}")
+    checks.raise_if((pos < 1) | (pos > OBD_POSITIONS), "position",
+                    f"OBD positions are 1-based in [1, {OBD_POSITIONS}]")
+    checks.raise_if((click != 0) & (click != 1), "click", "must be 0 or 1")
+    checks.check_propensity(p, field="propensity_score")
+    if behavior == "random":
+        checks.raise_if(~np.isclose(p, 1.0 / n, rtol=PROPENSITY_RTOL, atol=0.0), "propensity_score",
+                        f"uniform-random logging needs 1/{n} per position")
+    affinity = np.stack([cols[c] for c in aff], axis=1) if n else np.zeros((len(item), 0))
+    checks.check_finite("user-item_affinity", affinity)
+    alpha, beta = read_prior(paths["prior"], campaign, n)
+    data = ObdData(item_id=item.astype(np.int64), position=(pos - 1).astype(np.int64),
+                   click=click.astype(np.int64), propensity=p.astype(np.float64),
+                   user_features=[np.asarray(cols[c], dtype=object) for c in uf],
+                   affinity=affinity, item_feature_0=f0, alpha=alpha, beta=beta)
+    return data, paths
+
+
+# ---------------------------------------------------------------- ranker heads, context, rewards
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """Min-max scale f[N] to [0, 1]; a constant vector maps to zeros."""
+    x = np.asarray(x, np.float64)
+    lo, hi = (x.min(), x.max()) if x.size else (0.0, 0.0)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def build_preds(data: ObdData) -> np.ndarray:
+    """Ranker predictions f32[B, N, K=3]: (scaled BTS posterior mean, affinity / AFFINITY_SCALE,
+    scaled item_feature_0) per (row, item)."""
+    p_click = minmax(data.alpha / (data.alpha + data.beta))
+    f0 = minmax(data.item_feature_0)
+    B, N = data.affinity.shape
+    preds = np.empty((B, N, 3), np.float32)
+    preds[:, :, 0] = p_click[None, :]
+    preds[:, :, 1] = data.affinity / AFFINITY_SCALE
+    preds[:, :, 2] = f0[None, :]
+    return preds
+
+
+def encode_context(user_features: list, affinity: np.ndarray,
+                   categories: dict[str, list[str]] | None = None):
+    """Dense context f32[B, D]: one-hots of user_feature_0..3, then the raw affinity columns.
+
+    ``categories`` (feature name -> sorted values, from an earlier file's metadata) fixes the
+    one-hot columns; None uses the sorted values seen here. A value outside ``categories`` gets an
+    all-zero block and is counted.
+    Returns (context, categories, context_names, unseen: dict feature -> rows with unseen values).
+    """
+    names = [f"user_feature_{j}" for j in range(len(user_features))]
+    if categories is None:
+        categories = {n: sorted(set(v.tolist())) for n, v in zip(names, user_features)}
+    blocks, col_names, unseen = [], [], {}
+    for name, values in zip(names, user_features):
+        cats = list(categories[name])
+        lookup = {c: i for i, c in enumerate(cats)}
+        idx = np.array([lookup.get(v, -1) for v in values.tolist()], np.int64)
+        onehot = (idx[:, None] == np.arange(len(cats))[None, :]).astype(np.float32)
+        blocks.append(onehot)
+        col_names += [f"{name}={c}" for c in cats]
+        unseen[name] = int((idx < 0).sum())
+    blocks.append(np.asarray(affinity, np.float32))
+    col_names += [f"user-item_affinity_{i}" for i in range(affinity.shape[1])]
+    return np.concatenate(blocks, axis=1), categories, col_names, unseen
+
+
+def build_rewards(data: ObdData) -> np.ndarray:
+    """Rewards f32[B, 2]: click, and click x (item_feature_0[item] - min over items + 1)."""
+    value = data.item_feature_0 - data.item_feature_0.min() + 1.0
+    click = data.click.astype(np.float64)
+    return np.stack([click, click * value[data.item_id]], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- rankings and slot matching
+
+
+def rank_items(preds: np.ndarray, w: np.ndarray, k: int = OBD_POSITIONS) -> np.ndarray:
+    """Item indices i64[k] of the top k under weights ``w: f[K]`` for one request's
+    ``preds: f[N, K]``: score = w . preds (float64), ties to the lower item index. Reference."""
+    s = np.asarray(preds, np.float64) @ np.asarray(w, np.float64)
+    return np.lexsort((np.arange(len(s)), -s))[:k]
+
+
+def consistent_mask(preds: np.ndarray, W: np.ndarray, item: np.ndarray, position: np.ndarray,
+                    chunk_rows: int = _CHUNK_ROWS) -> np.ndarray:
+    """bool[B, A]: True where action a's ranking of ``preds: f[B, N, K]`` (weights ``W: f[A, K]``,
+    float64 scores, ties to the lower item index) puts ``item[b]`` at 0-based ``position[b]``.
+
+    The logged item's rank is the number of items scoring higher plus the number of lower-index
+    items scoring equal, so no sort is needed; rows are processed in chunks to bound memory.
+    """
+    B, N, _ = preds.shape
+    W64 = np.asarray(W, np.float64)
+    out = np.zeros((B, W64.shape[0]), bool)
+    for lo in range(0, B, chunk_rows):
+        hi = min(lo + chunk_rows, B)
+        s = np.einsum("bnk,ak->ban", preds[lo:hi].astype(np.float64), W64)  # [b, A, N]
+        it = item[lo:hi]
+        s_item = np.take_along_axis(s, it[:, None, None], axis=2)  # [b, A, 1]
+        lower = np.arange(N)[None, None, :] < it[:, None, None]
+        rank = (s > s_item).sum(2) + ((s == s_item) & lower).sum(2)
+        out[lo:hi] = rank == position[lo:hi, None]
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def validate_slot_log(action: np.ndarray, consistent: np.ndarray, n_actions: int) -> None:
+    """Slot-level rows: ``action`` is OUTSIDE_ACTION (-1) exactly when no action is consistent,
+    else a consistent action. The relaxation of ``logs.validate_logged`` that OBD needs."""
+    checks.raise_if((action < OUTSIDE_ACTION) | (action >= n_actions), "action",
+                    f"must be {OUTSIDE_ACTION} (outside the action set) or in [0, {n_actions})")
+    if consistent.shape != (len(action), n_actions):
+        raise InputError("consistent", [], f"expected bool[B, {n_actions}], got {consistent.shape}")
+    inside = action >= 0
+    hit = consistent[np.arange(len(action)), np.where(inside, action, 0)]
+    checks.raise_if(inside & ~hit, "consistent", "the logged action must be consistent with itself")
+    checks.raise_if(~inside & consistent.any(1), "consistent",
+                    f"action {OUTSIDE_ACTION} rows must have no consistent action")
+
+
+def _nested_col(x: np.ndarray) -> pa.Array:
+    """Dense f32[B, N, K] as list<list<f32>> without Python objects."""
+    B, N, K = x.shape
+    if B * N * K >= 2**31:
+        raise InputError("preds", [], f"{B * N * K} values exceed list<list<f32>> offsets")
+    inner = pa.ListArray.from_arrays(pa.array(np.arange(B * N + 1, dtype=np.int32) * K),
+                                     pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)))
+    return pa.ListArray.from_arrays(pa.array(np.arange(B + 1, dtype=np.int32) * N), inner)
+
+
+def _write_log(path: str, meta: logs.LogMeta, *, request_id, context, action, propensity,
+               rewards, consistent, preds, item_id, position, row_group_size: int = 65536) -> None:
+    """Interim stand-in for ``logs.write_log``: the same columns, types, metadata and atomic write,
+    plus rows with ``action`` -1 (``validate_slot_log``) and the columns ``item_id: i64`` and
+    ``position: i32`` (0-based). Replace with one ``logs.write_log`` call once logs.py allows both.
+    """
+    A = meta.action_set.n_actions
+    context = np.asarray(context, np.float32)
+    rewards = np.asarray(rewards, np.float32)
+    checks.check_finite("context", context)
+    validate_slot_log(action, consistent, A)
+    propensity = checks.check_propensity(propensity)
+    if rewards.shape != (len(action), len(meta.reward_names)):
+        raise InputError("rewards", [], f"expected f32[B, {len(meta.reward_names)}], "
+                         f"got {rewards.shape}")
+    checks.check_finite("rewards", rewards)
+    cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
+            "context": logs._list_col(context, pa.float32()),
+            "action": pa.array(np.asarray(action, np.int32)), "propensity": pa.array(propensity),
+            "rewards": logs._list_col(rewards, pa.float32()),
+            "consistent": logs._list_col(np.asarray(consistent, bool), pa.bool_()),
+            "preds": _nested_col(preds),
+            "item_id": pa.array(np.asarray(item_id, np.int64)),
+            "position": pa.array(np.asarray(position, np.int32))}
+    table = pa.table(cols).replace_schema_metadata({logs.META_KEY: meta.to_json().encode()})
+    logs._atomic_write_table(table, path, row_group_size)
+
+
+def _logging_policy(behavior: str, n_items: int) -> dict:
+    if behavior == "random":
+        return {"kind": "uniform_random_slots", "source": "Open Bandit Dataset",
+                "propensity": f"1/{n_items} per (item, position)", "n_items": n_items}
+    return {"kind": "bernoulli_thompson_sampling", "source": "Open Bandit Dataset",
+            "propensity": "file propensity_score per (item, position)", "n_items": n_items}
+
+
+def build_meta(data: ObdData, campaign: str, behavior: str, grid_steps: int,
+               categories: dict, context_names: list[str], hashes: dict) -> logs.LogMeta:
+    """LogMeta: the simplex-grid action set over HEAD_NAMES, rewards, and what a later file needs to
+    convert consistently (categories, scalings) in ``extra``."""
+    aset = simplex_grid(HEAD_NAMES, HEAD_NAMES, grid_steps)
+    post = data.alpha / (data.alpha + data.beta)
+    f0 = data.item_feature_0
+    extra = {"source": "obd", "campaign": campaign, "behavior": behavior,
+             "n_items": len(f0), "n_positions": OBD_POSITIONS, "position_base": 0,
+             "position_base_in_file": 1, "matching": "slot", "outside_action": OUTSIDE_ACTION,
+             "user_feature_categories": categories, "context_names": context_names,
+             "heads": {"p_click": {"bts_posterior_mean_min": float(post.min()),
+                                   "bts_posterior_mean_max": float(post.max())},
+                       "affinity": {"divided_by": AFFINITY_SCALE},
+                       "item_feature_0": {"min": float(f0.min()), "max": float(f0.max())}},
+             "reward_value": "click * (item_feature_0 - min + 1)", "ranking_ties": "lower item_id",
+             "files_sha256": hashes}
+    return logs.LogMeta(aset, REWARD_NAMES, REWARD_KINDS, _logging_policy(behavior, len(f0)), extra)
+
+
+def _summary(data: ObdData, aset: ActionSet, consistent: np.ndarray, action: np.ndarray,
+             unseen: dict, meta: logs.LogMeta) -> dict:
+    matched = consistent.sum(0)
+    clicks = (consistent & (data.click[:, None] == 1)).sum(0)
+    per_action = [{"action": a, "weights": aset.weights[a].tolist(), "matched_rows": int(matched[a]),
+                   "matched_clicks": int(clicks[a])} for a in range(aset.n_actions)]
+    return {"rows": int(len(action)), "clicks": int(data.click.sum()),
+            "propensity_values": sorted({float(p) for p in np.unique(data.propensity)}),
+            "n_items": int(len(data.item_feature_0)), "K": len(HEAD_NAMES), "A": aset.n_actions,
+            "J": len(REWARD_NAMES), "campaign": meta.extra["campaign"],
+            "behavior": meta.extra["behavior"],
+            "rows_consistent_with_some_action": int((action >= 0).sum()),
+            "rows_outside_action_set": int((action < 0).sum()),
+            "matched_rows": {"min": int(matched.min()), "median": float(np.median(matched)),
+                             "max": int(matched.max())},
+            "per_action": per_action, "unseen_categories": unseen,
+            "action_set_hash": aset.hash(), "files_sha256": meta.extra["files_sha256"]}
+
+
+def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all",
+                behavior: str = "random", grid_steps: int = 4, *,
+                categories: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """Convert an OBD campaign into ``out_dir``/logs.parquet (exploration log), requests.parquet
+    (request set, the N items as candidates) and obd_summary.json.
+
+    Args:
+      data_root: None for the 10,000-row sample shipped with obp, or the full dataset's root
+        (``<root>/<behavior>/<campaign>/<campaign>.csv`` and ``item_context.csv``).
+      campaign: "all", "men" or "women"; behavior: "random" (uniform logging) or "bts".
+      grid_steps: simplex grid resolution over the 3 heads (4 -> 15 actions).
+      categories: user-feature categories from an earlier conversion's ``meta.extra`` so that
+        this file's context has the same columns; None uses the values seen in this file.
+    Returns: {"logs": path, "requests": path, "summary": path}.
+    Raises: InputError naming the column and the data rows of malformed CSVs.
+    """
+    data, paths = read_obd(data_root, campaign, behavior)
+    preds = build_preds(data)
+    context, categories, names, unseen = encode_context(data.user_features, data.affinity,
+                                                        categories)
+    hashes = {k: _sha256(p) for k, p in paths.items()}
+    meta = build_meta(data, campaign, behavior, grid_steps, categories, names, hashes)
+    aset = meta.action_set
+    consistent = consistent_mask(preds, aset.weights, data.item_id, data.position)
+    action = np.where(consistent.any(1), consistent.argmax(1), OUTSIDE_ACTION).astype(np.int32)
+    rid = np.arange(len(action), dtype=np.int64)
+    out = {"logs": os.path.join(out_dir, "logs.parquet"),
+           "requests": os.path.join(out_dir, "requests.parquet"),
+           "summary": os.path.join(out_dir, "obd_summary.json")}
+    _write_log(out["logs"], meta, request_id=rid, context=context, action=action,
+               propensity=data.propensity, rewards=build_rewards(data), consistent=consistent,
+               preds=preds, item_id=data.item_id, position=data.position)
+    N = preds.shape[1]
+    logs.write_requests(out["requests"], meta, request_id=rid, context=context, preds=preds,
+                        candidate_ids=np.broadcast_to(np.arange(N, dtype=np.int64), (len(rid), N)))
+    summary = _summary(data, aset, consistent, action, unseen, meta)
+    atomic_write_text(out["summary"], json.dumps(summary, indent=1))
+    return out
