@@ -84,3 +84,37 @@ class ServeOutput(NamedTuple):
     topk_score: Array
     n_nonfinite: Array
     q_fallback: Array
+
+
+class EstimatorStats(NamedTuple):
+    """Mergeable sufficient statistics of the off-policy estimators (puts_jax.ope).
+
+    One set per target policy; a leading policy axis P (lambdas of a sweep, fixed baselines) is
+    added by vmap/lax.map. Sums over rows: accumulated in f32 (counts in i32) on device per chunk,
+    merged in float64 on the host (``ope.merge_stats``), so they stream exactly over chunks.
+    With importance weight w = pi / propensity and rewards r: f[J]:
+
+      n:           i32[] real rows (valid).
+      matched:     i32[] rows with pi > 0 (support of the target policy in the log).
+      sum_w:       f32[] sum w.
+      sum_w2:      f32[] sum w^2.
+      sum_wr:      f32[J] sum w r.
+      sum_w2r:     f32[J] sum w^2 r.
+      sum_w2r2:    f32[J] sum w^2 r^2.
+      sum_match_r: f32[J] sum 1[pi > 0] r (matched successes for exact intervals).
+      sum_dm:      optional f32[J] sum qhat(x, pi) (direct method, Dudik et al. 2011).
+      sum_dr:      optional f32[J] sum of doubly robust terms qhat(x, pi) + w (r - qhat(x, a)).
+      sum_dr2:     optional f32[J] sum of their squares.
+    """
+
+    n: Array
+    matched: Array
+    sum_w: Array
+    sum_w2: Array
+    sum_wr: Array
+    sum_w2r: Array
+    sum_w2r2: Array
+    sum_match_r: Array
+    sum_dm: Array | None = None
+    sum_dr: Array | None = None
+    sum_dr2: Array | None = None
