@@ -120,7 +120,7 @@ def read_csv_columns(path: str, types: dict[str, pa.DataType]) -> dict[str, np.n
     if missing:
         raise InputError(missing[0], [], f"column missing from {path} (also missing: {missing[1:]})")
     opts = pacsv.ConvertOptions(include_columns=list(types), column_types=types,
-                                strings_can_be_null=True)
+                                null_values=[""], strings_can_be_null=True)
     try:
         t = pacsv.read_csv(path, convert_options=opts)
     except pa.ArrowInvalid as e:
@@ -232,7 +232,10 @@ def read_obd(data_root: str | None = None, campaign: str = "all",
         checks.raise_if(~np.isclose(p, 1.0 / n, rtol=PROPENSITY_RTOL, atol=0.0), "propensity_score",
                         f"uniform-random logging needs 1/{n} per position")
     affinity = np.stack([cols[c] for c in aff], axis=1) if n else np.zeros((len(item), 0))
-    checks.check_finite("user-item_affinity", affinity)
+    bad = ~np.isfinite(affinity)
+    if bad.any():
+        col = int(np.flatnonzero(bad.any(0))[0])
+        checks.raise_if(bad[:, col], aff[col], "non-finite value")
     alpha, beta = read_prior(paths["prior"], campaign, n)
     data = ObdData(item_id=item.astype(np.int64), position=(pos - 1).astype(np.int64),
                    click=click.astype(np.int64), propensity=p.astype(np.float64),
