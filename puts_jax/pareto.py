@@ -30,7 +30,7 @@ def _as_points(points, field: str = "points") -> np.ndarray:
     return p
 
 
-def _signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
+def direction_signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
     """+1 for "min", -1 for "max" objectives: ``points * signs`` is the minimization form."""
     if directions is None:
         return -np.ones(J)
@@ -48,7 +48,7 @@ def _signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
 def to_min_form(points, directions: Sequence[str] | None = None) -> np.ndarray:
     """Points ``f[P, J]`` in minimization form (the "max" objectives negated)."""
     p = _as_points(points)
-    return p * _signs(directions, p.shape[1])
+    return p * direction_signs(directions, p.shape[1])
 
 
 def _dominates_matrix(m: np.ndarray) -> np.ndarray:
@@ -107,7 +107,7 @@ def hypervolume(points, reference, directions: Sequence[str] | None = None) -> f
     if p.shape[0] == 0:
         return 0.0
     raise_if(~np.isfinite(p), "points", "non-finite point (drop or report it before hypervolume)")
-    s = _signs(directions, J)
+    s = direction_signs(directions, J)
     m, r = p * s, ref * s
     m = m[(m < r).all(1)]  # on/behind the reference: zero contribution
     if m.shape[0] == 0:
@@ -140,7 +140,7 @@ def separability(value, lo, hi, directions: Sequence[str] | None = None) -> list
     "not estimable":     a non-finite value or interval bound.
     """
     v, l, h = _check_intervals(value, lo, hi)
-    s = _signs(directions, v.shape[1])
+    s = direction_signs(directions, v.shape[1])
     finite = np.isfinite(v).all(1) & np.isfinite(l).all(1) & np.isfinite(h).all(1)
     # Minimization form: the "best" end of an interval is the low end of (signed) [lo, hi].
     best = np.minimum(l * s, h * s)
@@ -195,7 +195,7 @@ def select_operating_point(values, lo, hi, maximize: int,
     """
     v, l, h = _check_intervals(values, lo, hi)
     P, J = v.shape
-    s = _signs(directions, J)
+    s = direction_signs(directions, J)
     label = (lambda i: names[i]) if names is not None else (lambda i: f"point {i}")
     if not 0 <= maximize < J:
         raise InputError("maximize", [], f"objective {maximize} outside [0, {J})")
@@ -209,8 +209,10 @@ def select_operating_point(values, lo, hi, maximize: int,
         passes = np.isfinite(gain) & (gain >= min_rel * abs(base))
         failed.append((j, min_rel, base, int((ok & ~passes).sum())))
         ok &= passes
-    rules = "; ".join(f"objective {j}: bound >= {b:g} {'+' if m >= 0 else '-'} {abs(m):.3g}*|{b:g}|"
-                      for j, m, b, _ in failed) or "no guardrails"
+    rules = "; ".join(
+        f"objective {j} {'lower' if s[j] < 0 else 'upper'} bound {'>=' if s[j] < 0 else '<='} "
+        f"{b - s[j] * m * abs(b):.6g} ({m:+.1%} vs baseline {b:.6g})"
+        for j, m, b, _ in failed) or "no guardrails"
     if not ok.any():
         detail = ", ".join(f"objective {j} rejects {n}" for j, _, _, n in failed)
         return Selection(None, f"no point passes the guardrails ({rules}); {detail or 'no finite point'}")
