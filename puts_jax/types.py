@@ -48,7 +48,8 @@ class LoggedBatch(NamedTuple):
 
     Fields:
       context:    f32[B, D] dense context.
-      action:     i32[B] logged action index into the action set.
+      action:     i32[B] logged action index into the action set; -1 where the logged decision
+                  matches no action (slot-level logs: only ``consistent`` matters there).
       propensity: f32[B] logging probability of the logged decision, in (0, 1].
       rewards:    f32[B, J] observed request-level rewards.
       consistent: bool[B, A] actions whose decision equals the logged one (one-hot of ``action``

@@ -68,3 +68,23 @@ def test_p10_empty_null_lists_streamed_across_row_groups(tmp_path):
     assert sum(c.n_empty for c in chunks) == 1 and sum(c.n_null for c in chunks) == 1
     whole = list(logs.iter_request_chunks(path, chunk_rows=100, n_pad=2))[0]
     np.testing.assert_array_equal(whole.batch.preds[..., 0], vals)
+
+
+def test_outside_action_rows(tmp_path):
+    """Slot-level logs: action -1 means the logged decision matches no action (PITFALLS-style
+    contract check): needs ``consistent``, which must be all False on that row."""
+    arr = _log_arrays(B=4, A=3)
+    arr["action"] = np.array([0, -1, 2, -1])
+    cons = np.zeros((4, 3), bool)
+    cons[0, 0] = cons[2, 2] = cons[2, 1] = True
+    path = str(tmp_path / "x.parquet")
+    with pytest.raises(InputError, match=r"action: -1 \(outside the action set\) needs the consistent"):
+        logs.write_log(path, _meta(), **arr)
+    bad = cons.copy()
+    bad[3, 1] = True
+    with pytest.raises(InputError, match=r"consistent: a row with action -1 must have no consistent action at rows \[3\]"):
+        logs.write_log(path, _meta(), consistent=bad, **arr)
+    logs.write_log(path, _meta(), consistent=cons, **arr)
+    _, _, lb = logs.read_log(path)
+    np.testing.assert_array_equal(lb.action, [0, -1, 2, -1])
+    np.testing.assert_array_equal(lb.consistent, cons)

@@ -117,9 +117,6 @@ def test_requests_match_log(converted):
                                   _fixed(t, "context"))
 
 
-@pytest.mark.xfail(raises=InputError, strict=True,
-                   reason="logs.validate_logged does not yet accept action -1 (outside the action "
-                          "set); remove this marker when logs.py carries the OBD contract change")
 def test_log_reads_back_through_logs(converted):
     paths, t, _ = converted
     _, rid, lb = logs.read_log(paths["logs"])

@@ -33,6 +33,9 @@ from puts_jax.types import LoggedBatch, RequestBatch
 
 META_KEY = b"puts_jax"
 REWARD_KINDS = ("binary", "count", "real")
+# ``action`` value of a row whose logged decision matches no action of the action set (slot-level
+# logs such as the Open Bandit Dataset); such a row needs ``consistent`` and it is all False there.
+OUTSIDE_ACTION = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,15 @@ def _list_col(x: np.ndarray, dtype) -> pa.Array:
 
 
 def _ragged_col(rows: list, dtype) -> pa.Array:
-    """A list of 2-D arrays (N_b x K, N_b may be 0) or None as list<list<dtype>>."""
+    """A list of 2-D arrays (N_b x K, N_b may be 0) or None as list<list<dtype>>; a dense
+    ndarray [B, N, K] takes a fast path without Python objects."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 3:
+        B, N, K = rows.shape
+        if B * N * K >= 2**31:
+            raise InputError("preds", [], f"{B * N * K} values exceed list<list<f32>> offsets")
+        flat = pa.array(np.ascontiguousarray(rows).reshape(-1), type=dtype)
+        inner = pa.ListArray.from_arrays(pa.array(np.arange(B * N + 1, dtype=np.int32) * K), flat)
+        return pa.ListArray.from_arrays(pa.array(np.arange(B + 1, dtype=np.int32) * N), inner)
     return pa.array([None if r is None else np.asarray(r).tolist() for r in rows],
                     type=pa.list_(pa.list_(dtype)))
 
@@ -109,12 +120,16 @@ def _atomic_write_table(table: pa.Table, path: str, row_group_size: int) -> None
 def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.ndarray,
               action: np.ndarray, propensity: np.ndarray, rewards: np.ndarray,
               consistent: np.ndarray | None = None, context_ids: np.ndarray | None = None,
-              preds: list | None = None, row_group_size: int = 65536) -> None:
+              preds: list | None = None, extra_columns: dict[str, np.ndarray] | None = None,
+              row_group_size: int = 65536) -> None:
     """Validate and write an exploration log atomically.
 
-    Args: request_id i64[B]; context f32[B, D]; action i32[B]; propensity f64[B] in (0, 1];
-      rewards f32[B, J]; consistent bool[B, A] (optional); context_ids i64[B, C] (optional);
-      preds: optional list of f32[N_b, K] per row.
+    Args: request_id i64[B]; context f32[B, D]; action i32[B] in [0, A), or OUTSIDE_ACTION (-1)
+      where no action is consistent with the logged decision (then ``consistent`` is required and
+      all False on that row); propensity f64[B] in (0, 1]; rewards f32[B, J]; consistent
+      bool[B, A] (optional); context_ids i64[B, C] (optional); preds: optional list of
+      f32[N_b, K] per row or a dense f32[B, N, K]; extra_columns: 1-D per-row columns kept as
+      they are (e.g. OBD's item_id, position); readers ignore them.
     Raises InputError naming the field and rows (bad propensity, action out of range, ...).
     """
     A = meta.action_set.n_actions
@@ -133,6 +148,12 @@ def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.n
         cols["consistent"] = _list_col(lb.consistent, pa.bool_())
     if preds is not None:
         cols["preds"] = _ragged_col(preds, pa.float32())
+    for name, col in (extra_columns or {}).items():
+        col = np.asarray(col)
+        if name in cols or col.shape != (len(action),):
+            raise InputError(name, [], f"extra column clashes with a contract column or is not "
+                             f"[{len(action)}], got {col.shape}")
+        cols[name] = pa.array(col)
     table = pa.table(cols).replace_schema_metadata({META_KEY: meta.to_json().encode()})
     _atomic_write_table(table, path, row_group_size)
 
@@ -143,7 +164,11 @@ def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
     if lb.context.ndim != 2:
         raise InputError("context", [], f"expected f32[B, D], got {lb.context.shape}")
     checks.check_finite("context", lb.context, row_offset)
-    checks.check_index("action", lb.action, n_actions, row_offset)
+    outside = lb.action == OUTSIDE_ACTION
+    checks.check_index("action", np.where(outside, 0, lb.action), n_actions, row_offset)
+    if lb.consistent is None:
+        checks.raise_if(outside, "action", f"{OUTSIDE_ACTION} (outside the action set) needs the "
+                        "consistent column", row_offset)
     checks.check_propensity(lb.propensity, row_offset=row_offset)
     if lb.rewards.ndim != 2 or (n_rewards is not None and lb.rewards.shape[1] != n_rewards):
         raise InputError("rewards", [], f"expected f32[B, {n_rewards}], got {lb.rewards.shape}")
@@ -152,8 +177,11 @@ def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
         c = lb.consistent
         if c.shape != (len(lb.action), n_actions):
             raise InputError("consistent", [], f"expected bool[B, {n_actions}], got {c.shape}")
-        logged = c[np.arange(len(lb.action)), lb.action]
-        checks.raise_if(~logged, "consistent", "the logged action must be consistent with itself",
+        logged = c[np.arange(len(lb.action)), np.where(outside, 0, lb.action)]
+        checks.raise_if(~outside & ~logged, "consistent",
+                        "the logged action must be consistent with itself", row_offset)
+        checks.raise_if(outside & c.any(1), "consistent",
+                        f"a row with action {OUTSIDE_ACTION} must have no consistent action",
                         row_offset)
 
 

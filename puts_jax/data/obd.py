@@ -17,11 +17,10 @@ top ``OBD_POSITIONS``; a row is CONSISTENT with the action when that ranking put
 at the logged position (slot-level matching, DESIGN.md section 4), and ``propensity`` is the
 file's ``propensity_score``, the logging probability of that (item, position) decision.
 
-Most rows are consistent with no action: ``action`` is then ``OUTSIDE_ACTION`` (-1, "the logged
-decision is outside the action set"), otherwise the lowest consistent action. Such rows must stay in
-the log (they are the zero terms of IPS), which the current ``logs.write_log`` refuses; until
-logs.py allows it, ``_write_log`` below writes the same schema with that one relaxation and the
-extra columns ``item_id`` and ``position``.
+Most rows are consistent with no action: ``action`` is then ``logs.OUTSIDE_ACTION`` (-1, "the
+logged decision is outside the action set"), otherwise the lowest consistent action. Such rows stay
+in the log (they are the zero terms of IPS); the extra columns ``item_id`` and ``position``
+(0-based) are kept for audits.
 
 Context: one-hots of user_feature_0..3 over the categorical values seen in the file (sorted; kept
 in the metadata ``extra`` so that another file converts with the same columns), then the N raw
@@ -55,7 +54,7 @@ HEAD_NAMES = ("p_click", "affinity", "item_feature_0")
 REWARD_NAMES = ("click", "click_x_item_value")
 REWARD_KINDS = ("binary", "real")
 AFFINITY_SCALE = 3.0
-OUTSIDE_ACTION = -1  # logged decision matches no action of the action set
+OUTSIDE_ACTION = logs.OUTSIDE_ACTION  # logged decision matches no action of the action set
 # A uniform-random file's propensity_score must equal 1/N within this relative tolerance.
 PROPENSITY_RTOL = 1e-9
 CAMPAIGNS = ("all", "men", "women")
@@ -335,58 +334,6 @@ def consistent_mask(preds: np.ndarray, W: np.ndarray, item: np.ndarray, position
 # ---------------------------------------------------------------- writing
 
 
-def validate_slot_log(action: np.ndarray, consistent: np.ndarray, n_actions: int) -> None:
-    """Slot-level rows: ``action`` is OUTSIDE_ACTION (-1) exactly when no action is consistent,
-    else a consistent action. The relaxation of ``logs.validate_logged`` that OBD needs."""
-    checks.raise_if((action < OUTSIDE_ACTION) | (action >= n_actions), "action",
-                    f"must be {OUTSIDE_ACTION} (outside the action set) or in [0, {n_actions})")
-    if consistent.shape != (len(action), n_actions):
-        raise InputError("consistent", [], f"expected bool[B, {n_actions}], got {consistent.shape}")
-    inside = action >= 0
-    hit = consistent[np.arange(len(action)), np.where(inside, action, 0)]
-    checks.raise_if(inside & ~hit, "consistent", "the logged action must be consistent with itself")
-    checks.raise_if(~inside & consistent.any(1), "consistent",
-                    f"action {OUTSIDE_ACTION} rows must have no consistent action")
-
-
-def _nested_col(x: np.ndarray) -> pa.Array:
-    """Dense f32[B, N, K] as list<list<f32>> without Python objects."""
-    B, N, K = x.shape
-    if B * N * K >= 2**31:
-        raise InputError("preds", [], f"{B * N * K} values exceed list<list<f32>> offsets")
-    inner = pa.ListArray.from_arrays(pa.array(np.arange(B * N + 1, dtype=np.int32) * K),
-                                     pa.array(np.ascontiguousarray(x, np.float32).reshape(-1)))
-    return pa.ListArray.from_arrays(pa.array(np.arange(B + 1, dtype=np.int32) * N), inner)
-
-
-def _write_log(path: str, meta: logs.LogMeta, *, request_id, context, action, propensity,
-               rewards, consistent, preds, item_id, position, row_group_size: int = 65536) -> None:
-    """Interim stand-in for ``logs.write_log``: the same columns, types, metadata and atomic write,
-    plus rows with ``action`` -1 (``validate_slot_log``) and the columns ``item_id: i64`` and
-    ``position: i32`` (0-based). Replace with one ``logs.write_log`` call once logs.py allows both.
-    """
-    A = meta.action_set.n_actions
-    context = np.asarray(context, np.float32)
-    rewards = np.asarray(rewards, np.float32)
-    checks.check_finite("context", context)
-    validate_slot_log(action, consistent, A)
-    propensity = checks.check_propensity(propensity)
-    if rewards.shape != (len(action), len(meta.reward_names)):
-        raise InputError("rewards", [], f"expected f32[B, {len(meta.reward_names)}], "
-                         f"got {rewards.shape}")
-    checks.check_finite("rewards", rewards)
-    cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
-            "context": logs._list_col(context, pa.float32()),
-            "action": pa.array(np.asarray(action, np.int32)), "propensity": pa.array(propensity),
-            "rewards": logs._list_col(rewards, pa.float32()),
-            "consistent": logs._list_col(np.asarray(consistent, bool), pa.bool_()),
-            "preds": _nested_col(preds),
-            "item_id": pa.array(np.asarray(item_id, np.int64)),
-            "position": pa.array(np.asarray(position, np.int32))}
-    table = pa.table(cols).replace_schema_metadata({logs.META_KEY: meta.to_json().encode()})
-    logs._atomic_write_table(table, path, row_group_size)
-
-
 def _logging_policy(behavior: str, n_items: int) -> dict:
     if behavior == "random":
         return {"kind": "uniform_random_slots", "source": "Open Bandit Dataset",
@@ -463,9 +410,10 @@ def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all
     out = {"logs": os.path.join(out_dir, "logs.parquet"),
            "requests": os.path.join(out_dir, "requests.parquet"),
            "summary": os.path.join(out_dir, "obd_summary.json")}
-    _write_log(out["logs"], meta, request_id=rid, context=context, action=action,
-               propensity=data.propensity, rewards=build_rewards(data), consistent=consistent,
-               preds=preds, item_id=data.item_id, position=data.position)
+    logs.write_log(out["logs"], meta, request_id=rid, context=context, action=action,
+                   propensity=data.propensity, rewards=build_rewards(data), consistent=consistent,
+                   preds=preds, extra_columns={"item_id": data.item_id.astype(np.int64),
+                                               "position": data.position.astype(np.int32)})
     N = preds.shape[1]
     logs.write_requests(out["requests"], meta, request_id=rid, context=context, preds=preds,
                         candidate_ids=np.broadcast_to(np.arange(N, dtype=np.int64), (len(rid), N)))
