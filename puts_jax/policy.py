@@ -1,0 +1,328 @@
+"""Operating-policy registry (DESIGN.md section 4): versioned, audited choices of (Q-network
+parameters, action set, lambda).
+
+Layout of ``registry_dir``:
+
+  CURRENT        the current version name ("v0003"), switched atomically (temp file + os.replace)
+  audit.jsonl    append-only, one JSON line per action (publish / set-lambda / rollback), written
+                 before CURRENT is switched (write-ahead: a crash in between leaves a line whose
+                 ``current_after`` differs from CURRENT, which ``show`` reports)
+  .lock          advisory lock (fcntl) serializing writers of this registry
+  v0001/         policy.json (+ params/, an orbax checkpoint of the Q-network's nnx.Param state)
+  v0002/         policy.json only: set-lambda reuses v0001's params (``params_version``)
+
+A version directory is written under a hidden temp name and renamed into place, so a crash never
+leaves a half-written version visible. Changing lambda writes a new version that references its
+parent's parameters: instant, no copy, no retraining, no recompilation (lambda is a traced
+argument of the serving program).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import puts_jax
+from puts_jax.action_set import ActionSet, atomic_write_text
+from puts_jax.checks import InputError, check_lambda
+from puts_jax.qnet import QNetwork
+
+SCHEMA = "puts_jax.policy/1"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class OperatingPolicy(NamedTuple):
+    """A loaded registry version.
+
+    Fields:
+      version:    "v0003".
+      model:      QNetwork rebuilt with ``QNetwork.from_spec`` and its parameters restored.
+      action_set: ActionSet W: f32[A, K].
+      lam:        f32[J] scalarization.
+      meta:       the version's policy.json.
+    """
+
+    version: str
+    model: QNetwork
+    action_set: ActionSet
+    lam: np.ndarray
+    meta: dict
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _pure_params(model: QNetwork) -> dict:
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def _leaves(pure: Mapping) -> list[tuple[str, np.ndarray]]:
+    flat = jax.tree_util.tree_flatten_with_path(pure)[0]
+    return sorted((jax.tree_util.keystr(p), np.asarray(x)) for p, x in flat)
+
+
+def params_hash(model: QNetwork) -> str:
+    """sha256 over every parameter's path, dtype, shape and little-endian bytes (16 hex digits)."""
+    h = hashlib.sha256()
+    for path, x in _leaves(_pure_params(model)):
+        x = np.ascontiguousarray(x)
+        h.update(f"{path}|{x.dtype.str}|{x.shape}".encode())
+        h.update(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _param_shapes(model: QNetwork) -> dict:
+    return {p: {"shape": list(x.shape), "dtype": str(x.dtype)}
+            for p, x in _leaves(_pure_params(model))}
+
+
+def _check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
+    a = np.asarray(lam, np.float64)
+    if a.ndim != 1 or a.shape[0] != J:
+        raise InputError(field, [], f"expected f32[J] with length J = {J} (the model's reward "
+                                    f"objectives), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InputError(field, np.flatnonzero(~np.isfinite(a)), "non-finite coefficient")
+    if (a < 0).any():
+        raise InputError(field, np.flatnonzero(a < 0), "coefficients must be non-negative")
+    return check_lambda(a, field=field)
+
+
+def _check_point(frontier_point, lam: np.ndarray) -> dict:
+    if frontier_point is None:
+        return {}
+    if not isinstance(frontier_point, Mapping):
+        raise InputError("frontier_point", [], f"expected a dict, got {type(frontier_point).__name__}")
+    fp = json.loads(json.dumps(frontier_point))  # must be JSON-able; a deep copy
+    if fp.get("lambda") is not None and not np.allclose(fp["lambda"], lam, atol=1e-6):
+        raise InputError("frontier_point.lambda", [], f"{fp['lambda']} differs from lambda "
+                                                      f"{lam.tolist()}")
+    return fp
+
+
+def _check_reason(reason) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InputError("reason", [], "a non-empty reason is required for the audit log")
+    return reason
+
+
+@contextlib.contextmanager
+def _locked(registry_dir: str):
+    os.makedirs(registry_dir, exist_ok=True)
+    with open(os.path.join(registry_dir, ".lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def versions(registry_dir: str) -> list[str]:
+    """Complete versions (directories with a policy.json), oldest first."""
+    if not os.path.isdir(registry_dir):
+        return []
+    found = [(int(m.group(1)), d) for d in os.listdir(registry_dir)
+             if (m := _VERSION_RE.match(d))
+             and os.path.isfile(os.path.join(registry_dir, d, "policy.json"))]
+    return [d for _, d in sorted(found)]
+
+
+def current_version(registry_dir: str) -> str | None:
+    """The version named by CURRENT, or None for an empty registry."""
+    path = os.path.join(registry_dir, "CURRENT")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def _read_meta(registry_dir: str, version: str) -> dict:
+    path = os.path.join(registry_dir, version, "policy.json")
+    if not _VERSION_RE.match(version) or not os.path.isfile(path):
+        raise InputError("version", [], f"{version!r} is not a version of {registry_dir}; "
+                                        f"known {versions(registry_dir)}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _next_version(registry_dir: str) -> str:
+    nums = [int(m.group(1)) for d in os.listdir(registry_dir) if (m := _VERSION_RE.match(d))]
+    return f"v{max(nums, default=0) + 1:04d}"
+
+
+def _audit(registry_dir: str, entry: dict) -> None:
+    with open(os.path.join(registry_dir, "audit.jsonl"), "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_params(path: str, model: QNetwork) -> None:
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(os.path.abspath(path), _pure_params(model))
+        ckpt.wait_until_finished()
+
+
+def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) -> str:
+    """Write a version under a temp name, rename it into place, audit, switch CURRENT.
+    Call with the registry lock held; ``meta`` lacks version/parent, filled in here."""
+    version, parent = _next_version(registry_dir), current_version(registry_dir)
+    meta = {"schema": SCHEMA, "version": version, "parent": parent, "action": action,
+            "created": _now(), **meta}
+    if model is not None:
+        meta["params_version"] = version
+    tmp = tempfile.mkdtemp(dir=registry_dir, prefix=f".tmp-{version}-")
+    try:
+        if model is not None:
+            _save_params(os.path.join(tmp, "params"), model)
+        atomic_write_text(os.path.join(tmp, "policy.json"), json.dumps(meta, indent=1))
+        os.rename(tmp, os.path.join(registry_dir, version))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _switch(registry_dir, {"time": meta["created"], "action": action, "version": version,
+                           "parent": parent, "lambda": meta["lambda"], "reason": meta["reason"],
+                           "params_version": meta["params_version"],
+                           "params_hash": meta["params_hash"]}, version)
+    return version
+
+
+def _switch(registry_dir: str, entry: dict, version: str) -> None:
+    entry = {**entry, "current_before": current_version(registry_dir), "current_after": version}
+    _audit(registry_dir, entry)
+    atomic_write_text(os.path.join(registry_dir, "CURRENT"), version + "\n")
+
+
+def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
+            frontier_point: Mapping | None, reason: str, source: Mapping | None = None) -> str:
+    """Publish a new operating policy (own parameters) and make it current; returns its version.
+
+    Args:
+      model: the trained QNetwork (its nnx.Param state is saved with orbax).
+      action_set: the actions the model scores (A must equal ``model.n_actions``).
+      lam: f[J] scalarization; J = the model's reward objectives, non-negative, sums to 1.
+      frontier_point: what the frontier says about this lambda (``report.frontier_point``).
+      reason: why (kept in policy.json and the audit log).
+      source: provenance, e.g. {"checkpoint": path, "step": 2000, "frontier": path}.
+    Raises InputError naming the field (lambda, action_set, reason, frontier_point.lambda).
+    """
+    J = len(model.reward_kinds)
+    lam = _check_lam(lam, J)
+    if action_set.n_actions != model.n_actions:
+        raise InputError("action_set", [], f"A = {action_set.n_actions} actions but the model "
+                                           f"scores {model.n_actions}")
+    meta = {"reason": _check_reason(reason), "lambda": lam.tolist(),
+            "frontier_point": _check_point(frontier_point, lam),
+            "source": json.loads(json.dumps(dict(source or {}))),
+            "model_spec": model.spec(), "params_hash": params_hash(model),
+            "param_shapes": _param_shapes(model), "action_set": action_set.to_dict(),
+            "action_set_hash": action_set.hash(), "package_version": puts_jax.__version__}
+    with _locked(registry_dir):
+        return _commit(registry_dir, meta, model, "publish")
+
+
+def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | None = None) -> str:
+    """New version with the current version's parameters and action set and a new lambda; it
+    references the parent's params (no copy) and becomes current. Returns its version."""
+    with _locked(registry_dir):
+        parent = current_version(registry_dir)
+        if parent is None:
+            raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
+        pm = _read_meta(registry_dir, parent)
+        lam = _check_lam(lam, len(pm["model_spec"]["reward_kinds"]))
+        keep = ("model_spec", "params_version", "params_hash", "param_shapes", "action_set",
+                "action_set_hash", "source")
+        meta = {"reason": _check_reason(reason), "lambda": lam.tolist(),
+                "frontier_point": _check_point(frontier_point, lam),
+                **{k: pm[k] for k in keep}, "package_version": puts_jax.__version__}
+        return _commit(registry_dir, meta, None, "set-lambda")
+
+
+def rollback(registry_dir: str, version: str, reason: str) -> str:
+    """Make an existing ``version`` current again (no new version); audited. Returns it."""
+    reason = _check_reason(reason)
+    with _locked(registry_dir):
+        meta = _read_meta(registry_dir, version)
+        cur = current_version(registry_dir)
+        if cur == version:
+            raise InputError("version", [], f"{version} is already current")
+        _switch(registry_dir, {"time": _now(), "action": "rollback", "version": version,
+                               "parent": meta["parent"], "lambda": meta["lambda"],
+                               "reason": reason, "params_version": meta["params_version"],
+                               "params_hash": meta["params_hash"]}, version)
+    return version
+
+
+def read_audit(registry_dir: str) -> list[dict]:
+    path = os.path.join(registry_dir, "audit.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def show(registry_dir: str) -> dict:
+    """The registry at a glance: current version and its policy.json, every version's summary,
+    the audit log, whether the audit's last switch matches CURRENT, and stale temp directories
+    (left by a crash; never visible as versions)."""
+    cur = current_version(registry_dir)
+    summary = []
+    for v in versions(registry_dir):
+        m = _read_meta(registry_dir, v)
+        summary.append({k: m.get(k) for k in ("version", "parent", "action", "created", "lambda",
+                                              "reason", "params_version", "params_hash",
+                                              "action_set_hash")})
+    audit = read_audit(registry_dir)
+    stale = sorted(d for d in os.listdir(registry_dir) if d.startswith(".tmp-")) \
+        if os.path.isdir(registry_dir) else []
+    return {"registry": os.path.abspath(registry_dir), "current": cur,
+            "policy": _read_meta(registry_dir, cur) if cur else None, "versions": summary,
+            "audit": audit,
+            "audit_consistent": (audit[-1]["current_after"] if audit else None) == cur,
+            "stale_temp": stale}
+
+
+def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
+    """Load ``version`` (default: CURRENT): rebuild the QNetwork from its spec, restore the
+    parameters with orbax into that target, and verify the params and action-set hashes."""
+    version = version or current_version(registry_dir)
+    if version is None:
+        raise InputError("CURRENT", [], f"{registry_dir} has no published policy")
+    meta = _read_meta(registry_dir, version)
+    action_set = ActionSet.from_dict(meta["action_set"])  # checks its stored hash
+    model = QNetwork.from_spec(meta["model_spec"])
+    want, got = meta["param_shapes"], _param_shapes(model)
+    bad = [f"{p}: saved {want.get(p)} expected {got.get(p)}"
+           for p in sorted(set(want) | set(got)) if want.get(p) != got.get(p)]
+    if bad:
+        raise InputError("params", [], "saved parameters do not fit the model spec: " + "; ".join(bad))
+    state = nnx.state(model, nnx.Param)
+    path = os.path.abspath(os.path.join(registry_dir, meta["params_version"], "params"))
+    with ocp.StandardCheckpointer() as ckpt:
+        restored = ckpt.restore(path, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    if params_hash(model) != meta["params_hash"]:
+        raise InputError("params_hash", [], f"restored parameters of {version} hash to "
+                                            f"{params_hash(model)}, policy.json says {meta['params_hash']}")
+    return OperatingPolicy(version, model, action_set, np.asarray(meta["lambda"], np.float32), meta)
+
+
+def describe(op: OperatingPolicy) -> dict[str, Any]:
+    """Short JSON-able summary of a loaded policy (for logs and the CLI)."""
+    return {"version": op.version, "lambda": op.lam.tolist(), "n_actions": op.action_set.n_actions,
+            "params_hash": op.meta["params_hash"], "action_set_hash": op.meta["action_set_hash"]}
