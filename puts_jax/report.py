@@ -89,6 +89,28 @@ def as_estimates(obj: PolicyEstimates | Mapping, field: str = "points") -> Polic
     return PolicyEstimates(names, est, per["n"], per["matched"], per["ess"])
 
 
+def from_ope(names: Sequence[str], est) -> PolicyEstimates:
+    """PolicyEstimates from ``puts_jax.ope.finalize``'s ``Estimates`` (read by attribute; fields
+    with or without the leading policy axis P). Estimators: "ips", "snips", "dr" (when any value
+    is finite: a reward model was given) and "exact" (Clopper-Pearson interval around the IPS
+    value, NaN where the exact interval is not valid)."""
+    P = len(names)
+
+    def rows(x):
+        return np.asarray(x, np.float64).reshape(P, -1)
+
+    out = {"ips": {"value": rows(est.ips), "lo": rows(est.ips_lo), "hi": rows(est.ips_hi)},
+           "snips": {"value": rows(est.snips), "lo": rows(est.snips_lo), "hi": rows(est.snips_hi)}}
+    if np.isfinite(rows(est.dr)).any():
+        out["dr"] = {"value": rows(est.dr), "lo": rows(est.dr_lo), "hi": rows(est.dr_hi)}
+    ok = np.asarray(est.exact_defined, bool).reshape(P, -1)
+    out["exact"] = {"value": np.where(ok, rows(est.ips), np.nan), "lo": rows(est.exact_lo),
+                    "hi": rows(est.exact_hi)}
+    return as_estimates({"names": list(names), "estimates": out,
+                         "n": np.asarray(est.n).reshape(P), "matched": np.asarray(est.matched).reshape(P),
+                         "ess": np.asarray(est.ess, np.float64).reshape(P)})
+
+
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
     """sha256 hex digest of a file, read in chunks."""
     h = hashlib.sha256()
@@ -226,6 +248,26 @@ def _hypervolume(values: np.ndarray, base_values: list[np.ndarray], reference, d
             "reference_rule": rule, "excluded_nonfinite": int((~finite).sum())}
 
 
+def _check_provenance(provenance: Mapping) -> dict:
+    prov = dict(provenance)
+    prov.setdefault("package_version", puts_jax.__version__)
+    prov.setdefault("created", _now())
+    missing = [k for k in PROVENANCE_KEYS if k not in prov]
+    if missing:
+        raise InputError("provenance", [], f"missing keys {missing}")
+    return prov
+
+
+def _operating_point(op, lam: np.ndarray, names: Sequence[str]) -> dict | None:
+    if op is None:
+        return None
+    idx, reason = op
+    if idx is not None and not 0 <= idx < len(names):
+        raise InputError("operating_point", [], f"index {idx} outside [0, {len(names)})")
+    return {"index": idx, "reason": str(reason), "lambda": None if idx is None else lam[idx],
+            "name": None if idx is None else names[idx]}
+
+
 def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_names: Sequence[str],
                    provenance: Mapping, baselines: Mapping[str, PolicyEstimates | Mapping] = (),
                    directions: Sequence[str] | None = None, primary: str | None = None,
@@ -258,12 +300,7 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
     primary = primary or ("snips" if "snips" in pe.estimates else next(iter(pe.estimates)))
     if primary not in pe.estimates:
         raise InputError("primary", [], f"'{primary}' not among estimators {list(pe.estimates)}")
-    prov = dict(provenance)
-    prov.setdefault("package_version", puts_jax.__version__)
-    prov.setdefault("created", _now())
-    missing = [k for k in PROVENANCE_KEYS if k not in prov]
-    if missing:
-        raise InputError("provenance", [], f"missing keys {missing}")
+    prov = _check_provenance(provenance)
     block = _set_block(pe, primary, dirs)
     base = _baselines(dict(baselines), primary, dirs, list(objective_names))
     b = pe.estimates[primary]
@@ -279,11 +316,7 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
         hv["global_actions"] = (pareto.hypervolume(av[np.isfinite(av).all(1)], hv["reference"], dirs)
                                 if hv["reference"] is not None else None)
     verdict, detail = _verdict(block["verdicts"], b["lo"], b["hi"], confidence)
-    op = None
-    if operating_point is not None:
-        idx, reason = operating_point
-        op = {"index": idx, "reason": str(reason),
-              "lambda": None if idx is None else lam[idx], "name": None if idx is None else pe.names[idx]}
+    op = _operating_point(operating_point, lam, pe.names)
     warns = _warnings(pe, "point") + [w for k, x in dict(baselines).items()
                                       for w in _warnings(as_estimates(x, k), k)]
     doc = {"schema": SCHEMA,
@@ -372,6 +405,27 @@ def _arr(x) -> np.ndarray:
     return np.asarray([[np.nan if v is None else v for v in row] for row in x], np.float64)
 
 
+_STYLE = {"logging": dict(marker="s", color="k", label="logging policy"),
+          "production": dict(marker="D", color="C3", label="production action"),
+          "actions": dict(marker="x", color="0.55", label="single global actions")}
+
+
+def _plot_baselines(ax, doc: Mapping, xy) -> None:
+    """Baselines as distinct markers with interval crosses; best global actions emphasized."""
+    for n_kind, (kind, bl) in enumerate(doc["baselines"].items()):
+        if doc["primary_estimator"] not in bl["estimators"]:
+            continue
+        st = _STYLE.get(kind, dict(marker="v", color=f"C{4 + n_kind}", label=kind))
+        bx, by, bxl, bxh, byl, byh = xy(bl["estimators"][doc["primary_estimator"]])
+        ax.errorbar(bx, by, xerr=[bxl, bxh], yerr=[byl, byh], fmt=st["marker"], color=st["color"],
+                    ms=6, elinewidth=0.6, capsize=2, alpha=0.9, label=st["label"], ls="none",
+                    zorder=3)
+        if kind == "actions" and any(bl.get("is_best", [])):
+            best = np.asarray(bl["is_best"], bool)
+            ax.plot(bx[best], by[best], "P", color="C1", ms=10, ls="none", zorder=4,
+                    label="best global action")
+
+
 def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
     """The frontier as PNG bytes: points with interval crosses on both objectives, the
     nondominated ones connected, baselines as distinct markers, the operating point starred."""
@@ -404,17 +458,7 @@ def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
         lam = doc["lambdas"][i]
         ax.annotate("(" + ", ".join(f"{v:.2f}" for v in lam) + ")", (x[i], y[i]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
-    style = {"logging": dict(marker="s", color="k", label="logging policy"),
-             "production": dict(marker="D", color="C3", label="production action"),
-             "actions": dict(marker="x", color="0.55", label="single global actions")}
-    for n_kind, (kind, bl) in enumerate(doc["baselines"].items()):
-        st = style.get(kind, dict(marker="v", color=f"C{4 + n_kind}", label=kind))
-        bx, by, bxl, bxh, byl, byh = xy(bl["estimators"][prim])
-        ax.errorbar(bx, by, xerr=[bxl, bxh], yerr=[byl, byh], fmt=st["marker"], color=st["color"],
-                    ms=6, elinewidth=0.6, capsize=2, alpha=0.9, label=st["label"], ls="none")
-        if kind == "actions" and any(bl.get("is_best", [])):
-            best = np.asarray(bl["is_best"], bool)
-            ax.plot(bx[best], by[best], "P", color="C1", ms=10, ls="none", label="best global action")
+    _plot_baselines(ax, doc, xy)
     op = doc.get("operating_point")
     if op and op.get("index") is not None:
         i = op["index"]

@@ -145,3 +145,32 @@ def test_three_objectives_and_errors(tmp_path):
         report.build_frontier(lam, bad, objective_names=("a", "b", "c"), provenance=_prov(tmp_path))
     with pytest.raises(InputError, match="frontier.*missing keys"):
         report.write_frontier(str(tmp_path), {"schema": report.SCHEMA})
+
+
+def test_from_ope_estimates(tmp_path):
+    from puts_jax import ope
+    from puts_jax.types import EstimatorStats
+
+    # Two deterministic policies, uniform logging over A = 4 (p = 0.25), n = 400 rows, binary
+    # rewards; policy 1 has no matched rows (SNIPS undefined, exact interval [0, hi]).
+    p = 0.25
+    matched = np.array([100, 0])
+    k = np.array([[30.0, 10.0], [0.0, 0.0]])
+    stats = EstimatorStats(
+        n=np.array([400, 400]), matched=matched, sum_w=matched / p, sum_w2=matched / p ** 2,
+        sum_wr=k / p, sum_w2r=k / p ** 2, sum_w2r2=k / p ** 2, sum_match_r=k)
+    est = ope.finalize(stats, reward_kinds=("binary", "binary"), constant_propensity=p)
+    pe = report.from_ope(["a", "b"], est)
+    assert set(pe.estimates) == {"ips", "snips", "exact"}  # no reward model: no DR
+    np.testing.assert_allclose(pe.estimates["ips"]["value"], k / (400 * p))
+    np.testing.assert_allclose(pe.estimates["exact"]["value"], k / (400 * p))
+    assert pe.matched.tolist() == [100, 0] and np.isnan(pe.estimates["snips"]["value"][1]).all()
+    assert pe.estimates["exact"]["lo"][1].tolist() == [0.0, 0.0]
+    assert (pe.estimates["exact"]["hi"][1] > 0).all()
+    doc = report.build_frontier(np.array([[1.0, 0.0], [0.0, 1.0]]), pe,
+                                objective_names=("click", "save"), provenance=_prov(tmp_path))
+    assert doc["verdicts"] == ["nondominated", "not estimable"]
+    assert any("b: no matched rows" in w for w in doc["warnings"])
+    doc = report.build_frontier(np.array([[1.0, 0.0], [0.0, 1.0]]), pe, primary="exact",
+                                objective_names=("click", "save"), provenance=_prov(tmp_path))
+    assert doc["verdicts"] == ["nondominated", "clearly dominated"]
