@@ -150,6 +150,14 @@ class Scorer:
 
 # ----------------------------------------------------------------------------- sweep
 
+def _q_logged(q_BxAxJ, action_B) -> jax.Array:
+    """qhat(x, logged action) f32[B, J]; 0 for rows logged outside the action set (action -1,
+    ``data.logs.OUTSIDE_ACTION``), whose weight is 0 for every policy anyway."""
+    a = action_B.astype(jnp.int32)
+    got = jnp.take_along_axis(q_BxAxJ, jnp.maximum(a, 0)[:, None, None], axis=1)[:, 0]
+    return jnp.where((a >= 0)[:, None], got, 0.0)
+
+
 def _policy_terms(q_BxAxJ, lam_J, consistent_BxA, policy: str, policy_param, fallback: int):
     """Target probability of the logged decision f32[B] and qhat(x, pi) f32[B, J] for one lambda."""
     s_BxA = jnp.einsum("baj,j->ba", q_BxAxJ, lam_J.astype(jnp.float32))
@@ -166,7 +174,7 @@ def _sweep(graphdef, lambda_chunk: int, policy: str, fallback: int, floor, with_
            params, lams_LxJ, logged: LoggedBatch, policy_param) -> EstimatorStats:
     TRACE_COUNTS["sweep"] += 1
     q = q_values(graphdef, params, logged.context, logged.context_ids)  # once per chunk
-    ql = jnp.take_along_axis(q, logged.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    ql = _q_logged(q, logged.action)
 
     def one_lambda(lam_J):
         pi, qp = _policy_terms(q, lam_J, logged.consistent, policy, policy_param, fallback)
@@ -202,7 +210,7 @@ def _fixed(graphdef, floor, params, probs_PxA, logged: LoggedBatch) -> Estimator
     qp = ql = q = None
     if graphdef is not None:
         q = q_values(graphdef, params, logged.context, logged.context_ids)
-        ql = jnp.take_along_axis(q, logged.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+        ql = _q_logged(q, logged.action)
 
     def one_policy(probs_A):
         pi = jnp.einsum("ba,a->b", logged.consistent.astype(jnp.float32), probs_A)
@@ -280,7 +288,7 @@ def _host_chunk(item, offset: int, floor, n_actions) -> LoggedBatch:
     if consistent is None:
         if n_actions is None:
             raise checks.InputError("consistent", [], "missing; pass n_actions to default to one-hot")
-        consistent = np.eye(n_actions, dtype=bool)[action]
+        consistent = (action[:, None] == np.arange(n_actions)[None, :])  # -1: no action
     valid = np.ones(B, bool) if lb.valid is None else np.asarray(lb.valid, bool)
     return LoggedBatch(np.asarray(lb.context, np.float32), action, p.astype(np.float32),
                        np.asarray(lb.rewards), np.asarray(consistent, bool), valid,
