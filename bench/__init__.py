@@ -1,0 +1,25 @@
+"""Benchmarks of puts_jax (issue 3): ``python -m bench <serve|sweep|latency|train|all> [--quick]``.
+
+Benchmarks are not tests (STYLE 14): they time compilation apart from the steady state, report
+medians, p50/p99 and ratios measured side by side in one run, record the device and versions,
+and write ``bench/results/<device-kind>/<suite>.json``. Nothing here imports grain (the GPU
+machines lack it) and ``puts_jax`` never imports ``bench``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One XLA:CPU thread per process: every number is per core, and the two-core numbers come from
+# one single-threaded process per core (FACTS: two threads or two virtual devices in one process
+# do not scale and worsen p99).
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def single_thread_env() -> None:
+    """Set single-threaded XLA:CPU, OpenBLAS and OpenMP before jax/numpy/torch are imported
+    (values already in the environment win)."""
+    if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")

@@ -1,0 +1,65 @@
+"""``python -m bench <suite> [--quick]``: run suites, print their tables, write their JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench import single_thread_env
+
+SUITES = ("serve", "sweep", "latency", "train")
+
+
+def _parse_batches(text: str | None) -> tuple[int, ...] | None:
+    return None if not text else tuple(int(x) for x in text.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("suite", choices=SUITES + ("all",))
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (about a minute a suite)")
+    ap.add_argument("--batches", help="comma-separated batch sizes (override the suite's)")
+    ap.add_argument("--out", default=None, help="results root (default bench/results)")
+    ap.add_argument("--no-workers", action="store_true", help="skip multi-process runs")
+    args = ap.parse_args(argv)
+    single_thread_env()
+    batches = _parse_batches(args.batches)
+
+    import importlib
+
+    def runner(name: str):
+        mod = importlib.import_module(f"bench.{'train_suite' if name == 'train' else name}")
+        kw = {"batches": batches} if batches else {}
+        if name in ("serve", "latency"):
+            kw["workers"] = not args.no_workers
+        if name == "train":
+            kw["multi"] = not args.no_workers
+        return lambda quick: mod.run(quick, **kw)
+
+    names = SUITES if args.suite == "all" else (args.suite,)
+    t_all = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
+        rep = runner(name)(args.quick)
+        path = rep.write(args.out)
+        print(f"\n### {name}  ({time.perf_counter() - t0:.1f}s)\n{rep.table(rep_columns(name))}")
+        print(f"-> {path}")
+    print(f"\ntotal {time.perf_counter() - t_all:.1f}s", file=sys.stderr)
+    return 0
+
+
+def rep_columns(name: str) -> list[str]:
+    base = ["case", "variant", "compile_s", "p50_us", "p99_us", "per_s"]
+    if name == "serve":
+        return base + ["fraction_of_roofline", "action_equal", "topk_score_maxdiff"]
+    if name == "sweep":
+        return base + ["fraction_of_roofline", "temp_bytes", "maxdiff"]
+    if name == "latency":
+        return base + ["added_p50", "added_p99"]
+    return base
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Serve suite: requests/s and p50/p99 per batch of the fused serve pass against the same math in
+numpy, an unfused JAX pipeline and PyTorch eager; the fraction of the roofline; and throughput
+with two single-threaded worker processes (one per core) against one.
+
+Targets (issue 3, 2-core CPU): B = 8192 >= 1.5x numpy and >= 1.5x torch eager, >= 45% of the
+roofline per core, >= 1.8x with both cores; B = 1 p50 <= 50 us and p99 <= 100 us (AOT compiled,
+parameters resident).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import baselines, fast, harness, roofline, variants, workload
+from bench.report import Report
+
+BATCHES = (1, 64, 1024, 8192)
+
+
+def _np(out: Any) -> dict[str, np.ndarray]:
+    d = out._asdict() if hasattr(out, "_asdict") else dict(out)
+    return {k: np.asarray(v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray)
+                          and not isinstance(v, jax.Array) else v) for k, v in d.items()}
+
+
+def agreement(ref: Any, other: Any) -> dict[str, float]:
+    """How far another variant's output is from the fused one: the fraction of equal actions
+    and the largest top-k score difference (index order may differ only within exact ties)."""
+    a, b = _np(ref), _np(other)
+    sa, sb = a["topk_score"], b["topk_score"]
+    both = np.isfinite(sa) & np.isfinite(sb)
+    return {"action_equal": float(np.mean(a["action"] == b["action"])),
+            "topk_score_maxdiff": float(np.max(np.abs(sa - sb)[both], initial=0.0)),
+            "topk_finite_equal": float(np.mean(np.isfinite(sa) == np.isfinite(sb)))}
+
+
+def _budget(quick: bool, B: int) -> tuple[int, float]:
+    """(rounds, seconds per variant per round)."""
+    if quick:
+        return 2, (0.25 if B < 1024 else 0.5)
+    return 5, (0.6 if B < 1024 else 1.5)
+
+
+def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick: bool,
+             roof: roofline.Roofline) -> None:
+    arr = workload.request_arrays(s, B)
+    batch = jax.device_put(variants.to_request_batch(arr))  # resident (zero-copy on CPU)
+    params, lam, lam_np = ctx["params"], ctx["lam"], ctx["lam_np"]
+    comp = {"fused": harness.aot_compile(ctx["fused"], params, lam, batch),
+            "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch),
+            "fused_exp_const": harness.aot_compile(ctx["fused_const"], lam, batch)}
+    calls = {"fused": lambda: comp["fused"].fn(params, lam, batch),
+             "fused_exp": lambda: comp["fused_exp"].fn(params, lam, batch),
+             "fused_exp_const": lambda: comp["fused_exp_const"].fn(lam, batch),
+             "unfused_jax": lambda: ctx["unfused"](params, lam, arr),
+             "numpy": lambda: baselines.numpy_serve(ctx["np_params"], ctx["W"], lam_np, arr,
+                                                    s.top_k)}
+    if ctx.get("torch") is not None:
+        import torch
+
+        tb = {k: torch.from_numpy(v) for k, v in arr.items()}
+        lam_t = torch.from_numpy(lam_np)
+        calls["torch_eager"] = lambda: ctx["torch"](lam_t, tb)
+    ref = harness.block(calls["fused"]())
+    agree = {n: agreement(ref, harness.block(f())) for n, f in calls.items() if n != "fused"}
+    rounds, secs = _budget(quick, B)
+    per_call = max(harness.probe(f) for f in calls.values())
+    samples = harness.interleave(calls, rounds=rounds, reps=harness.reps_for(per_call, secs))
+    cost = roofline.serve_cost(B, s.N, s.K, s.D, s.hidden, s.A, s.J, s.top_k, s.head,
+                               s.n_components)
+    med = {}
+    for name, xs in samples.items():
+        summ = harness.Summary.of(xs)
+        med[name] = summ.median
+        c = comp.get(name)
+        row = rep.add(f"B={B}", name, summ, B=B, per_s=B / summ.median,
+                      compile_s=None if c is None else round(c.compile_s, 3),
+                      **agree.get(name, {}))
+        if name.startswith("fused"):
+            row.update(roof.describe(summ.median, cost))
+            row["xla_cost"] = c.cost
+            row["temp_bytes"] = c.temp_bytes
+    for other in ("numpy", "torch_eager", "unfused_jax"):
+        if other in med:
+            tgt = 1.5 if (B == 8192 and other != "unfused_jax") else None
+            rep.ratio(f"B={B} fused vs {other} (x faster)", med[other] / med["fused"], tgt)
+            rep.ratio(f"B={B} fused_exp vs {other} (x faster)", med[other] / med["fused_exp"],
+                      tgt)
+    if B == 8192:
+        rep.ratio("B=8192 fused fraction of roofline", roof.fraction(med["fused"], cost), 0.45)
+        rep.ratio("B=8192 fused_exp fraction of roofline", roof.fraction(med["fused_exp"], cost),
+                  0.45)
+    if B == 1:
+        for name in ("fused", "fused_exp_const"):
+            summ = harness.Summary.of(samples[name])
+            rep.ratio(f"B=1 {name} p50 us", summ.p50 * 1e6, 50.0, higher_is_better=False)
+            rep.ratio(f"B=1 {name} p99 us", summ.p99 * 1e6, 100.0, higher_is_better=False)
+
+
+# -------------------------------------------------------------------------------- two workers
+
+def _spawn(core: int, B: int, seconds: float) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    cmd = [sys.executable, "-m", "bench.worker", "--core", str(core), "--B", str(B),
+           "--seconds", str(seconds)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def run_workers(cores: list[int], B: int, seconds: float) -> dict[str, Any]:
+    """Start one worker per core, wait until all have compiled, start them together, and sum
+    their requests/s."""
+    procs = [_spawn(c, B, seconds) for c in cores]
+    for p in procs:
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"bench.worker did not start: {line!r}")
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.stdout.readline()) for p in procs]
+    for p in procs:
+        p.wait(timeout=60)
+    return {"cores": cores, "per_worker": results,
+            "requests_per_s": sum(r["requests_per_s"] for r in results)}
+
+
+def scaling(rep: Report, quick: bool, B: int = 8192) -> None:
+    ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if ncores < 2:
+        rep.note("worker scaling skipped: fewer than 2 cores available")
+        return
+    seconds = 3.0 if quick else 10.0
+    one = run_workers([0], B, seconds)
+    two = run_workers([0, 1], B, seconds)
+    rep.extra["workers"] = {"one": one, "two": two}
+    for name, res in (("1 worker", one), ("2 workers", two)):
+        rep.add(f"B={B} workers", name, None, B=B, per_s=res["requests_per_s"])
+    rep.ratio(f"B={B} 2 workers vs 1 (x throughput)", two["requests_per_s"] / one["requests_per_s"],
+              1.8)
+
+
+# -------------------------------------------------------------------------------- entry
+
+def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool = True) -> Report:
+    s = workload.Shapes()
+    rep = Report("serve", quick, s.as_dict())
+    roof, info = roofline.measure(quick)
+    rep.extra["roofline"] = info
+    model = workload.make_model(s)
+    graphdef, params = variants.split(model)
+    W = workload.action_weights(s)
+    fused, source = variants.fused_serve(graphdef, W, s.top_k)
+    rep.meta["fused_source"] = source
+    if source != "puts_jax.engine.build_serve":
+        rep.note("puts_jax.engine.build_serve not available: 'fused' is bench.variants."
+                 "local_serve (kernels.serve_batch under one jit)")
+    ctx = {"params": params, "W": W, "lam_np": np.array([0.5, 0.5], np.float32),
+           "fused": fused, "fused_exp": fast.fast_serve(graphdef, W, s.top_k),
+           "fused_const": fast.const_params(graphdef, params, W, s.top_k),
+           "unfused": variants.unfused_serve(graphdef, W, s.top_k),
+           "np_params": workload.numpy_params(model)}
+    ctx["lam"] = jnp.asarray(ctx["lam_np"])
+    if baselines.torch_available():
+        ctx["torch"] = baselines.make_torch_serve(ctx["np_params"], W, s.top_k, threads=1)
+    else:
+        rep.note("torch not installed: torch_eager skipped (pip install '.[bench]')")
+    for B in batches:
+        t0 = time.perf_counter()
+        run_case(rep, s, B, ctx, quick, roof)
+        print(f"  serve B={B} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if workers:
+        scaling(rep, quick, max(batches))
+    return rep
