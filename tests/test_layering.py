@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "kernels", "losses", "ope",
     "pareto", "qnet", "model_io", "data.logs", "data.simulator", "data.obd", "engine", "policy",
-    "report", "reference", "cli",
+    "report", "sweep_job", "score_job", "reference", "cli",
 ]
 PURE = {"kernels", "losses", "ope", "pareto", "reference", "scalarization", "types", "checks"}
 HEAVY = ("flax", "grain", "orbax")

@@ -254,13 +254,15 @@ def write_requests(path: str, meta: LogMeta, *, request_id: np.ndarray, context:
                    preds: list, candidate_ids: list | None = None,
                    context_ids: np.ndarray | None = None, row_group_size: int = 65536) -> None:
     """Write a request set atomically. preds: list of f32[N_b, K] (or None / empty for no
-    candidates); candidate_ids: optional list of i64[N_b]."""
+    candidates) or a dense f32[B, N, K]; candidate_ids: optional list of i64[N_b] or i64[B, N]."""
     context = np.asarray(context, np.float32)
     checks.check_finite("context", context)
     cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
             "context": _list_col(context, pa.float32()),
             "preds": _ragged_col(preds, pa.float32())}
-    if candidate_ids is not None:
+    if isinstance(candidate_ids, np.ndarray) and candidate_ids.ndim == 2:
+        cols["candidate_ids"] = _list_col(candidate_ids.astype(np.int64), pa.int64())
+    elif candidate_ids is not None:
         cols["candidate_ids"] = pa.array([None if c is None else np.asarray(c).tolist()
                                           for c in candidate_ids], type=pa.list_(pa.int64()))
     if context_ids is not None:

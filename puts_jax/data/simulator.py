@@ -94,6 +94,13 @@ class SimConfig:
         return cls()
 
 
+def config_from_dict(d: dict) -> SimConfig:
+    """SimConfig from ``dataclasses.asdict`` output read back from JSON (lists -> tuples)."""
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+    return SimConfig(**{k: tup(v) for k, v in d.items()})
+
+
 class World(NamedTuple):
     """A drawn world (SIMULATOR.md, Model). Arrays are numpy.
 
@@ -431,9 +438,14 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     req = sample_requests(world, n_requests, s_req)
     N, rid0 = cfg.n_candidates, n_logs + n_heldout
     rid = np.arange(n_requests, dtype=np.int64) + rid0
-    logs.write_requests(paths["requests"], log_meta(world, logging, s_req), request_id=rid,
-                        context=req.context, preds=list(req.preds),
-                        candidate_ids=list(rid[:, None] * N + np.arange(N)))
+    # The utility normalizes each head by its global mean prediction (s_n = sum_k w_k P/Pbar_k):
+    # the request set carries P / Pbar so that serving's W[a] . preds ranks as the world does.
+    meta = log_meta(world, logging, s_req)
+    meta.extra["preds"] = "ranker probabilities divided by their global mean pbar per head"
+    meta.extra["pbar"] = world.pbar.tolist()
+    logs.write_requests(paths["requests"], meta, request_id=rid,
+                        context=req.context, preds=(req.preds / world.pbar).astype(np.float32),
+                        candidate_ids=rid[:, None] * N + np.arange(N))
     _atomic_write_npz(paths["truth"], truth_arrays(world, n_eval, s_eval))
     return paths
 

@@ -1,0 +1,260 @@
+"""``puts-jax``: the console script. It only wires library calls; each subcommand is one function.
+
+  simulate      write a simulated data set (exploration logs, request set, ground truth)
+  data obd      convert the Open Bandit Dataset (the obp sample or a full copy) to our format
+  sweep         evaluate every lambda policy on a log, write frontier.json / .png / .html
+  policy        publish | select | set-lambda | rollback | show  (the operating-policy registry)
+  score         batch-score a request set with the current operating policy
+  truth         simulator only: true values of the learned and reference policies vs estimates
+  report        re-render frontier.png / table from a frontier.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _print(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- simulate / data
+
+def cmd_simulate(args) -> None:
+    from puts_jax.data import simulator
+
+    cfg = simulator.SimConfig.tiny() if args.preset == "tiny" else simulator.SimConfig.default()
+    if args.miscalibration is not None:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, miscalibration=args.miscalibration)
+    t0 = time.perf_counter()
+    paths = simulator.write_simulation(args.out, cfg, args.n_logs, args.n_heldout, args.n_eval,
+                                       args.n_requests, args.seed)
+    world = simulator.make_world(cfg)
+    ev = simulator.simulate_log(world, args.n_evaluation, args.seed + 1_000_003,
+                                id_offset=10 ** 12)
+    paths["evaluation"] = os.path.join(args.out, "evaluation.parquet")
+    from puts_jax.data import logs
+    logs.write_log(paths["evaluation"], **ev)
+    _print(f"simulated in {time.perf_counter() - t0:.1f}s:")
+    for k, p in paths.items():
+        _print(f"  {k:<11} {p}")
+
+
+def cmd_data_obd(args) -> None:
+    from puts_jax.data import obd
+
+    paths = obd.convert_obd(args.out, data_root=args.root, campaign=args.campaign,
+                            behavior=args.behavior, grid_steps=args.grid_steps)
+    with open(paths["summary"]) as f:
+        summary = json.load(f)
+    _print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))},
+                      indent=1))
+    for k, p in paths.items():
+        _print(f"  {k:<9} {p}")
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def cmd_sweep(args) -> None:
+    from puts_jax import sweep_job
+
+    doc, paths = sweep_job.run_sweep(args.model, args.logs, args.out, n_lambdas=args.n_lambdas,
+                                     chunk_rows=args.chunk_rows, seed=args.seed)
+    from puts_jax import report
+    _print(report.format_table(doc))
+    for k, p in paths.items():
+        _print(f"  {k:<9} {p}")
+
+
+def cmd_report(args) -> None:
+    from puts_jax import report
+
+    doc = report.read_frontier(args.frontier)
+    paths = report.write_frontier(args.out or os.path.dirname(os.path.abspath(args.frontier)), doc)
+    _print(report.format_table(doc))
+    for k, p in paths.items():
+        _print(f"  {k:<9} {p}")
+
+
+# ----------------------------------------------------------------------------- policy
+
+def _parse_guardrail(text: str, names: list[str]) -> tuple[int, float]:
+    """'clicks >= -1%' -> (index of clicks, -0.01)."""
+    try:
+        name, rhs = (s.strip() for s in text.split(">="))
+        value = float(rhs.rstrip("%")) / (100.0 if rhs.endswith("%") else 1.0)
+    except ValueError:
+        raise SystemExit(f"--guardrail: expected 'OBJECTIVE >= -1%', got {text!r}")
+    if name not in names:
+        raise SystemExit(f"--guardrail: unknown objective {name!r}; known {names}")
+    return names.index(name), value
+
+
+def cmd_policy(args) -> None:
+    from puts_jax import policy, report
+
+    if args.policy_cmd == "show":
+        _print(json.dumps(policy.show(args.registry), indent=1, default=str))
+        return
+    if args.policy_cmd == "select":
+        from puts_jax import sweep_job
+        doc = report.read_frontier(args.frontier)
+        names = doc["objectives"]["names"]
+        if args.maximize not in names:
+            raise SystemExit(f"--maximize: unknown objective {args.maximize!r}; known {names}")
+        guards = [_parse_guardrail(g, names) for g in args.guardrail]
+        sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
+        _print(json.dumps(sel, indent=1, default=str))
+        if args.out:
+            from puts_jax.action_set import atomic_write_text
+            atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
+        return
+    if args.policy_cmd == "publish":
+        from puts_jax import model_io
+        model, info = model_io.load_model(args.model)
+        doc = report.read_frontier(args.frontier)
+        point = report.frontier_point(doc, args.point)
+        from puts_jax.data import logs
+        aset = logs.read_meta(args.logs).action_set
+        v = policy.publish(args.registry, model, aset, np.asarray(point["lambda"], np.float32),
+                           point, args.reason, {"model": os.path.abspath(args.model),
+                                                "frontier": os.path.abspath(args.frontier),
+                                                "train": info.get("extra", {})})
+        _print(f"published {v}")
+    elif args.policy_cmd == "set-lambda":
+        lam = np.asarray([float(x) for x in args.lam.split(",")], np.float32)
+        v = policy.set_lambda(args.registry, lam, args.reason)
+        _print(f"published {v} (parameters reused)")
+    elif args.policy_cmd == "rollback":
+        v = policy.rollback(args.registry, args.version, args.reason)
+        _print(f"CURRENT -> {v}")
+    _print(json.dumps(policy.show(args.registry), indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------- score / truth
+
+def cmd_score(args) -> None:
+    from puts_jax import score_job
+
+    stats = score_job.score_file(args.policy, args.requests, args.out, chunk_rows=args.chunk_rows,
+                                 top_k=args.top_k, version=args.version)
+    _print(f"scored {stats['rows']} requests ({stats['no_candidates']} without candidates, "
+           f"{stats['nonfinite_preds']} non-finite predictions dropped) in {stats['seconds']:.2f}s:"
+           f" {stats['rows_per_second']:,.0f} requests/s -> {args.out}")
+
+
+def cmd_truth(args) -> None:
+    from puts_jax import sweep_job
+
+    table = sweep_job.truth_table(args.data, args.model, args.frontier, args.registry)
+    _print(table)
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="puts-jax", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated data set")
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", choices=("tiny", "default"), default="default")
+    s.add_argument("--n-logs", type=int, default=300_000, help="training exploration log rows")
+    s.add_argument("--n-heldout", type=int, default=100_000, help="checkpoint-selection log rows")
+    s.add_argument("--n-evaluation", type=int, default=200_000, help="frontier (OPE) log rows")
+    s.add_argument("--n-eval", type=int, default=20_000, help="fresh requests with exact truth")
+    s.add_argument("--n-requests", type=int, default=5_000, help="request set rows to score")
+    s.add_argument("--miscalibration", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_simulate)
+
+    d = sub.add_parser("data", help="convert external logs").add_subparsers(dest="data_cmd",
+                                                                          required=True)
+    o = d.add_parser("obd", help="Open Bandit Dataset -> exploration log + request set")
+    o.add_argument("--out", required=True)
+    o.add_argument("--root", default=None, help="full dataset root (default: the obp sample)")
+    o.add_argument("--campaign", default="all", choices=("all", "men", "women"))
+    o.add_argument("--behavior", default="random", choices=("random", "bts"))
+    o.add_argument("--grid-steps", type=int, default=4)
+    o.set_defaults(fn=cmd_data_obd)
+
+    w = sub.add_parser("sweep", help="evaluate lambda policies on a log; write the frontier")
+    w.add_argument("--model", required=True, help="exported model directory (spec.json)")
+    w.add_argument("--logs", required=True, help="exploration log not used for training")
+    w.add_argument("--out", required=True)
+    w.add_argument("--n-lambdas", type=int, default=21)
+    w.add_argument("--chunk-rows", type=int, default=65536)
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(fn=cmd_sweep)
+
+    r = sub.add_parser("report", help="re-render a frontier.json")
+    r.add_argument("--frontier", required=True)
+    r.add_argument("--out", default=None)
+    r.set_defaults(fn=cmd_report)
+
+    pol = sub.add_parser("policy", help="operating-policy registry")
+    ps = pol.add_subparsers(dest="policy_cmd", required=True)
+    x = ps.add_parser("show")
+    x.add_argument("--registry", required=True)
+    x = ps.add_parser("select", help="pick a frontier point under guardrails")
+    x.add_argument("--frontier", required=True)
+    x.add_argument("--maximize", required=True, help="objective name")
+    x.add_argument("--guardrail", action="append", default=[], help="e.g. 'clicks >= -1%%'")
+    x.add_argument("--baseline", default="production", choices=("production", "logging"))
+    x.add_argument("--out", default=None, help="write the selection JSON here")
+    x = ps.add_parser("publish")
+    x.add_argument("--registry", required=True)
+    x.add_argument("--model", required=True)
+    x.add_argument("--frontier", required=True)
+    x.add_argument("--logs", required=True, help="a log of the action set (its metadata)")
+    x.add_argument("--point", type=int, required=True, help="frontier point index")
+    x.add_argument("--reason", required=True)
+    x = ps.add_parser("set-lambda")
+    x.add_argument("--registry", required=True)
+    x.add_argument("--lam", required=True, help="comma-separated, e.g. 0.7,0.3")
+    x.add_argument("--reason", required=True)
+    x = ps.add_parser("rollback")
+    x.add_argument("--registry", required=True)
+    x.add_argument("--version", required=True)
+    x.add_argument("--reason", required=True)
+    pol.set_defaults(fn=cmd_policy)
+
+    c = sub.add_parser("score", help="batch-score a request set")
+    c.add_argument("--policy", required=True, help="registry directory")
+    c.add_argument("--requests", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--version", default=None)
+    c.add_argument("--top-k", type=int, default=10)
+    c.add_argument("--chunk-rows", type=int, default=8192)
+    c.set_defaults(fn=cmd_score)
+
+    t = sub.add_parser("truth", help="simulator ground truth vs estimates")
+    t.add_argument("--data", required=True, help="simulate --out directory")
+    t.add_argument("--model", required=True)
+    t.add_argument("--frontier", required=True)
+    t.add_argument("--registry", default=None)
+    t.set_defaults(fn=cmd_truth)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from puts_jax.checks import InputError
+    try:
+        args.fn(args)
+    except InputError as e:
+        print(f"puts-jax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

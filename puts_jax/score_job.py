@@ -1,0 +1,101 @@
+"""Batch scoring of a request-set Parquet file with an operating policy (``puts-jax score``).
+
+Streams the request set in record batches (never the whole table), pads each batch to a few
+bucket sizes (``engine.Scorer``), runs the fused serve pass and appends the rows to a Parquet
+writer. The output (DESIGN.md section 4, scored output) has every input row exactly once, in
+input order: request_id, action, weights list<f32>[K], topk_index list<i32>, topk_candidate_id
+list<i64>, topk_score list<f32> (fewer than k entries where a request has fewer real, finite
+candidates; empty for requests without candidates). The file appears atomically at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from puts_jax import engine, policy
+from puts_jax.checks import InputError
+from puts_jax.config import ScoringConfig
+from puts_jax.data import logs
+from puts_jax.types import ServeOutput
+
+SCHEMA = pa.schema([("request_id", pa.int64()), ("action", pa.int32()),
+                    ("weights", pa.list_(pa.float32())), ("topk_index", pa.list_(pa.int32())),
+                    ("topk_candidate_id", pa.list_(pa.int64())),
+                    ("topk_score", pa.list_(pa.float32()))])
+
+
+def _ragged(values: np.ndarray, keep: np.ndarray, dtype) -> pa.Array:
+    """Rows of ``values[b, :]`` restricted to ``keep[b, :]`` (a prefix: top-k is best-first)."""
+    lengths = keep.sum(1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[keep], type=dtype))
+
+
+def output_table(request_id: np.ndarray, out: ServeOutput, weights_AxK: np.ndarray,
+                 candidate_ids: np.ndarray) -> pa.Table:
+    """Scored rows for one chunk. candidate_ids: i64[b, n] of the chunk (-1 at padding)."""
+    keep = out.topk_index >= 0
+    idx = np.where(keep, out.topk_index, 0)
+    cand = np.take_along_axis(candidate_ids, idx, axis=1)
+    W = weights_AxK[out.action]
+    K = W.shape[1]
+    w_col = pa.ListArray.from_arrays(pa.array(np.arange(len(W) + 1, dtype=np.int32) * K),
+                                     pa.array(W.reshape(-1), type=pa.float32()))
+    return pa.table([pa.array(request_id, pa.int64()), pa.array(out.action, pa.int32()), w_col,
+                     _ragged(out.topk_index, keep, pa.int32()), _ragged(cand, keep, pa.int64()),
+                     _ragged(out.topk_score, keep, pa.float32())], schema=SCHEMA)
+
+
+def _check_compatible(meta: logs.LogMeta, op: policy.OperatingPolicy, path: str) -> None:
+    want, got = op.action_set.objective_names, meta.action_set.objective_names
+    if tuple(want) != tuple(got):
+        raise InputError("preds", [], f"{path} has ranker outcomes {list(got)}; the policy "
+                                      f"{op.version} weighs {list(want)}")
+
+
+def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int = 8192,
+               top_k: int = 10, version: str | None = None, progress: bool = True) -> dict:
+    """Score ``requests_path`` with the registry's CURRENT (or ``version``) policy.
+
+    Returns {"rows", "no_candidates", "nonfinite_preds", "fallback_rows", "seconds",
+    "rows_per_second", "version"}. Raises InputError naming the column and row on bad input;
+    on any error the output path is left untouched (the temp file is removed).
+    """
+    op = policy.load(registry, version)
+    meta = logs.read_meta(requests_path)
+    _check_compatible(meta, op, requests_path)
+    scorer = engine.Scorer(op.model, op.action_set.weights, ScoringConfig(top_k=top_k))
+    total = pq.ParquetFile(requests_path).metadata.num_rows
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    counts = dict(rows=0, no_candidates=0, nonfinite_preds=0, fallback_rows=0)
+    t0 = time.perf_counter()
+    try:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=total, unit="req",
+                                                           disable=not progress) as bar:
+            for chunk in logs.iter_request_chunks(requests_path, chunk_rows):
+                out = scorer.score(op.lam, chunk.batch)
+                writer.write_table(output_table(chunk.request_id, out, op.action_set.weights,
+                                                chunk.candidate_ids))
+                counts["rows"] += len(chunk.request_id)
+                counts["no_candidates"] += chunk.n_empty + chunk.n_null
+                counts["nonfinite_preds"] += int(out.n_nonfinite.sum())
+                counts["fallback_rows"] += int(out.q_fallback.sum())
+                bar.update(len(chunk.request_id))
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    secs = time.perf_counter() - t0
+    return {**counts, "seconds": secs, "rows_per_second": counts["rows"] / max(secs, 1e-9),
+            "version": op.version}

@@ -1,0 +1,190 @@
+"""The Pareto sweep as a job (``puts-jax sweep``): stream an exploration log once, estimate every
+lambda's target policy and the baselines (logging policy, production action, every single global
+action) with intervals, and write the frontier (``report``). Also guarded selection of an
+operating point and, for simulated data, the ground-truth table.
+
+Estimates are computed on a log the model was not trained on; DR/DM use the Q-network as the
+reward model, which is valid there (it never saw those rows).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from puts_jax import engine, model_io, ope, pareto, report
+from puts_jax.checks import InputError
+from puts_jax.config import SweepConfig
+from puts_jax.data import logs
+from puts_jax.scalarization import lambda_grid
+
+def _take(pe: report.PolicyEstimates, rows, names: list[str]) -> report.PolicyEstimates:
+    """The rows ``rows`` of a PolicyEstimates, renamed."""
+    rows = np.atleast_1d(rows)
+    return report.PolicyEstimates(names, {k: {q: v[rows] for q, v in b.items()}
+                                          for k, b in pe.estimates.items()},
+                                  pe.n[rows], pe.matched[rows], pe.ess[rows])
+
+
+def logging_baseline(path: str, meta: logs.LogMeta, chunk_rows: int, confidence: float) -> report.PolicyEstimates:
+    """The logging policy's value = the on-policy sample mean of the rewards, with a normal
+    interval (and Clopper-Pearson for binary rewards): valid for any logging policy."""
+    n, s, s2 = 0, 0.0, 0.0
+    for _, _, lb in logs.iter_log_chunks(path, chunk_rows):
+        r = lb.rewards.astype(np.float64)
+        n, s, s2 = n + len(r), s + r.sum(0), s2 + (r * r).sum(0)
+    one = np.array([n])
+    stats = ope.EstimatorStats(one, one, one.astype(np.float64), one.astype(np.float64), s[None],
+                               s[None], s2[None], s[None])  # every weight is 1 on-policy
+    est = ope.finalize(stats, confidence, meta.reward_kinds, 1.0)
+    return report.from_ope(["logging policy (on-policy mean)"], est)
+
+
+def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
+              chunk_rows: int = 65536, seed: int = 0) -> tuple[dict, dict]:
+    """Evaluate the lambda grid and the baselines on ``logs_path``; write frontier.json/png.
+
+    Returns (frontier document, written paths). Raises InputError when the model and the log
+    disagree on the action set size or the number of objectives.
+    """
+    model, info = model_io.load_model(model_dir)
+    meta = logs.read_meta(logs_path)
+    A, J = meta.action_set.n_actions, len(meta.reward_names)
+    if model.n_actions != A or len(model.reward_kinds) != J:
+        raise InputError("model", [], f"scores A={model.n_actions}, J={len(model.reward_kinds)}; "
+                                      f"the log has A={A}, J={J}")
+    cfg = SweepConfig(n_lambdas=n_lambdas, chunk_rows=chunk_rows)
+    lams = lambda_grid(J, n_lambdas)
+    ev = engine.evaluate_log(model, lams, logs.iter_log_chunks(logs_path, chunk_rows), cfg,
+                             reward_kinds=meta.reward_kinds,
+                             baselines=engine.fixed_action_probs(np.arange(A), A), n_actions=A)
+    names = [f"lambda=({', '.join(f'{x:.2f}' for x in lam)})" for lam in lams]
+    points = report.from_ope(names, ev.estimates)
+    actions = report.from_ope([f"action {a}" for a in range(A)], ev.baselines)
+    base = {"logging": logging_baseline(logs_path, meta, chunk_rows, cfg.confidence),
+            "actions": actions}
+    if meta.action_set.production is not None:
+        base["production"] = _take(actions, meta.action_set.production,
+                                   [f"production (action {meta.action_set.production})"])
+    prov = report.make_provenance([logs_path], int(ev.estimates.n.max()),
+                                  info.get("extra", {}).get("step"), meta.action_set.hash(),
+                                  model_params_hash=info["params_hash"],
+                                  model=os.path.abspath(model_dir))
+    doc = report.build_frontier(lams, points, objective_names=list(meta.reward_names),
+                                provenance=prov, baselines=base, confidence=cfg.confidence)
+    return doc, report.write_frontier(out_dir, doc)
+
+
+def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
+           baseline: str = "production") -> dict:
+    """Guarded choice of the operating point on a frontier document: maximize objective
+    ``maximize`` subject to, for each (j, min_relative_change), the interval's pessimistic end on
+    objective j being at least (1 + min_relative_change) x the baseline's estimate.
+    Returns {"index", "lambda", "name", "reason", "estimates"}; index None when nothing passes."""
+    est = doc["estimators"][doc["primary_estimator"]]
+    v, lo, hi = (np.asarray(est[k], np.float64) for k in ("value", "lo", "hi"))
+    if baseline not in doc["baselines"]:
+        raise InputError("baseline", [], f"the frontier has no '{baseline}' baseline")
+    bval = np.asarray(doc["baselines"][baseline]["estimators"][doc["primary_estimator"]]["value"],
+                      np.float64)[0]
+    guards = [(j, rel, float(bval[j])) for j, rel in guardrails]
+    sel = pareto.select_operating_point(v, lo, hi, maximize, guards,
+                                        doc["objectives"]["directions"], doc["points"]["names"])
+    i = sel.index
+    return {"index": i, "reason": sel.reason,
+            "lambda": None if i is None else doc["lambdas"][i],
+            "name": None if i is None else doc["points"]["names"][i],
+            "estimates": None if i is None else {"value": v[i].tolist(), "lo": lo[i].tolist(),
+                                                 "hi": hi[i].tolist()}}
+
+
+def _row(name: str, truth_J: np.ndarray, est: dict | None) -> list[str]:
+    cells = [name] + [f"{t:.4f}" for t in truth_J]
+    if est is None:
+        return cells + ["(not estimated)"] * len(truth_J) + ["", ""]
+    cells += [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in zip(est["value"], est["lo"],
+                                                                    est["hi"])]
+    return cells + [str(est["n"]), str(est["matched"])]
+
+
+def _estimate_actions(path: str, actions_fn, A: int, confidence: float, chunk_rows: int) -> dict:
+    """SNIPS of a deterministic per-row policy (actions_fn(context) -> i32[b]) on a log."""
+    total = None
+    for _, _, lb in logs.iter_log_chunks(path, chunk_rows):
+        a = actions_fn(lb.context)
+        pi = lb.consistent[np.arange(len(a)), a].astype(np.float32)
+        s = ope.to_host(ope.chunk_stats(pi, lb.propensity.astype(np.float32), lb.rewards,
+                                        lb.valid))
+        total = ope.merge_stats(total, s)
+    e = ope.finalize(total, confidence)
+    return {"value": e.snips, "lo": e.snips_lo, "hi": e.snips_hi, "n": int(e.n),
+            "matched": int(e.matched)}
+
+
+def _baseline(doc: dict, kind: str) -> dict | None:
+    """Row 0 of a frontier baseline as {value, lo, hi, n, matched} (primary estimator)."""
+    b = doc["baselines"].get(kind)
+    if b is None:
+        return None
+    e = b["estimators"][doc["primary_estimator"]]
+    return {"value": e["value"][0], "lo": e["lo"][0], "hi": e["hi"][0], "n": b["n"][0],
+            "matched": b["matched"][0]}
+
+
+def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str | None = None,
+                chunk_rows: int = 65536) -> str:
+    """Simulator only: exact true value per objective of the learned policy (at the registry's
+    lambda, else lambda = (1, 0)), the Bayes context policy, the best single global action, the
+    production action and the logging policy, on fresh requests (``truth.npz``), next to their
+    SNIPS estimates with 95% intervals on the evaluation log; plus the personalization gain and
+    the fraction of the Bayes policy's headroom the learned policy reaches."""
+    import jax.numpy as jnp
+
+    from puts_jax import policy
+    from puts_jax.data import simulator
+
+    truth = np.load(os.path.join(data_dir, "truth.npz"))
+    ev_path = os.path.join(data_dir, "evaluation.parquet")
+    meta = logs.read_meta(ev_path)
+    world = simulator.make_world(simulator.config_from_dict(meta.extra["sim_config"]))
+    if registry is not None:
+        op = policy.load(registry)
+        model, lam, label = op.model, op.lam, f"learned policy {op.version}"
+    else:
+        model, _ = model_io.load_model(model_dir)
+        lam, label = np.eye(len(meta.reward_names), dtype=np.float32)[0], "learned policy"
+    lam = np.asarray(lam, np.float32)
+
+    def learned(ctx):
+        q = np.asarray(model(jnp.asarray(ctx)))
+        return np.argmax(q @ lam, axis=1)  # ties to the lowest index, like the kernels
+
+    tv = truth["true_values"]
+    doc = report.read_frontier(frontier_path)
+    conf = doc["confidence"]
+    A = meta.action_set.n_actions
+    g, prod = (int(np.ravel(truth[k])[0]) for k in ("best_global_action", "production_action"))
+    rows = [
+        _row(f"{label} lam={lam.round(2).tolist()}", simulator.policy_value(tv, learned(truth["context"])),
+             _estimate_actions(ev_path, learned, A, conf, chunk_rows)),
+        _row("Bayes context policy", truth["value_bayes"],
+             _estimate_actions(ev_path, lambda c: simulator.bayes_actions(world, c), A, conf,
+                               chunk_rows)),
+        _row(f"best global action ({g})", truth["value_best_global"],
+             _estimate_actions(ev_path, lambda c: np.full(len(c), g), A, conf, chunk_rows)),
+        _row(f"production action ({prod})", truth["value_production"],
+             _estimate_actions(ev_path, lambda c: np.full(len(c), prod), A, conf, chunk_rows)),
+        _row("logging policy (uniform)", truth["value_uniform"], _baseline(doc, "logging")),
+        _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
+    names = list(meta.reward_names)
+    header = ["policy"] + [f"true {n}" for n in names] + [f"SNIPS {n} ({conf:.0%} CI)" for n in names] \
+        + ["n", "matched"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+    v_l = simulator.policy_value(tv, learned(truth["context"]))[0]
+    v_g, v_b = float(truth["value_best_global"][0]), float(truth["value_bayes"][0])
+    lines.append(f"personalization gain ({names[0]}): learned - best global = {v_l - v_g:+.4f} "
+                 f"({(v_l - v_g) / v_g:+.2%}); fraction of the Bayes policy's headroom "
+                 f"({v_b - v_g:+.4f}) reached: {(v_l - v_g) / (v_b - v_g):.2f}")
+    return "\n".join(lines)
