@@ -81,8 +81,9 @@ class Scorer:
     """Host-facing serving: buckets B and N (``ScoringConfig``), splits batches larger than the
     biggest batch bucket, runs the compiled serve pass and returns numpy, one row per input row.
 
-    Inputs already at a bucket shape go to the device as they are (zero-copy when 64-byte
-    aligned); others are copied into reused, aligned padding buffers. Not thread-safe (the
+    Inputs already at a bucket shape, C-contiguous and 64-byte aligned (Arrow buffers are) go to
+    the device without a copy; others are copied once into reused, aligned padding buffers
+    (jax would copy an unaligned array twice, FACTS.md). Not thread-safe (the
     buffers are shared); use one Scorer per thread.
     """
 
@@ -99,8 +100,8 @@ class Scorer:
         self.params = params
 
     def _padded(self, name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
-        if x.shape == shape:
-            return x
+        if x.shape == shape and x.flags.c_contiguous and x.ctypes.data % 64 == 0:
+            return x  # zero-copy into jit
         key = (name, shape, x.dtype.str)
         buf = self._buffers.get(key)
         if buf is None:
