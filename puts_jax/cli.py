@@ -66,7 +66,7 @@ def cmd_sweep(args) -> None:
     from puts_jax import sweep_job
 
     doc, paths = sweep_job.run_sweep(args.model, args.logs, args.out, n_lambdas=args.n_lambdas,
-                                     chunk_rows=args.chunk_rows, seed=args.seed)
+                                     chunk_rows=args.chunk_rows, primary=args.estimator)
     from puts_jax import report
     _print(report.format_table(doc))
     for k, p in paths.items():
@@ -120,7 +120,16 @@ def cmd_policy(args) -> None:
         from puts_jax import model_io
         model, info = model_io.load_model(args.model)
         doc = report.read_frontier(args.frontier)
-        point = report.frontier_point(doc, args.point)
+        index = args.point
+        if args.selection:
+            with open(args.selection) as f:
+                index = json.load(f)["index"]
+            if index is None:
+                raise SystemExit(f"{args.selection}: no frontier point passed the guardrails; "
+                                 "nothing published (the current policy stays)")
+        if index is None:
+            raise SystemExit("policy publish: give --point or --selection")
+        point = report.frontier_point(doc, index)
         from puts_jax.data import logs
         aset = logs.read_meta(args.logs).action_set
         v = policy.publish(args.registry, model, aset, np.asarray(point["lambda"], np.float32),
@@ -192,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True)
     w.add_argument("--n-lambdas", type=int, default=21)
     w.add_argument("--chunk-rows", type=int, default=65536)
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--estimator", default=None, choices=("auto", "snips", "ips", "dr", "exact"),
+                   help="primary estimator for flags, verdicts and the table (default auto: "
+                        "exact Clopper-Pearson where valid, SNIPS elsewhere)")
     w.set_defaults(fn=cmd_sweep)
 
     r = sub.add_parser("report", help="re-render a frontier.json")
@@ -215,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True)
     x.add_argument("--frontier", required=True)
     x.add_argument("--logs", required=True, help="a log of the action set (its metadata)")
-    x.add_argument("--point", type=int, required=True, help="frontier point index")
+    x.add_argument("--point", type=int, default=None, help="frontier point index")
+    x.add_argument("--selection", default=None, help="selection JSON of 'policy select --out'")
     x.add_argument("--reason", required=True)
     x = ps.add_parser("set-lambda")
     x.add_argument("--registry", required=True)

@@ -501,12 +501,18 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     J, pts = len(names), doc["points"]
     op = (doc.get("operating_point") or {}).get("index")
     head = ["", "lambda"] + [f"{n} ({est}, {doc['confidence']:.0%} CI)" for n in names] + \
-        ["n", "matched", "ESS", "verdict"]
+        ["n", "matched", "matched rewards", "ESS", "verdict"]
+
+    def summed(block, i):  # sum of rewards over matched rows, per objective, when recorded
+        m = block.get("matched_rewards")
+        return "" if m is None else "/".join(_fmt(x) for x in m[i])
+
     rows = []
     for i, lam in enumerate(doc["lambdas"]):
         r = _row("(" + ", ".join(f"{v:.3g}" for v in lam) + ")", doc["estimators"], i, est, J)
         rows.append(["*" if i == op else ""] + r + [str(pts["n"][i]), str(pts["matched"][i]),
-                                                   _fmt(pts["ess"][i]), doc["verdicts"][i]])
+                                                   summed(pts, i), _fmt(pts["ess"][i]),
+                                                   doc["verdicts"][i]])
     for kind, bl in doc["baselines"].items():
         keep = range(len(bl["names"]))
         if kind == "actions":
@@ -516,7 +522,8 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
                 continue
             label = f"{kind}: {bl['names'][i]}" + (" (best)" if kind == "actions" else "")
             rows.append([""] + _row(label, bl["estimators"], i, est, J) +
-                        [str(bl["n"][i]), str(bl["matched"][i]), _fmt(bl["ess"][i]), "baseline"])
+                        [str(bl["n"][i]), str(bl["matched"][i]), summed(bl, i),
+                         _fmt(bl["ess"][i]), "baseline"])
     widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     hv = doc["hypervolume"]

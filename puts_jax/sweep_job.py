@@ -19,6 +19,19 @@ from puts_jax.config import SweepConfig
 from puts_jax.data import logs
 from puts_jax.scalarization import lambda_grid
 
+def with_auto(pe: report.PolicyEstimates) -> report.PolicyEstimates:
+    """Add the "auto" estimator: per objective, the exact Clopper-Pearson interval (around IPS)
+    where it is valid for every policy (binary reward, constant propensity, deterministic
+    target), else SNIPS with its delta-method interval. Normal intervals collapse to [0, 0] with
+    no matched successes; the exact one stays honest there (DESIGN.md section 8)."""
+    ex, sn = pe.estimates.get("exact"), pe.estimates["snips"]
+    use = np.zeros(sn["value"].shape[1], bool) if ex is None else \
+        np.isfinite(ex["lo"]).all(0) & np.isfinite(ex["hi"]).all(0)
+    auto = {q: np.where(use, ex[q], sn[q]) if ex is not None else sn[q].copy()
+            for q in ("value", "lo", "hi")}
+    return pe._replace(estimates={"auto": auto, **pe.estimates})
+
+
 def _take(pe: report.PolicyEstimates, rows, names: list[str]) -> report.PolicyEstimates:
     """The rows ``rows`` of a PolicyEstimates, renamed."""
     rows = np.atleast_1d(rows)
@@ -38,11 +51,11 @@ def logging_baseline(path: str, meta: logs.LogMeta, chunk_rows: int, confidence:
     stats = ope.EstimatorStats(one, one, one.astype(np.float64), one.astype(np.float64), s[None],
                                s[None], s2[None], s[None])  # every weight is 1 on-policy
     est = ope.finalize(stats, confidence, meta.reward_kinds, 1.0)
-    return report.from_ope(["logging policy (on-policy mean)"], est)
+    return with_auto(report.from_ope(["logging policy (on-policy mean)"], est))
 
 
 def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
-              chunk_rows: int = 65536, seed: int = 0) -> tuple[dict, dict]:
+              chunk_rows: int = 65536, primary: str | None = None) -> tuple[dict, dict]:
     """Evaluate the lambda grid and the baselines on ``logs_path``; write frontier.json/png.
 
     Returns (frontier document, written paths). Raises InputError when the model and the log
@@ -60,8 +73,8 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                              reward_kinds=meta.reward_kinds,
                              baselines=engine.fixed_action_probs(np.arange(A), A), n_actions=A)
     names = [f"lambda=({', '.join(f'{x:.2f}' for x in lam)})" for lam in lams]
-    points = report.from_ope(names, ev.estimates)
-    actions = report.from_ope([f"action {a}" for a in range(A)], ev.baselines)
+    points = with_auto(report.from_ope(names, ev.estimates))
+    actions = with_auto(report.from_ope([f"action {a}" for a in range(A)], ev.baselines))
     base = {"logging": logging_baseline(logs_path, meta, chunk_rows, cfg.confidence),
             "actions": actions}
     if meta.action_set.production is not None:
@@ -72,7 +85,13 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                   model_params_hash=info["params_hash"],
                                   model=os.path.abspath(model_dir))
     doc = report.build_frontier(lams, points, objective_names=list(meta.reward_names),
-                                provenance=prov, baselines=base, confidence=cfg.confidence)
+                                provenance=prov, baselines=base, confidence=cfg.confidence,
+                                primary=primary or "auto")
+    # Matched successes (sum of rewards over rows consistent with the policy): what exact
+    # intervals rest on, and what a reader needs to judge a sparse log such as OBD's 38 clicks.
+    doc["points"]["matched_rewards"] = np.asarray(ev.stats.sum_match_r, np.float64).tolist()
+    doc["baselines"]["actions"]["matched_rewards"] = np.asarray(
+        ev.baseline_stats.sum_match_r, np.float64).tolist()
     return doc, report.write_frontier(out_dir, doc)
 
 

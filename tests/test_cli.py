@@ -1,0 +1,67 @@
+"""CLI end to end on tiny sizes: simulate -> (model) -> sweep -> select -> publish -> set-lambda
+-> score -> truth, checking files and row counts."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from flax import nnx
+
+from puts_jax import cli, model_io, policy
+from puts_jax.config import QNetConfig
+from puts_jax.data import logs
+from puts_jax.qnet import QNetwork
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "2000",
+                     "--n-heldout", "500", "--n-evaluation", "3000", "--n-eval", "400",
+                     "--n-requests", "257"]) == 0
+    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
+    q = QNetwork(QNetConfig.tiny(), 4, meta.action_set.n_actions, meta.reward_kinds,
+                 rngs=nnx.Rngs(0))
+    model_io.save_model(str(d / "model"), q, extra={"step": 0})
+    return d
+
+
+def test_sweep_select_publish_score_truth(run, capsys):
+    d = run
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
+                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
+                     "--n-lambdas", "5"]) == 0
+    doc = json.loads((d / "frontier" / "frontier.json").read_text())
+    assert len(doc["lambdas"]) == 5 and doc["points"]["n"] == [3000] * 5
+    assert (d / "frontier" / "frontier.png").stat().st_size > 1000
+    assert cli.main(["policy", "select", "--frontier", str(d / "frontier" / "frontier.json"),
+                     "--maximize", "session_success", "--out", str(d / "sel.json")]) == 0
+    sel = json.loads((d / "sel.json").read_text())
+    assert sel["index"] is not None
+    assert cli.main(["policy", "publish", "--registry", str(d / "reg"), "--model", str(d / "model"),
+                     "--frontier", str(d / "frontier" / "frontier.json"), "--logs",
+                     str(d / "data" / "logs.parquet"), "--selection", str(d / "sel.json"),
+                     "--reason", "test"]) == 0
+    assert cli.main(["policy", "set-lambda", "--registry", str(d / "reg"), "--lam", "0.5,0.5",
+                     "--reason", "switch"]) == 0
+    assert policy.current_version(str(d / "reg")) == "v0002"
+    assert cli.main(["score", "--policy", str(d / "reg"), "--requests",
+                     str(d / "data" / "requests.parquet"), "--out", str(d / "scored.parquet"),
+                     "--top-k", "3", "--chunk-rows", "100"]) == 0
+    t = pq.read_table(str(d / "scored.parquet"))
+    req = pq.read_table(str(d / "data" / "requests.parquet"))
+    assert t.num_rows == 257
+    np.testing.assert_array_equal(t["request_id"].to_numpy(), req["request_id"].to_numpy())
+    assert all(len(x) == 3 for x in t["topk_index"].to_pylist())
+    capsys.readouterr()
+    assert cli.main(["truth", "--data", str(d / "data"), "--model", str(d / "model"), "--frontier",
+                     str(d / "frontier" / "frontier.json"), "--registry", str(d / "reg")]) == 0
+    out = capsys.readouterr().out
+    assert "Bayes context policy" in out and "personalization gain" in out
+
+
+def test_bad_guardrail_is_a_clear_error(run):
+    with pytest.raises(SystemExit, match="unknown objective 'nope'"):
+        cli.main(["policy", "select", "--frontier", str(run / "frontier" / "frontier.json"),
+                  "--maximize", "session_success", "--guardrail", "nope >= -1%"])
