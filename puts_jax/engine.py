@@ -309,8 +309,9 @@ def _pad_rows(lb: LoggedBatch, size: int) -> LoggedBatch:
 
 
 def _stream(chunks: Iterable, chunk_rows: int, floor, n_actions, programs, reward_kinds):
-    """Run each program(padded LoggedBatch) -> device stats on fixed-size pieces of every chunk;
-    merge in float64 one step behind dispatch (the device never waits for the host)."""
+    """Run each program(padded LoggedBatch, first_row, n_real) -> device stats on fixed-size
+    pieces of every chunk (first_row: the piece's absolute row offset); merge in float64 one step
+    behind dispatch (the device never waits for the host)."""
     summary, merged, pending = _LogSummary(), [None] * len(programs), None
     size, offset, J = None, 0, None
     for item in chunks:
@@ -324,7 +325,7 @@ def _stream(chunks: Iterable, chunk_rows: int, floor, n_actions, programs, rewar
             size = min(chunk_rows, max(128, 1 << max(rows - 1, 0).bit_length()))
         for lo in range(0, max(rows, 1), size):
             piece = _pad_rows(jax.tree.map(lambda x: x[lo:lo + size], lb), size)
-            out = [prog(piece) for prog in programs]
+            out = [prog(piece, offset + lo, min(size, rows - lo)) for prog in programs]
             if pending is not None:
                 merged = [ope.merge_stats(m, s) for m, s in zip(merged, pending)]
             pending = out
@@ -360,11 +361,11 @@ def evaluate_log(model, lams, chunks: Iterable, cfg: SweepConfig, *,
     graphdef, params = split_model(model)
     lams = jnp.asarray(checks.check_lambda(np.asarray(lams, np.float32)).reshape(-1, np.shape(lams)[-1]))
     sweep = build_sweep(graphdef, cfg, policy, fallback_action, propensity_floor, with_dr)
-    programs = [lambda lb: sweep(params, lams, lb, policy_param)]
+    programs = [lambda lb, *_: sweep(params, lams, lb, policy_param)]
     if baselines is not None:
         fixed = build_fixed(graphdef if with_dr else None, propensity_floor)
         probs = jnp.asarray(np.asarray(baselines, np.float32))
-        programs.append(lambda lb: fixed(params, probs, lb))
+        programs.append(lambda lb, *_: fixed(params, probs, lb))
     merged, kinds, p = _stream(chunks, cfg.chunk_rows, propensity_floor, n_actions, programs,
                                reward_kinds)
     est = ope.finalize(merged[0], cfg.confidence, kinds, p)
@@ -392,14 +393,60 @@ def evaluate_fixed(probs, chunks: Iterable, cfg: SweepConfig, *, model=None,
     fixed = build_fixed(graphdef, propensity_floor)
     jprobs = jnp.asarray(probs)
     merged, kinds, p = _stream(chunks, cfg.chunk_rows, propensity_floor, n_actions,
-                               [lambda lb: fixed(params, jprobs, lb)], reward_kinds)
+                               [lambda lb, *_: fixed(params, jprobs, lb)], reward_kinds)
     est = ope.finalize(merged[0], cfg.confidence, kinds, p)
     return Evaluation(est, None, merged[0], None, kinds, p)
 
 
-def evaluate_fixed_actions(actions, n_actions: int, chunks: Iterable, cfg: SweepConfig,
-                           **kwargs) -> Evaluation:
-    """``evaluate_fixed`` of the one-hot policies of global actions i32[P] (e.g. every action,
-    or the production action)."""
-    return evaluate_fixed(fixed_action_probs(actions, n_actions), chunks, cfg,
-                          n_actions=n_actions, **kwargs)
+def _fixed_rows(graphdef, floor, params, actions_PxB, logged: LoggedBatch) -> EstimatorStats:
+    TRACE_COUNTS["fixed"] += 1
+    q = ql = None
+    if graphdef is not None:
+        q = q_values(graphdef, params, logged.context, logged.context_ids)
+        ql = _q_logged(q, logged.action)
+
+    def one_policy(a_B):
+        a = a_B.astype(jnp.int32)[:, None]
+        pi = jnp.take_along_axis(logged.consistent, a, axis=1)[:, 0].astype(jnp.float32)
+        qp = None if q is None else jnp.take_along_axis(q, a[:, :, None], axis=1)[:, 0]
+        return ope.chunk_stats(pi, logged.propensity, logged.rewards, logged.valid, qp, ql,
+                               floor=floor)
+
+    return lax.map(one_policy, actions_PxB, batch_size=8)
+
+
+@functools.lru_cache(maxsize=32)
+def build_fixed_rows(graphdef=None, propensity_floor: float | None = None) -> Callable:
+    """One jitted program ``rows_chunk(params, actions i32[P, B], logged) -> EstimatorStats[P]``
+    for deterministic policies given as one action per row (e.g. a contextual production
+    policy's logged choice). DM/DR as in ``build_fixed``."""
+    return jax.jit(functools.partial(_fixed_rows, graphdef, propensity_floor))
+
+
+def evaluate_fixed_actions(actions, n_actions: int, chunks: Iterable, cfg: SweepConfig, *,
+                           model=None, reward_kinds: tuple[str, ...] | None = None,
+                           propensity_floor: float | None = None) -> Evaluation:
+    """Deterministic fixed policies: ``actions`` i32[P] global actions (each row gets the same
+    action; e.g. every action, the production action), or i32[P, n_rows] one action per logged
+    row, aligned with the streamed rows (e.g. a contextual production policy)."""
+    actions = np.asarray(actions, np.int64)
+    if actions.ndim <= 1:
+        return evaluate_fixed(fixed_action_probs(actions, n_actions), chunks, cfg, model=model,
+                              reward_kinds=reward_kinds, propensity_floor=propensity_floor,
+                              n_actions=n_actions)
+    checks.check_index("actions", actions.T, n_actions)
+    graphdef, params = (None, None) if model is None else split_model(model)
+    rows_fn = build_fixed_rows(graphdef, propensity_floor)
+
+    def program(lb, first, n_real):
+        if first + n_real > actions.shape[1]:
+            raise checks.InputError("actions", [], f"{actions.shape[1]} per-row actions for a "
+                                    f"log of at least {first + n_real} rows")
+        a = np.zeros((len(actions), len(lb.action)), np.int32)
+        a[:, :n_real] = actions[:, first:first + n_real]
+        return rows_fn(params, a, lb)
+
+    merged, kinds, p = _stream(chunks, cfg.chunk_rows, propensity_floor, n_actions, [program],
+                               reward_kinds)
+    est = ope.finalize(merged[0], cfg.confidence, kinds, p)
+    return Evaluation(est, None, merged[0], None, kinds, p)

@@ -195,3 +195,20 @@ def test_rows_outside_the_action_set_are_zero_terms(model):
     same = engine.evaluate_log(model, lams, [lb._replace(consistent=None)], SweepConfig.tiny(),
                                n_actions=A)
     np.testing.assert_allclose(same.estimates.ips, ev.estimates.ips, rtol=1e-7)
+
+
+def test_per_row_fixed_actions_equal_global_when_constant(model):
+    lb = _log(260, seed=6)
+    chunks = [jax.tree.map(lambda x: x[lo:lo + 100], lb) for lo in range(0, 260, 100)]
+    cfg = SweepConfig(n_lambdas=2, chunk_rows=128, lambda_chunk=2)
+    glob = engine.evaluate_fixed_actions([2, 5], A, chunks, cfg, model=model)
+    rows = engine.evaluate_fixed_actions(np.array([[2] * 260, [5] * 260]), A, chunks, cfg,
+                                         model=model)
+    for f in ("ips", "snips", "dr", "exact_hi"):
+        np.testing.assert_allclose(getattr(rows.estimates, f), getattr(glob.estimates, f),
+                                   rtol=1e-6, err_msg=f)
+    # the logged actions themselves (the logging policy's choices): every row matches, w = 1/p
+    logged = engine.evaluate_fixed_actions(lb.action[None], A, [lb], cfg)
+    assert int(logged.estimates.matched[0]) == 260
+    with pytest.raises(InputError, match="per-row actions"):
+        engine.evaluate_fixed_actions(np.zeros((1, 100), np.int64), A, [lb], cfg)
