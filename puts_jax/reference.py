@@ -161,3 +161,23 @@ def estimate(pi, propensity, rewards, valid=None, qhat_pi=None, qhat_logged=None
                 hi[j] = min(b / constant_propensity, 1.0)
     out["exact_lo"], out["exact_hi"] = lo, hi
     return out
+
+
+def sweep_estimates(q_BxAxJ, lams_LxJ, action, propensity, rewards, consistent, valid=None,
+                    fallback: int = 0, floor: float | None = None, with_dr: bool = True,
+                    **kw) -> list[dict]:
+    """``estimate`` of the greedy target policy of every lambda, the Q-values also serving as the
+    reward model for DM/DR (as ``engine.build_sweep`` does). Rows with action -1 (logged outside
+    the action set) have qhat(x, a) = 0 and no consistent action."""
+    q = np.asarray(q_BxAxJ, np.float64)
+    rows = np.arange(len(q))
+    a_log = np.asarray(action)
+    ql = np.where((a_log >= 0)[:, None], q[rows, np.maximum(a_log, 0)], 0.0)
+    out = []
+    for lam in lams_LxJ:
+        a = np.array([select_action(qb, lam, fallback)[0] for qb in q_BxAxJ])
+        pi = np.asarray(consistent, bool)[rows, a].astype(np.float64)
+        qp = q[rows, a] if with_dr else None
+        out.append(estimate(pi, propensity, rewards, valid, qp, ql if with_dr else None,
+                            floor=floor, **kw))
+    return out

@@ -88,15 +88,8 @@ def _log(B, seed=0, A_=A):
 
 
 def _reference_sweep(model, lb, lams, **kw):
-    q = _q(model, lb.context)
-    out = []
-    for lam in lams:
-        a = np.array([reference.select_action(qb, lam)[0] for qb in q])
-        pi = lb.consistent[np.arange(len(a)), a].astype(np.float64)
-        qp = q[np.arange(len(a)), a]
-        ql = q[np.arange(len(a)), lb.action]
-        out.append(reference.estimate(pi, lb.propensity, lb.rewards, lb.valid, qp, ql, **kw))
-    return out
+    return reference.sweep_estimates(_q(model, lb.context), lams, lb.action, lb.propensity,
+                                     lb.rewards, lb.consistent, lb.valid, **kw)
 
 
 def test_streamed_sweep_matches_reference_and_single_pass(model):
@@ -186,7 +179,7 @@ def test_rows_outside_the_action_set_are_zero_terms(model):
     lams = np.array([[0.5, 0.5], [1.0, 0.0]], np.float32)
     ev = engine.evaluate_log(model, lams, [lb], SweepConfig.tiny())
     assert np.isfinite(ev.estimates.dr).all() and (ev.estimates.n == 300).all()
-    ref = _reference_sweep(model, lb._replace(action=np.maximum(action, 0)), lams)
+    ref = _reference_sweep(model, lb, lams)
     for i, r in enumerate(ref):
         assert ev.estimates.matched[i] == r["matched"] <= 200
         np.testing.assert_allclose(ev.estimates.ips[i], r["ips"], rtol=2e-5)
