@@ -202,8 +202,22 @@ def build_sweep(graphdef, cfg: SweepConfig, policy: str = "greedy", fallback_act
         raise ValueError(f"policy: must be one of {ope.POLICY_KINDS}, got {policy!r}")
     fn = jax.jit(functools.partial(_sweep, graphdef, cfg.lambda_chunk, policy, fallback_action,
                                    propensity_floor, with_dr))
-    return lambda params, lams, logged, policy_param=0.0: fn(
-        params, lams, logged, jnp.float32(policy_param))
+
+    def sweep_chunk(params, lams, logged: LoggedBatch, policy_param=0.0) -> EstimatorStats:
+        _check_policy_param(policy, policy_param)
+        return fn(params, lams, logged, jnp.float32(policy_param))
+
+    return sweep_chunk
+
+
+def _check_policy_param(policy: str, param) -> None:
+    if isinstance(param, jax.core.Tracer):
+        return
+    v = float(param)
+    if policy == "epsilon_greedy" and not 0.0 <= v <= 1.0:
+        raise checks.InputError("policy_param", [], f"epsilon must be in [0, 1], got {v}")
+    if policy == "softmax" and not v > 0.0:
+        raise checks.InputError("policy_param", [], f"softmax temperature must be > 0, got {v}")
 
 
 def _fixed(graphdef, floor, params, probs_PxA, logged: LoggedBatch) -> EstimatorStats:
