@@ -23,14 +23,52 @@ SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
 
 
+def _leaves(model: QNetwork) -> list[tuple[str, np.ndarray]]:
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    flat = jax.tree_util.tree_flatten_with_path(pure)[0]
+    return sorted((jax.tree_util.keystr(p), np.asarray(x)) for p, x in flat)
+
+
 def params_hash(model: QNetwork) -> str:
-    """sha256 (16 hex) over the model's parameter leaves in path order: identifies the weights."""
+    """sha256 over every parameter's path, dtype, shape and little-endian bytes (16 hex digits)."""
     h = hashlib.sha256()
-    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]
-    for path, leaf in flat:
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(np.ascontiguousarray(np.asarray(leaf), dtype="<f4").tobytes())
+    for path, x in _leaves(model):
+        x = np.ascontiguousarray(x)
+        h.update(f"{path}|{x.dtype.str}|{x.shape}".encode())
+        h.update(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
     return h.hexdigest()[:16]
+
+
+def param_shapes(model: QNetwork) -> dict:
+    """{parameter path: {"shape", "dtype"}}: what a restore target must match."""
+    return {p: {"shape": list(x.shape), "dtype": str(x.dtype)} for p, x in _leaves(model)}
+
+
+def save_params(path: str, model: QNetwork) -> None:
+    """Save the model's nnx.Param state (a pure dict) with orbax at ``path`` and wait for it."""
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        ckptr.wait_until_finished()
+
+
+def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None) -> None:
+    """Restore parameters saved by ``save_params`` into ``model`` in place.
+
+    With ``saved_shapes`` (``param_shapes`` at save time) a mismatch raises ValueError naming
+    every differing path with saved and expected shapes, before anything is restored.
+    """
+    if saved_shapes is not None:
+        got = param_shapes(model)
+        bad = [f"{p}: saved {saved_shapes.get(p)} expected {got.get(p)}"
+               for p in sorted(set(saved_shapes) | set(got)) if saved_shapes.get(p) != got.get(p)]
+        if bad:
+            raise ValueError("params: saved parameters do not fit the model: " + "; ".join(bad))
+    state = nnx.state(model, nnx.Param)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.abspath(path), abstract)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
 
 
 def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> str:
@@ -43,13 +81,11 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
     tmp = directory + ".tmp-save"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, PARAMS_DIR), state)
-        ckptr.wait_until_finished()
+    save_params(os.path.join(tmp, PARAMS_DIR), model)
     digest = params_hash(model)
     atomic_write_text(os.path.join(tmp, SPEC_FILE), json.dumps(
-        {"spec": model.spec(), "params_hash": digest, "extra": extra or {}}, indent=1))
+        {"spec": model.spec(), "params_hash": digest, "param_shapes": param_shapes(model),
+         "extra": extra or {}}, indent=1))
     if os.path.exists(directory):
         old = directory + ".tmp-old"
         shutil.rmtree(old, ignore_errors=True)
@@ -69,13 +105,7 @@ def load_model(directory: str) -> tuple[QNetwork, dict]:
     with open(os.path.join(directory, SPEC_FILE)) as f:
         info = json.load(f)
     model = QNetwork.from_spec(info["spec"])
-    abstract = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR), abstract)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
+    restore_params(os.path.join(directory, PARAMS_DIR), model, info.get("param_shapes"))
     if params_hash(model) != info["params_hash"]:
         raise ValueError(f"{directory}: params hash {params_hash(model)} != recorded "
                          f"{info['params_hash']}")

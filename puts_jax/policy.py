@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -30,12 +29,10 @@ import shutil
 import tempfile
 from typing import Any, Mapping, NamedTuple
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
 
 import puts_jax
+from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text
 from puts_jax.checks import InputError, check_lambda
 from puts_jax.qnet import QNetwork
@@ -66,28 +63,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
-def _pure_params(model: QNetwork) -> dict:
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def _leaves(pure: Mapping) -> list[tuple[str, np.ndarray]]:
-    flat = jax.tree_util.tree_flatten_with_path(pure)[0]
-    return sorted((jax.tree_util.keystr(p), np.asarray(x)) for p, x in flat)
-
-
-def params_hash(model: QNetwork) -> str:
-    """sha256 over every parameter's path, dtype, shape and little-endian bytes (16 hex digits)."""
-    h = hashlib.sha256()
-    for path, x in _leaves(_pure_params(model)):
-        x = np.ascontiguousarray(x)
-        h.update(f"{path}|{x.dtype.str}|{x.shape}".encode())
-        h.update(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
-    return h.hexdigest()[:16]
-
-
-def _param_shapes(model: QNetwork) -> dict:
-    return {p: {"shape": list(x.shape), "dtype": str(x.dtype)}
-            for p, x in _leaves(_pure_params(model))}
+params_hash = model_io.params_hash
 
 
 def _check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
@@ -171,12 +147,6 @@ def _audit(registry_dir: str, entry: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _save_params(path: str, model: QNetwork) -> None:
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.abspath(path), _pure_params(model))
-        ckpt.wait_until_finished()
-
-
 def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) -> str:
     """Write a version under a temp name, rename it into place, audit, switch CURRENT.
     Call with the registry lock held; ``meta`` lacks version/parent, filled in here."""
@@ -188,7 +158,7 @@ def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) 
     tmp = tempfile.mkdtemp(dir=registry_dir, prefix=f".tmp-{version}-")
     try:
         if model is not None:
-            _save_params(os.path.join(tmp, "params"), model)
+            model_io.save_params(os.path.join(tmp, "params"), model)
         atomic_write_text(os.path.join(tmp, "policy.json"), json.dumps(meta, indent=1))
         os.rename(tmp, os.path.join(registry_dir, version))
     except BaseException:
@@ -229,7 +199,7 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
             "frontier_point": _check_point(frontier_point, lam),
             "source": json.loads(json.dumps(dict(source or {}))),
             "model_spec": model.spec(), "params_hash": params_hash(model),
-            "param_shapes": _param_shapes(model), "action_set": action_set.to_dict(),
+            "param_shapes": model_io.param_shapes(model), "action_set": action_set.to_dict(),
             "action_set_hash": action_set.hash(), "package_version": puts_jax.__version__}
     with _locked(registry_dir):
         return _commit(registry_dir, meta, model, "publish")
@@ -305,17 +275,11 @@ def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
     meta = _read_meta(registry_dir, version)
     action_set = ActionSet.from_dict(meta["action_set"])  # checks its stored hash
     model = QNetwork.from_spec(meta["model_spec"])
-    want, got = meta["param_shapes"], _param_shapes(model)
-    bad = [f"{p}: saved {want.get(p)} expected {got.get(p)}"
-           for p in sorted(set(want) | set(got)) if want.get(p) != got.get(p)]
-    if bad:
-        raise InputError("params", [], "saved parameters do not fit the model spec: " + "; ".join(bad))
-    state = nnx.state(model, nnx.Param)
-    path = os.path.abspath(os.path.join(registry_dir, meta["params_version"], "params"))
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(path, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
+    path = os.path.join(registry_dir, meta["params_version"], "params")
+    try:
+        model_io.restore_params(path, model, meta["param_shapes"])
+    except ValueError as e:
+        raise InputError("params", [], str(e)) from None
     if params_hash(model) != meta["params_hash"]:
         raise InputError("params_hash", [], f"restored parameters of {version} hash to "
                                             f"{params_hash(model)}, policy.json says {meta['params_hash']}")

@@ -133,7 +133,7 @@ def test_crash_mid_publish_leaves_no_version(tmp_path, monkeypatch):
             f.write("x")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(policy, "_save_params", boom)
+    monkeypatch.setattr(policy.model_io, "save_params", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         policy.publish(reg, _model(seed=3), _aset(), [0.5, 0.5], None, "second")
     assert sorted(os.listdir(reg)) == [".lock", "CURRENT", "audit.jsonl", "v0001"]
