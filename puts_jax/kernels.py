@@ -44,6 +44,8 @@ def select_from_scores(s_A: jax.Array, fallback) -> tuple[jax.Array, jax.Array]:
 
     Any non-finite score (NaN/inf Q, or 0 * inf from a zero lambda weight) selects ``fallback``.
     """
+    if isinstance(fallback, int) and not 0 <= fallback < s_A.shape[0]:
+        raise ValueError(f"fallback: action {fallback} outside [0, {s_A.shape[0]})")
     idx, finite = first_argmax(s_A)
     return jnp.where(finite, idx, jnp.asarray(fallback, jnp.int32)), ~finite
 

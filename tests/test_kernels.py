@@ -103,5 +103,7 @@ def test_sweep_actions_matches_reference():
 def test_rank_checks_name_the_argument():
     with pytest.raises(ValueError, match="q_AxJ: expected rank 2"):
         kernels.select_action(jnp.zeros((2, 3, 4)), jnp.ones(4), 0)
+    with pytest.raises(ValueError, match=r"fallback: action 5 outside \[0, 4\)"):
+        kernels.select_action(jnp.zeros((4, 2)), jnp.ones(2) / 2, 5)
     with pytest.raises(ValueError, match="mask_N"):
         kernels.masked_top_k(jnp.zeros(3), jnp.ones((3, 1), bool), 2)
