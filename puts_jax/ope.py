@@ -74,6 +74,14 @@ def target_prob(probs_A: jax.Array, consistent_A: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(consistent_A, probs_A.astype(jnp.float32), 0.0))
 
 
+def deterministic_target_prob(consistent_A: jax.Array, action) -> jax.Array:
+    """pi(decision | x) of a deterministic target choosing ``action``: f32 ``consistent[action]``
+    (1 when the logged decision is the one the target makes, else 0)."""
+    if consistent_A.ndim != 1:
+        raise ValueError(f"deterministic_target_prob: expected bool[A], got {consistent_A.shape}")
+    return consistent_A[action].astype(jnp.float32)
+
+
 def importance_weight(pi: jax.Array, propensity: jax.Array, floor: float | None = None) -> jax.Array:
     """w = pi / propensity (f32), exactly 0 where pi == 0. With an explicit ``floor`` the
     propensity is max(p, floor) (documented clipping, PITFALLS P1(b)); without one, p must have

@@ -111,6 +111,14 @@ def test_policy_probs_match_reference(kind, param):
     np.testing.assert_allclose(np.asarray(got).sum(1), 1.0, rtol=1e-6)
 
 
+def test_deterministic_target_prob_is_the_one_hot_case():
+    _, action, consistent, *_ = _random_log(B=40)
+    a = np.arange(40) % 5
+    got = jax.vmap(ope.deterministic_target_prob)(consistent, a)
+    one_hot = np.eye(5, dtype=np.float32)[a]
+    np.testing.assert_array_equal(got, jax.vmap(ope.target_prob)(one_hot, consistent))
+
+
 def _random_log(B=300, A=5, J=2, seed=3):
     rng = np.random.default_rng(seed)
     s = rng.normal(size=(B, A)).astype(np.float32)
