@@ -13,7 +13,7 @@ import os
 # One XLA:CPU thread per process: every number is per core, and the two-core numbers come from
 # one single-threaded process per core (FACTS: two threads or two virtual devices in one process
 # do not scale and worsen p99).
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 
 def single_thread_env() -> None:

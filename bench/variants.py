@@ -117,28 +117,28 @@ def lambda_stats(q_BxAxJ, lam_J, logged: LoggedBatch, fallback: int = 0):
 
 def local_sweep(graphdef, lambda_chunk: int = 8, fallback: int = 0):
     """One jit: Q once, ``lax.map`` over chunks of ``lambda_chunk`` lambdas (vmapped inside),
-    estimators in the same pass. lams f32[L, J] with L a multiple of ``lambda_chunk`` (pad)."""
+    estimators in the same pass (the engine's design; ``lambda_chunk = L`` materializes
+    f32[L, B, A] at once, the memory-unbounded way)."""
     q = q_fn(graphdef)
 
     @jax.jit
     def sweep(params, lams, logged: LoggedBatch):
         qv = q(params, logged.context)
-        per = jax.vmap(lambda_stats, (None, 0, None, None))
-        chunks = lams.reshape(-1, lambda_chunk, lams.shape[-1])
-        out = lax.map(lambda lc: per(qv, lc, logged, fallback), chunks)
-        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+        return lax.map(lambda lam: lambda_stats(qv, lam, logged, fallback), lams,
+                       batch_size=lambda_chunk)
 
     return sweep
 
 
-def fused_sweep(graphdef, W: np.ndarray, lambda_chunk: int = 8, fallback: int = 0):
-    """(sweep, source): the engine's sweep builder when importable, else ``local_sweep``."""
+def fused_sweep(graphdef, lambda_chunk: int = 8, fallback: int = 0):
+    """(sweep, source): ``puts_jax.engine.build_sweep`` (greedy, DR on) when importable, else
+    ``local_sweep``."""
     try:
         from puts_jax import engine
-        from puts_jax.config import ScoringConfig, SweepConfig
+        from puts_jax.config import SweepConfig
 
-        fn = engine.build_sweep(graphdef, jnp.asarray(W), SweepConfig(lambda_chunk=lambda_chunk),
-                                ScoringConfig(fallback_action=fallback))
+        fn = engine.build_sweep(graphdef, SweepConfig(lambda_chunk=lambda_chunk), "greedy",
+                                fallback)
         return fn, "puts_jax.engine.build_sweep"
     except (ImportError, AttributeError, TypeError):
         return local_sweep(graphdef, lambda_chunk, fallback), "bench.variants.local_sweep"

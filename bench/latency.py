@@ -1,0 +1,206 @@
+"""Latency suite: "zero added serving latency".
+
+A Flax multi-task ranker (candidate features f32[B, N, F] -> shared MLP -> K sigmoid heads,
+sized to cost several times the agent) scores every candidate. Per batch B in {1, 16, 256}:
+
+  baseline   one program on core 0: ranker -> fixed-weight utility -> masked top-k.
+  parallel   the agent (``bench.agent_worker``: Q -> argmax -> W[a*]) in its own single-threaded
+             process on core 1, started when the request arrives (contexts through shared
+             memory); meanwhile the ranker runs on core 0; then per-request re-weighting ->
+             masked top-k with the agent's weights.
+  fused      one program on core 0: ranker + agent -> per-request re-weighting -> top-k.
+
+Added latency = (variant - baseline) / baseline at p50 and p99 (targets, issue 3: p50 <= 2%,
+p99 <= 5%). The ranker-to-agent cost ratio is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench import agent_worker, fast, harness, variants, workload
+from bench.report import Report
+
+BATCHES = (1, 16, 256)
+RANKER_FEATURES = 32
+RANKER_HIDDEN = (128,)
+
+
+class Ranker(nnx.Module):
+    """Multi-task ranker: candidate features f32[..., F] -> K outcome probabilities."""
+
+    def __init__(self, F: int, hidden: tuple[int, ...], K: int, *, rngs: nnx.Rngs):
+        widths = (F, *hidden)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.heads = nnx.Linear(widths[-1], K, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            x = nnx.relu(layer(x))
+        return jax.nn.sigmoid(self.heads(x))
+
+
+def build_programs(s: workload.Shapes, W: np.ndarray, agent_graphdef) -> dict[str, Any]:
+    ranker = Ranker(RANKER_FEATURES, RANKER_HIDDEN, s.K, rngs=nnx.Rngs(7))
+    rg, rp = nnx.split(ranker)
+    Wj = jnp.asarray(W)
+    agent = agent_worker.agent_fn(agent_graphdef, W)
+
+    def top(preds, w, mask):
+        return fast.serve_math_topk(preds, w, mask, s.top_k)
+
+    @jax.jit
+    def baseline(rparams, feats, mask, w_fixed):
+        preds = nnx.merge(rg, rparams)(feats)
+        return top(preds, jnp.broadcast_to(w_fixed, (feats.shape[0], s.K)), mask)
+
+    @jax.jit
+    def ranker_only(rparams, feats):
+        return nnx.merge(rg, rparams)(feats)
+
+    reweight_topk = jax.jit(top)
+
+    @jax.jit
+    def fused(rparams, qparams, lam, context, feats, mask):
+        preds = nnx.merge(rg, rparams)(feats)
+        return top(preds, agent(qparams, lam, context), mask)
+
+    return {"rparams": rp, "baseline": baseline, "ranker_only": ranker_only,
+            "reweight_topk": reweight_topk, "fused": fused, "agent": agent, "W": Wj}
+
+
+class AgentProcess:
+    """The agent worker on core ``core`` and its shared-memory channel."""
+
+    def __init__(self, s: workload.Shapes, batches: tuple[int, ...], core: int):
+        from multiprocessing import shared_memory
+
+        self.shm = shared_memory.SharedMemory(
+            name=f"puts_bench_{uuid.uuid4().hex[:12]}", create=True,
+            size=agent_worker.Channel.nbytes(max(batches), s.D, s.K))
+        self.ch = agent_worker.Channel(self.shm, max(batches), s.D, s.K)
+        self.ch.hdr[:] = 0
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.agent_worker", "--shm", self.shm.name, "--core",
+             str(core), "--batches", ",".join(map(str, batches))],
+            cwd=root, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"bench.agent_worker did not start: {line!r}")
+        self.seq = 0
+
+    def request(self, context: np.ndarray) -> None:
+        B = context.shape[0]
+        self.ch.context[:B] = context
+        self.ch.hdr[agent_worker.SIZE] = B
+        self.seq += 1
+        self.ch.hdr[agent_worker.REQ] = self.seq
+
+    def weights(self, B: int) -> np.ndarray:
+        hdr, seq = self.ch.hdr, self.seq
+        while hdr[agent_worker.RESP] != seq:
+            pass
+        return self.ch.weights[:B]
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.ch.hdr[agent_worker.STOP] = 1
+                self.ch.hdr[agent_worker.REQ] = self.seq + 1
+                self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        del self.ch
+        self.shm.close()
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qparams,
+             agent_proc: AgentProcess | None, quick: bool) -> None:
+    rng = np.random.default_rng(B)
+    req = workload.request_arrays(s, B)
+    feats = workload.aligned(rng.standard_normal((B, s.N, RANKER_FEATURES), dtype=np.float32))
+    context, mask = req["context"], req["mask"]
+    rp = prog["rparams"]
+    lam = jnp.asarray([0.5, 0.5], jnp.float32)
+    w_fixed = jnp.asarray(np.full(s.K, 1.0 / s.K, np.float32))
+    comp = {"baseline": harness.aot_compile(prog["baseline"], rp, feats, mask, w_fixed),
+            "fused": harness.aot_compile(prog["fused"], rp, qparams, lam, context, feats, mask)}
+    r_only = harness.aot_compile(prog["ranker_only"], rp, feats)
+    preds0 = r_only.fn(rp, feats)
+    w0 = np.asarray(prog["W"][:1].repeat(B, 0))
+    rw = harness.aot_compile(prog["reweight_topk"], preds0, w0, mask)
+    ag = harness.aot_compile(prog["agent"], qparams, lam, context)
+    calls = {"baseline": lambda: comp["baseline"].fn(rp, feats, mask, w_fixed),
+             "fused": lambda: comp["fused"].fn(rp, qparams, lam, context, feats, mask),
+             "ranker_alone": lambda: r_only.fn(rp, feats),
+             "agent_alone": lambda: ag.fn(qparams, lam, context)}
+    if agent_proc is not None:
+        def parallel():
+            agent_proc.request(context)  # the agent starts on core 1 ...
+            preds = r_only.fn(rp, feats).block_until_ready()  # ... while the ranker runs here
+            return rw.fn(preds, agent_proc.weights(B), mask)
+
+        calls["parallel"] = parallel
+    per_call = max(harness.probe(f) for f in calls.values())
+    rounds = 3 if quick else 8
+    samples = harness.interleave(calls, rounds=rounds,
+                                 reps=harness.reps_for(per_call, 0.3 if quick else 1.0,
+                                                                  lo=(10 if B < 64 else 3) if quick else 30))
+    summ = {n: harness.Summary.of(x) for n, x in samples.items()}
+    base = summ["baseline"]
+    for name, sm in summ.items():
+        c = comp.get(name)
+        fields = {}
+        if name in ("parallel", "fused"):
+            fields = {"added_p50": sm.p50 / base.p50 - 1.0, "added_p99": sm.p99 / base.p99 - 1.0}
+        rep.add(f"B={B}", name, sm, B=B, per_s=B / sm.median,
+                compile_s=None if c is None else round(c.compile_s, 3), **fields)
+    rep.extra.setdefault("ranker_to_agent_cost", {})[f"B={B}"] = (
+        summ["ranker_alone"].median / summ["agent_alone"].median)
+    for name in ("parallel", "fused"):
+        if name in summ:
+            rep.ratio(f"B={B} {name} added p50", summ[name].p50 / base.p50 - 1.0, 0.02,
+                      higher_is_better=False)
+            rep.ratio(f"B={B} {name} added p99", summ[name].p99 / base.p99 - 1.0, 0.05,
+                      higher_is_better=False)
+
+
+def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool = True) -> Report:
+    s = workload.Shapes()
+    rep = Report("latency", quick, {**s.as_dict(), "ranker_features": RANKER_FEATURES,
+                                    "ranker_hidden": list(RANKER_HIDDEN)})
+    graphdef, qparams = variants.split(workload.make_model(s))
+    prog = build_programs(s, workload.action_weights(s), graphdef)
+    ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    agent_proc, affinity = None, os.sched_getaffinity(0) if ncores >= 2 else None
+    if workers and ncores >= 2:
+        os.sched_setaffinity(0, {0})  # the server (ranker) on core 0, the agent on core 1
+        agent_proc = AgentProcess(s, batches, core=1)
+    else:
+        rep.note("parallel path skipped: needs 2 cores and workers enabled")
+    try:
+        for B in batches:
+            t0 = time.perf_counter()
+            run_case(rep, s, B, prog, qparams, agent_proc, quick)
+            print(f"  latency B={B} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    finally:
+        if agent_proc is not None:
+            agent_proc.close()
+            os.sched_setaffinity(0, affinity)
+    return rep

@@ -1,0 +1,112 @@
+"""Smoke of the benchmark harness: its arithmetic and that a quick suite writes valid JSON.
+
+Benchmarks are not tests (STYLE 14): nothing here asserts a time.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench import harness, report, roofline
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, 37.5, 50.0, 99.0, 100.0])
+def test_percentile_matches_numpy_linear(q):
+    xs = [5.0, 1.0, 9.0, 3.0, 3.0, 7.5, 2.0]
+    assert harness.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_percentile_hand_values_and_errors():
+    assert harness.percentile([10.0, 20.0], 50.0) == 15.0  # rank 0.5 -> halfway
+    assert harness.percentile([4.0], 99.0) == 4.0
+    xs = list(range(1, 101))  # 1..100: p99 at rank 98.01 -> 99.01
+    assert harness.percentile(xs, 99.0) == pytest.approx(99.01)
+    with pytest.raises(ValueError, match="no samples"):
+        harness.percentile([], 50.0)
+    with pytest.raises(ValueError, match=r"q must be in \[0, 100\]"):
+        harness.percentile([1.0], 101.0)
+
+
+def test_summary_fields_in_microseconds():
+    s = harness.Summary.of([1e-6, 2e-6, 3e-6, 4e-6])
+    assert s.median == s.p50 == pytest.approx(2.5e-6)
+    d = s.as_dict()
+    assert d["p50_us"] == pytest.approx(2.5) and d["min_us"] == pytest.approx(1.0)
+    assert d["mean_us"] == pytest.approx(2.5) and d["n"] == 4
+    assert math.isnan(harness.ratio(1.0, 0.0))
+
+
+def test_roofline_bound_and_fraction():
+    roof = roofline.Roofline(bandwidth=20e9, matmul_rate=100e9)
+    mem = roofline.Cost(bytes=2e9, flops=1e9)  # 0.1 s of memory, 0.01 s of compute
+    assert roof.bound_s(mem) == pytest.approx(0.1) and roof.bound_by(mem) == "memory"
+    assert roof.fraction(0.4, mem) == pytest.approx(0.25)
+    comp = roofline.Cost(bytes=1e9, flops=1e12)  # 0.05 s memory, 10 s compute
+    assert roof.bound_by(comp) == "compute"
+    assert roof.describe(20.0, comp)["fraction_of_roofline"] == pytest.approx(0.5)
+
+
+def test_counted_costs_by_hand():
+    # One dense layer 3 -> 2 on 5 rows: 5 * (2*3*2 + 2*2) = 80 FLOPs; weights 8 floats.
+    c = roofline.mlp_cost(5, [3, 2])
+    assert c.flops == 80 and c.bytes == 32
+    # per_action head, D=2, hidden (4,), A=3, J=1, B=1: tower 2*2*4+2*4 = 24, head 2*4*3+2*3 = 30,
+    # link 4*3 = 12 -> 66 FLOPs; bytes: weights (8+4 + 12+3)*4 = 108 plus context 8.
+    q = roofline.qnet_cost(1, 2, (4,), 3, 1, head="per_action")
+    assert q.flops == 66 and q.bytes == 116
+    s = roofline.serve_cost(1, N=10, K=2, D=2, hidden=(4,), A=3, J=1, top_k=4, head="per_action")
+    # + select 2*A*J = 6, reweight 2*N*K + 2*N = 60 FLOPs; + W 24 B, preds/mask/valid 80+10+1,
+    # outputs 4 + 8*4 + 4 + 1 = 41 bytes.
+    assert s.flops == 66 + 6 + 60
+    assert s.bytes == 116 + 24 + 91 + 41
+
+
+def test_report_table_and_json(tmp_path):
+    rep = report.Report("unit", quick=True, shapes={"B": 2})
+    rep.add("B=2", "fused", harness.Summary.of([1e-3, 2e-3]), per_s=1500.0)
+    rep.ratio("fused vs numpy", 2.0, 1.5)
+    rep.ratio("p50 us", 80.0, 50.0, higher_is_better=False)
+    rep.ratio("undefined", float("nan"))
+    rep.note("a note")
+    text = rep.table()
+    assert "fused" in text and "NO" in text and "yes" in text and "note: a note" in text
+    rep.meta["device_kind_override"] = None
+    path = rep.write(str(tmp_path))
+    data = json.loads(open(path).read())  # strict JSON: nan written as null
+    assert data["suite"] == "unit" and data["rows"][0]["p50_us"] == pytest.approx(1500.0)
+    assert [r["met"] for r in data["ratios"]] == [True, False, None]
+    assert data["ratios"][2]["value"] is None
+    assert data["device"]["versions"]["jax"]
+
+
+def test_quick_suite_writes_valid_json(tmp_path):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the bench sets its own (one device, single-threaded)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "bench", "train", "--quick", "--batches", "64",
+                          "--no-workers", "--out", str(tmp_path)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (kind,) = os.listdir(tmp_path)
+    data = json.loads((tmp_path / kind / "train.json").read_text())
+    assert data["suite"] == "train" and data["quick"] is True
+    assert data["shapes"]["A"] == 64 and data["device"]["platform"] == "cpu"
+    (row,) = data["rows"]
+    assert row["B"] == 64 and row["p50_us"] > 0 and row["p99_us"] >= row["p50_us"]
+    assert "grain" not in out.stdout + out.stderr
+
+
+def test_bench_never_imports_grain():
+    code = ("import sys\n"
+            "import bench.serve, bench.sweep, bench.latency, bench.train_suite, bench.worker\n"
+            "import bench.agent_worker, bench.fast\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'grain'], 'grain imported'\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
