@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN ?= runs/demo
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: venv demo demo-obd test test-slow bench clean
+.PHONY: venv demo demo-obd test test-slow bench obp-agreement clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+obp-agreement: $(STAMP)
+	# Our IPS/SNIPS/DR vs the Open Bandit Pipeline's on the OBD sample (obp in a throwaway venv).
+	$(PY) scripts/obp_agreement.py
 
 bench: $(STAMP)
 	$(PY) -m bench all --quick
