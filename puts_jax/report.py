@@ -1,5 +1,6 @@
-"""Frontier report: ``frontier.json`` (the DESIGN.md section 4 contract), ``frontier.png`` and a
-plain-text table for the CLI.
+"""Frontier report: ``frontier.json`` (the DESIGN.md section 4 contract), ``frontier.png``, the
+self-contained ``frontier.html`` (rendered by ``puts_jax.report_html``) and a plain-text table for
+the CLI.
 
 Input: one ``PolicyEstimates`` (or a dict with the same keys) per set of policies: the lambda
 points, and each baseline set (logging policy, production action, every single global action).
@@ -32,7 +33,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 import puts_jax
-from puts_jax import pareto
+from puts_jax import pareto, report_html
 from puts_jax.action_set import atomic_write_text
 from puts_jax.checks import InputError
 
@@ -377,14 +378,17 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict:
-    """Write ``frontier.json`` and ``frontier.png`` atomically into ``out_dir``; returns their
-    paths {"json": ..., "png": ...}. ``axes`` picks the two objectives plotted when J > 2."""
+    """Write ``frontier.json``, ``frontier.png`` and ``frontier.html`` atomically into
+    ``out_dir``; returns their paths {"json": ..., "png": ..., "html": ...}. ``axes`` picks the
+    two objectives plotted when J > 2."""
     validate_frontier(frontier)
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "frontier.json"),
-             "png": os.path.join(out_dir, "frontier.png")}
+    paths = {k: os.path.join(out_dir, f"frontier.{k}") for k in ("json", "png", "html")}
     atomic_write_text(paths["json"], dumps(frontier))
-    _atomic_write_bytes(paths["png"], render_png(frontier, axes))
+    fig = frontier_figure(frontier, axes)
+    _atomic_write_bytes(paths["png"], _figure_png(fig))
+    page = report_html.render_html(frontier, report_html.figure_svg(fig, "front-"), LOW_ESS)
+    _atomic_write_bytes(paths["html"], page.encode("utf-8"))
     return paths
 
 
@@ -427,7 +431,18 @@ def _plot_baselines(ax, doc: Mapping, xy) -> None:
 
 
 def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
-    """The frontier as PNG bytes: points with interval crosses on both objectives, the
+    """The frontier as PNG bytes (``frontier_figure``)."""
+    return _figure_png(frontier_figure(doc, axes))
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def frontier_figure(doc: Mapping, axes: tuple[int, int] = (0, 1)):
+    """The frontier as a matplotlib Figure: points with interval crosses on both objectives, the
     nondominated ones connected, baselines as distinct markers, the operating point starred."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -436,7 +451,7 @@ def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
     prim = doc["primary_estimator"]
     J = len(names)
     jx, jy = (axes if J >= 2 else (0, 0))
-    fig = Figure(figsize=(7.5, 6.0), dpi=100)
+    fig = Figure(figsize=(7.5, 6.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
 
@@ -454,10 +469,10 @@ def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
                 elinewidth=0.8, capsize=2, label=f"lambda points ({prim}, {doc['confidence']:.0%} CI)")
     order = np.argsort(x[nd])
     ax.plot(x[nd][order], y[nd][order], "-", color="C0", lw=1.5, label="nondominated")
-    for i in np.flatnonzero(nd):
+    for k, i in enumerate(np.flatnonzero(nd)[order]):  # labels alternate above / below
         lam = doc["lambdas"][i]
         ax.annotate("(" + ", ".join(f"{v:.2f}" for v in lam) + ")", (x[i], y[i]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+                    xytext=(3, 3 if k % 2 == 0 else -9), textcoords="offset points")
     _plot_baselines(ax, doc, xy)
     op = doc.get("operating_point")
     if op and op.get("index") is not None:
@@ -473,13 +488,12 @@ def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
     hv = doc["hypervolume"]["value"]
     ax.set_title(f"Empirical Pareto frontier, hypervolume {hv:.4g}" if hv is not None
                  else "Empirical Pareto frontier", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    # Legend below the axes: inside, it would hide the nondominated corner.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, "\n".join(textwrap.wrap(doc["verdict"], 120)), fontsize=7, va="bottom")
-    fig.subplots_adjust(bottom=0.16)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    fig.subplots_adjust(bottom=0.25, top=0.94)
+    return fig
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,392 @@
+"""``frontier.html``: one self-contained page for a frontier document (``report.build_frontier``).
+
+The page needs no network: CSS is inline, the figures are inline SVG made with matplotlib (text
+kept as text, namespace and metadata URLs removed, element ids prefixed per figure), and there
+is no script. It shows, in order: the overall verdict (coloured by what the data can tell
+apart), the operating point, the warnings, the frontier plot (``report.frontier_figure``:
+interval crosses, baselines, the operating point), a per-lambda plot (each objective's primary
+estimate with its interval band, the baselines as lines, the effective sample size), a table of
+every number (each estimator's value and interval per objective, n, matched rows, matched
+rewards, ESS, comparisons with the baselines, verdict) for the points and every baseline, the
+hypervolume and the provenance. Honest numbers, DESIGN.md section 8: nothing is shown without its
+interval and sample size.
+
+Everything here is string and figure building; ``report.write_frontier`` writes the file.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+
+_DIR_WORD = {"max": "higher is better", "min": "lower is better"}
+_BASELINE_LABEL = {"logging": "logging policy", "production": "production action",
+                   "actions": "single global actions"}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
+ margin:0;background:#f4f5f7}
+main{max-width:1340px;margin:0 auto;padding:18px 22px 40px}
+h1{font-size:22px;margin:4px 0 2px}h2{font-size:17px;margin:0 0 8px}
+.sub{color:#555;margin:0 0 14px}
+section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:14px 16px;
+ margin:0 0 14px}
+.verdict{border-left:8px solid #2f7d32}
+.verdict.caution{border-left-color:#d98c00;background:#fff9ec}
+.verdict.bad{border-left-color:#b3261e;background:#fdf0ef}
+.verdict .big{font-size:19px;font-weight:600;margin:2px 0 8px}
+.counts{display:flex;flex-wrap:wrap;gap:6px 18px;color:#333;margin:0;padding:0;list-style:none}
+.counts b{font-variant-numeric:tabular-nums}
+.warn li{color:#8a4b00}.muted{color:#666}
+.figs{display:flex;flex-wrap:wrap;gap:14px}
+figure{flex:1 1 560px;margin:0;min-width:0}figure svg{width:100%;height:auto;display:block}
+figcaption{color:#555;font-size:12.5px;margin-top:4px}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #e0e3e7;padding:3px 6px;text-align:right;vertical-align:top;
+ white-space:nowrap}
+th{background:#f0f2f5;text-align:center}td.name,th.name{text-align:left}
+td .ci{display:block;color:#666;font-size:11px}td.vcell{white-space:normal;min-width:150px}
+.prim{background:#eef5ff}tr.group th{background:#e4e8ee;text-align:left}
+tr.op td{background:#fff6cf}tr.op td.prim{background:#f7edc0}
+.v-nondominated{color:#1b5e20;font-weight:600}.v-clearly-dominated{color:#8a1c1c}
+.v-not-separable{color:#8a4b00}.v-not-estimable{color:#b3261e;font-weight:600}
+.cmp-better{color:#1b5e20}.cmp-worse{color:#8a1c1c}
+table.kv td{text-align:left;white-space:normal;word-break:break-all}
+table.kv td.k{white-space:nowrap;color:#444;word-break:normal}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(v) -> str:
+    """A number for the page; None / NaN (not estimable) as an em dash."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "\u2014"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+
+
+def _ess(v) -> str:
+    return "\u2014" if v is None else f"{v:,.1f}"
+
+
+def _arr(rows) -> np.ndarray:
+    """JSON rows (None for non-finite) -> f64 array with NaN."""
+    return np.asarray([[np.nan if v is None else v for v in row] for row in rows], np.float64)
+
+
+def _lam(lam: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in lam) + ")"
+
+
+# ----------------------------------------------------------------------------- figures
+
+def figure_svg(fig, prefix: str) -> str:
+    """A matplotlib Figure as an inline ``<svg>`` element: text as text, no XML prolog, DOCTYPE,
+    metadata or namespace URLs (the HTML parser supplies the SVG namespace), every element id and
+    reference prefixed with ``prefix`` so two figures on one page never share an id."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "puts_jax"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    svg = re.sub(r'\bid="', f'id="{prefix}', svg)
+    svg = svg.replace('href="#', f'href="#{prefix}').replace("url(#", f"url(#{prefix}")
+    return svg.strip()
+
+
+def _baseline_lines(ax, doc: Mapping, j: int) -> None:
+    """Horizontal lines at the logging, production and best-global-action values of objective j
+    (the numbers are in the table)."""
+    prim = doc["primary_estimator"]
+    for kind, st in (("logging", dict(color="k", ls="--")),
+                     ("production", dict(color="C3", ls=":"))):
+        bl = doc["baselines"].get(kind)
+        if bl and prim in bl["estimators"]:
+            v = _arr(bl["estimators"][prim]["value"])[0, j]
+            if np.isfinite(v):
+                ax.axhline(v, lw=1.2, label=_BASELINE_LABEL[kind], **st)
+    acts = doc["baselines"].get("actions")
+    best = (acts or {}).get("best", {}).get(doc["objectives"]["names"][j])
+    if best is not None and prim in acts["estimators"]:
+        v = _arr(acts["estimators"][prim]["value"])[best, j]
+        if np.isfinite(v):
+            ax.axhline(v, color="C1", ls="-.", lw=1.2, label="best global action on this objective")
+
+
+def lambda_figure(doc: Mapping, low_ess: float):
+    """Per-lambda panels: one per objective (primary estimate, its interval band, nondominated
+    points filled, baselines as lines), then the effective sample size and matched rows. For J = 2
+    the x axis is the weight on the first objective; otherwise the point index."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names, dirs = doc["objectives"]["names"], doc["objectives"]["directions"]
+    prim, conf = doc["primary_estimator"], doc["confidence"]
+    lam = np.asarray(doc["lambdas"], np.float64)
+    P, J = lam.shape
+    x = lam[:, 0] if J == 2 else np.arange(P, dtype=np.float64)
+    b = doc["estimators"][prim]
+    v, lo, hi = (_arr(b[k]) for k in ("value", "lo", "hi"))
+    nd = np.asarray(doc["nondominated"], bool)
+    op = (doc.get("operating_point") or {}).get("index")
+    height = 1.7 * (J + 1) + 1.4  # inches: panels plus the title and legend band on top
+    fig = Figure(figsize=(7.5, height), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(J + 1, 1, sharex=True)
+    for j, ax in enumerate(axes[:J]):
+        ax.fill_between(x, lo[:, j], hi[:, j], color="C0", alpha=0.18, lw=0,
+                        label=f"{conf:.0%} interval")
+        ax.plot(x, v[:, j], "-", color="C0", lw=1.2, label=f"{prim} estimate")
+        ax.plot(x[nd], v[nd, j], "o", color="C0", ms=5, label="nondominated")
+        ax.plot(x[~nd], v[~nd, j], "o", mfc="white", color="C0", ms=5, label="dominated")
+        _baseline_lines(ax, doc, j)
+        ax.set_ylabel(f"{names[j]}\n({_DIR_WORD[dirs[j]]})", fontsize=8)
+    ax = axes[J]
+    ess, matched = np.asarray(doc["points"]["ess"], np.float64), doc["points"]["matched"]
+    ax.plot(x, ess, "-o", color="C2", ms=4, lw=1.2, label="effective sample size")
+    ax.plot(x, matched, "x", color="0.3", ms=6, label="matched rows")
+    ax.axhline(low_ess, color="C3", ls=":", lw=1, label=f"low-ESS warning ({low_ess:g})")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("rows", fontsize=8)
+    n = doc["points"]["n"]
+    ax.set_title(f"n = {max(n):,} logged rows per point", fontsize=8, loc="left")
+    handles = {}
+    for a in axes:  # one legend for the figure: panels would hide their own curves
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.tick_params(labelsize=7.5)
+        if op is not None:
+            a.axvline(x[op], color="goldenrod", lw=2, alpha=0.8)
+    if J == 2:
+        ax.set_xlabel(f"lambda = weight on {names[0]} (1 - lambda on {names[1]})", fontsize=8)
+    else:
+        ax.set_xticks(x, [_lam(r) for r in lam], rotation=60, fontsize=6)
+        ax.set_xlabel("lambda", fontsize=8)
+    fig.suptitle(f"Per-lambda estimates ({prim}, {conf:.0%} intervals)"
+                 + ("; gold line: operating point" if op is not None else ""), fontsize=10)
+    fig.legend(list(handles.values()), list(handles), fontsize=6.5, ncol=3, loc="upper center",
+               bbox_to_anchor=(0.5, 1 - 0.4 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / height))
+    return fig
+
+
+# ----------------------------------------------------------------------------- table
+
+def _estimators(doc: Mapping) -> list[str]:
+    """The non-primary estimators, in document order."""
+    return [e for e in doc["estimators"] if e != doc["primary_estimator"]]
+
+
+def _est_cells(block_est: Mapping, i: int, ests: list[str], J: int, cls: str) -> str:
+    """Per objective, per estimator: value with the interval below it."""
+    cells = []
+    for j in range(J):
+        for e in ests:
+            b = block_est.get(e)
+            if b is None:
+                cells.append(f'<td class="{cls}">\u2014</td>')
+                continue
+            v, lo, hi = b["value"][i][j], b["lo"][i][j], b["hi"][i][j]
+            cells.append(f'<td class="{cls}">{_num(v)}<span class="ci">[{_num(lo)}, {_num(hi)}]'
+                         "</span></td>")
+    return "".join(cells)
+
+
+def _verdict_cell(text: str) -> str:
+    kind = text.split(" (")[0].replace(" ", "-")
+    return f'<td class="name vcell v-{_e(kind)}">{_e(text)}</td>'
+
+
+def _cmp_cell(block: Mapping, key: str, i: int) -> str:
+    row = block.get(key)
+    if row is None:
+        return "<td>\u2014</td>"
+    spans = (f'<span class="cmp-{_e(c)}">{_e(c)}</span>' for c in row[i])
+    return "<td>" + " / ".join(spans) + "</td>"
+
+
+def _row(cls: str, marker: str, name: str, lam: str | None, block: Mapping, est: Mapping, i: int,
+         doc: Mapping, verdict: str) -> str:
+    """One table row: the primary estimate per objective, the sample sizes, the comparisons with
+    the baselines and the verdict first (they fit the screen), then every other estimator."""
+    J, prim = len(doc["objectives"]["names"]), doc["primary_estimator"]
+    mr = block.get("matched_rewards")
+    mr_text = "\u2014" if mr is None else " / ".join(
+        _num(int(x)) if x is not None and float(x).is_integer() else _num(x) for x in mr[i])
+    if lam is not None and name != f"lambda={lam}":  # sweep names already carry the lambda
+        name_cell = f'{_e(name)}<span class="ci">lambda {_e(lam)}</span>'
+    else:
+        name_cell = _e(name)
+    cmp = _cmp_cell(block, "vs_logging", i) + _cmp_cell(block, "vs_production", i)
+    return (f'<tr class="{cls}" data-index="{i}"><td>{marker}</td><td class="name">{name_cell}</td>'
+            f"{_est_cells(est, i, [prim], J, 'est prim')}"
+            f"<td>{_num(block['n'][i])}</td><td>{_num(block['matched'][i])}</td><td>{mr_text}</td>"
+            f"<td>{_ess(block['ess'][i])}</td>{cmp}{_verdict_cell(verdict)}"
+            f"{_est_cells(est, i, _estimators(doc), J, 'est')}</tr>")
+
+
+def _head(doc: Mapping) -> str:
+    names, dirs = doc["objectives"]["names"], doc["objectives"]["directions"]
+    ests = _estimators(doc)
+    pct, prim = f"{doc['confidence']:.0%}", doc["primary_estimator"]
+    one = '<th rowspan="2">{}</th>'.format
+    row1 = ("<tr>" + one("") + '<th rowspan="2" class="name">policy</th>'
+            + f'<th colspan="{len(names)}" class="prim">{_e(prim)} (primary): value '
+              f"[{pct} interval]</th>"
+            + "".join(one(h) for h in ("n", "matched", "matched<br>rewards", "ESS", "vs logging",
+                                       "vs production"))
+            + '<th rowspan="2" class="name">verdict</th>'
+            + "".join(f'<th colspan="{len(ests)}">{_e(n)}: other estimators</th>'
+                      for n in names if ests) + "</tr>")
+    row2 = ("<tr>" + "".join(f'<th class="prim">{_e(n)}<br>({_e(_DIR_WORD[d])})</th>'
+                             for n, d in zip(names, dirs))
+            + "".join(f"<th>{_e(e)}</th>" for _ in names for e in ests) + "</tr>")
+    return row1 + row2
+
+
+def _table(doc: Mapping) -> str:
+    width = 10 + len(doc["objectives"]["names"]) * len(doc["estimators"])
+    op = (doc.get("operating_point") or {}).get("index")
+    pts = doc["points"]
+    rows = [f'<tr class="group"><th colspan="{width}">lambda points</th></tr>']
+    for i, lam in enumerate(doc["lambdas"]):
+        rows.append(_row("point op" if i == op else "point", "\u2605" if i == op else "",
+                         pts["names"][i], _lam(lam), pts, doc["estimators"], i, doc,
+                         doc["verdicts"][i]))
+    for kind, bl in doc["baselines"].items():
+        label = _BASELINE_LABEL.get(kind, kind)
+        rows.append(f'<tr class="group"><th colspan="{width}">baseline: {_e(label)}</th></tr>')
+        best = bl.get("best") or {}
+        for i, name in enumerate(bl["names"]):
+            tops = [o for o, k in best.items() if k == i]
+            verdict = "baseline" if kind != "actions" else (
+                f"{bl['verdicts'][i]} (among actions)"
+                + (f"; best on {', '.join(tops)}" if tops else ""))
+            rows.append(_row("baseline best" if tops else "baseline", "", name, None, bl,
+                             bl["estimators"], i, doc, verdict))
+    return (f'<div class="scroll"><table id="estimates"><thead>{_head(doc)}</thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
+
+
+# ----------------------------------------------------------------------------- page sections
+
+def _verdict_section(doc: Mapping) -> str:
+    d = doc["verdict_detail"]
+    if d.get("estimable", 1) == 0:
+        cls = "bad"
+    elif not d.get("any_separable_pair", True) or (
+            d.get("nondominated_pairs", 0) and d.get("separable_nondominated_pairs", 0) == 0):
+        cls = "caution"
+    else:
+        cls = "ok"
+    counts = "".join(f"<li>{_e(k.replace('_', ' '))}: <b>{_e(v)}</b></li>" for k, v in d.items())
+    hv = doc["hypervolume"]
+    hv_text = (f"hypervolume ({_e(doc['primary_estimator'])}) {_num(hv['value'])}"
+               + (f"; single global actions {_num(hv['global_actions'])}"
+                  if hv.get("global_actions") is not None else ""))
+    return (f'<section id="verdict" class="verdict {cls}"><h2>Verdict</h2>'
+            f'<p class="big">{_e(doc["verdict"])}</p><ul class="counts">{counts}'
+            f"<li>{hv_text}</li></ul></section>")
+
+
+def _operating_section(doc: Mapping) -> str:
+    op = doc.get("operating_point")
+    if not op:
+        return ('<section id="operating-point"><h2>Operating point</h2><p class="muted">none '
+                "selected in this document (<code>puts-jax policy select</code> picks one under "
+                "guardrails)</p></section>")
+    if op.get("index") is None:
+        return (f'<section id="operating-point"><h2>Operating point</h2><p><b>no point '
+                f"selected</b>: {_e(op['reason'])}</p></section>")
+    i = op["index"]
+    prim = doc["primary_estimator"]
+    b = doc["estimators"][prim]
+    est = "; ".join(f"{_e(n)} {_num(b['value'][i][j])} [{_num(b['lo'][i][j])}, "
+                    f"{_num(b['hi'][i][j])}]" for j, n in enumerate(doc["objectives"]["names"]))
+    return (f'<section id="operating-point"><h2>\u2605 Operating point: {_e(op["name"])}</h2>'
+            f"<p>lambda {_e(_lam(op['lambda']))}; {_e(prim)}: {est}; verdict "
+            f"<b>{_e(doc['verdicts'][i])}</b></p>"
+            f'<p class="muted">{_e(op["reason"])}</p></section>')
+
+
+def _warnings_section(doc: Mapping) -> str:
+    w = doc["warnings"]
+    body = ('<ul class="warn">' + "".join(f"<li>{_e(x)}</li>" for x in w) + "</ul>") if w else \
+        ('<p class="muted">none (every point has matched rows and an adequate effective sample '
+         "size)</p>")
+    return f'<section id="warnings"><h2>Warnings ({len(w)})</h2>{body}</section>'
+
+
+def _kv(rows) -> str:
+    return ('<table class="kv">' + "".join(f'<tr><td class="k">{_e(k)}</td><td>{_e(v)}</td></tr>'
+                                           for k, v in rows) + "</table>")
+
+
+def _provenance_section(doc: Mapping) -> str:
+    prov, hv = doc["provenance"], doc["hypervolume"]
+    rows = []
+    for k, v in prov.items():
+        if k == "data_files":
+            rows += [(f"data file {p}", f"sha256 {h}") for p, h in v.items()]
+        else:
+            rows.append((k, "\u2014" if v is None else v))
+    hv_rows = [(f"hypervolume ({doc['primary_estimator']})", _num(hv["value"])),
+               ("reference point", "\u2014" if hv["reference"] is None
+                else ", ".join(_num(x) for x in hv["reference"])),
+               ("reference rule", hv["reference_rule"]),
+               ("points excluded (non-finite)", hv.get("excluded_nonfinite", 0))]
+    if "global_actions" in hv:
+        hv_rows.append(("hypervolume of the single global actions", _num(hv["global_actions"])))
+    return (f'<section id="hypervolume"><h2>Hypervolume</h2>{_kv(hv_rows)}</section>'
+            f'<section id="provenance"><h2>Provenance</h2>{_kv(rows)}</section>')
+
+
+def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
+    """The whole page as a string. ``frontier_svg``: the frontier plot as inline SVG
+    (``figure_svg(report.frontier_figure(doc))``); the per-lambda plot is made here."""
+    names = doc["objectives"]["names"]
+    prov = doc["provenance"]
+    lam_svg = figure_svg(lambda_figure(doc, low_ess), "lam-")
+    objs = ", ".join(f"{n} ({d})" for n, d in zip(names, doc["objectives"]["directions"]))
+    sub = (f"objectives: {_e(objs)}"
+           f"; primary estimator <b>{_e(doc['primary_estimator'])}</b>; {doc['confidence']:.0%} "
+           f"intervals; {len(doc['lambdas'])} lambda points; {_num(prov.get('rows'))} log rows; "
+           f"created {_e(prov.get('created'))}")
+    legend = ("verdicts: <i>nondominated</i> = no other point beats it by point estimate; "
+              "<i>clearly dominated</i> = another point is better with non-overlapping intervals; "
+              "<i>not separable</i> = dominated by point estimate only, the intervals overlap; "
+              "<i>not estimable</i> = no finite estimate. vs logging / vs production: per "
+              "objective, <i>better</i> / <i>worse</i> when the intervals are disjoint. "
+              "\u2605 marks the operating point; \u2014 marks a number not available.")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>puts_jax frontier: {_e(', '.join(names))}</title><style>{CSS}</style></head>"
+        f'<body><main><h1>Empirical Pareto frontier</h1><p class="sub">{sub}</p>'
+        f"{_verdict_section(doc)}{_operating_section(doc)}{_warnings_section(doc)}"
+        '<section id="figures"><h2>Frontier and per-lambda estimates</h2><div class="figs">'
+        f"<figure>{frontier_svg}<figcaption>lambda points with {doc['confidence']:.0%} interval "
+        "crosses on both objectives, nondominated points connected, baselines as distinct "
+        "markers.</figcaption></figure>"
+        f"<figure>{lam_svg}<figcaption>each objective's primary estimate against lambda with its "
+        "interval band; the effective sample size and matched rows below.</figcaption></figure>"
+        f'</div></section><section id="table"><h2>Every estimate</h2>{_table(doc)}'
+        f'<p class="muted">{legend}</p></section>{_provenance_section(doc)}'
+        f'<p class="muted">puts_jax {_e(prov.get("package_version"))}; schema '
+        f"{_e(doc['schema'])}; this page is self-contained (no network, no script).</p>"
+        "</main></body></html>\n")
