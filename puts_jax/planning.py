@@ -1,0 +1,251 @@
+"""Exploration planning: how many days of uniform exploration a frontier needs before its points
+can be told apart. Closed forms, pure numpy (plus the standard library's normal quantiles), no I/O.
+
+Setting (DESIGN.md section 1). A share ``share`` of ``requests_per_day`` requests is logged under
+uniform random exploration over A actions (propensity 1/A); after ``days`` the log holds
+n = requests_per_day * share * days rows. A frontier point is a deterministic target policy pi
+(the lambda policy's argmax), evaluated on all n rows with the weight w = A 1[a = pi(x)] and the
+per-row term Y = w r. V is pi's value; sigma^2 the variance of its reward (binary: V (1 - V)).
+
+Per point:
+  matched rows   m ~ Binomial(n, 1/A), E m = n / A. All non-zero weights are equal, so the
+                 effective sample size (sum w)^2 / sum w^2 equals m.
+  IPS            (Horvitz & Thompson 1952) V_ips = (1/n) sum Y. E Y = V and
+                 E Y^2 = A E[r^2 | pi] = A (sigma^2 + V^2), so
+                     Var V_ips = (A (sigma^2 + V^2) - V^2) / n;   binary (r^2 = r): (A V - V^2) / n.
+                 The exact Clopper-Pearson interval of ``ope`` (k ~ Binomial(n, V / A) successes,
+                 interval / (1/A)) has about this normal half-width once k is moderate.
+  SNIPS          (Swaminathan & Joachims 2015) sum Y / sum w; delta method for a ratio estimator
+                 (Owen 2013, "Monte Carlo theory, methods and examples", section 9.2):
+                     Var V_snips ~= E[w^2 (r - V)^2] / (n (E w)^2) = A sigma^2 / n
+                 (binary: A V (1 - V) / n), the variance of a mean over the n / A matched rows.
+  half-width     of the (1 - alpha) normal interval: z_{1 - alpha/2} sqrt(Var).
+
+Comparing a lambda policy pi_1 with a baseline pi_0 (production, the best global action, another
+point) on the same log, paired: D = V_ips(pi_1) - V_ips(pi_0) sums the per-row terms
+    Z = A r (1[a = pi_1(x)] - 1[a = pi_0(x)]),
+which vanish on the share s (``agreement``) of requests where the two pick the same action. Let
+pi_0's mean reward be p everywhere and pi_1's be p + delta / (1 - s) where they disagree (the
+whole gap delta lives there). The events a = pi_1 and a = pi_0 are disjoint there, so
+    E Z^2 = A (1 - s) (E[r^2 | pi_1, disagree] + E[r^2 | pi_0, disagree]),  Var Z = E Z^2 - delta^2:
+    binary:   Var Z = A (2 (1 - s) p + delta) - delta^2
+    general (both rewards with variance sigma^2):
+              Var Z = A (1 - s) (2 sigma^2 + p^2 + (p + delta / (1 - s))^2) - delta^2.
+s = 0 (never the same action) is the conservative default; agreeing requests cancel, so the
+needed n shrinks by about (1 - s). Measured on the SIMULATOR.md default: the Bayes context policy
+and the per-segment policy each pick the best global action on about half of the requests.
+Minimum detectable lift (two-sided level alpha, power 1 - beta; the normal approximation of e.g.
+Chow, Shao & Wang 2008, "Sample size calculations in clinical research", section 3.1): the
+smallest delta with
+    delta = (z_{1 - alpha/2} + z_{1 - beta}) sqrt(Var Z(delta) / n),
+a quadratic in delta, solved in closed form. The frontier itself calls a point "better" than a
+baseline only when their marginal intervals are disjoint (``report``); with probability 1 - beta
+that needs the larger lift
+    delta = z_{conf} (se_1 + se_0) + z_{1 - beta} se_D   (se: marginal IPS; se_D: paired),
+solved by fixed-point iteration (``separable_lift``).
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from puts_jax.checks import InputError
+
+
+def z_quantile(q: float) -> float:
+    """Standard normal quantile z with P(Z <= z) = q."""
+    return NormalDist().inv_cdf(q)
+
+
+def _check(n_actions: int, base, reward_var, agreement: float) -> None:
+    if int(n_actions) != n_actions or n_actions < 2:
+        raise InputError("n_actions", [], f"must be an integer >= 2, got {n_actions}")
+    b = np.asarray(base, np.float64)
+    if reward_var is None and not ((b > 0) & (b < 1)).all():
+        raise InputError("base_rate", [], f"a binary reward rate must be in (0, 1), got {base}")
+    if reward_var is not None and not reward_var >= 0:
+        raise InputError("reward_var", [], f"must be >= 0, got {reward_var}")
+    if not 0 <= agreement < 1:
+        raise InputError("agreement", [], f"must be in [0, 1), got {agreement}")
+
+
+def _second_moment(value, reward_var):
+    """E[r^2] of a reward with mean ``value``: the mean itself for a binary reward (None)."""
+    value = np.asarray(value, np.float64)
+    return value if reward_var is None else reward_var + value * value
+
+
+def ips_variance(value, n_actions: int, reward_var: float | None = None) -> np.ndarray:
+    """Per-row variance of the IPS term (divide by n for the estimate): A E[r^2] - V^2."""
+    _check(n_actions, value, reward_var, 0.0)
+    value = np.asarray(value, np.float64)
+    return n_actions * _second_moment(value, reward_var) - value * value
+
+
+def snips_variance(value, n_actions: int, reward_var: float | None = None) -> np.ndarray:
+    """Per-row delta-method variance of SNIPS (divide by n): A sigma^2 (binary: A V (1 - V))."""
+    _check(n_actions, value, reward_var, 0.0)
+    value = np.asarray(value, np.float64)
+    return n_actions * (value * (1 - value) if reward_var is None else reward_var + 0 * value)
+
+
+def half_width(n, value, n_actions: int, estimator: str = "ips", reward_var: float | None = None,
+               confidence: float = 0.95) -> np.ndarray:
+    """Expected half-width of the normal ``confidence`` interval of one deterministic target
+    policy's value on n uniformly logged rows; ``estimator`` "ips" or "snips"."""
+    var = {"ips": ips_variance, "snips": snips_variance}[estimator](value, n_actions, reward_var)
+    return z_quantile(0.5 + confidence / 2) * np.sqrt(var / np.asarray(n, np.float64))
+
+
+def _quadratic(base, n_actions, agreement, reward_var):
+    """(K0, K1, K2) with per-row paired variance Var Z(delta) = K0 + K1 delta + K2 delta^2."""
+    A, s, p = float(n_actions), float(agreement), np.asarray(base, np.float64)
+    if reward_var is None:
+        return 2 * A * (1 - s) * p, A + 0 * p, -1.0 + 0 * p
+    return 2 * A * (1 - s) * (reward_var + p * p), 2 * A * p, A / (1 - s) - 1 + 0 * p
+
+
+def paired_variance(delta, base, n_actions: int, agreement: float = 0.0,
+                    reward_var: float | None = None) -> np.ndarray:
+    """Per-row variance of the paired IPS difference (lambda policy minus baseline) for a true
+    gap ``delta`` over a baseline with mean ``base`` (module docstring)."""
+    _check(n_actions, base, reward_var, agreement)
+    k0, k1, k2 = _quadratic(base, n_actions, agreement, reward_var)
+    d = np.asarray(delta, np.float64)
+    return k0 + k1 * d + k2 * d * d
+
+
+def _max_gap(base, agreement, reward_var):
+    """Largest gap the model allows: a binary rate on the disagreement rows stays <= 1."""
+    if reward_var is None:
+        return (1 - agreement) * (1 - np.asarray(base, np.float64))
+    return np.inf
+
+
+def detectable_lift(n, base, n_actions: int, agreement: float = 0.0,
+                    reward_var: float | None = None, alpha: float = 0.05,
+                    power: float = 0.8) -> np.ndarray:
+    """Minimum detectable absolute lift of a paired two-sided level-``alpha`` test with the given
+    power on n rows: the positive root of (n - c^2 K2) d^2 - c^2 K1 d - c^2 K0 = 0 with
+    c = z_{1 - alpha/2} + z_{power}; inf where no lift the model allows is detectable."""
+    _check(n_actions, base, reward_var, agreement)
+    c2 = (z_quantile(1 - alpha / 2) + z_quantile(power)) ** 2
+    k0, k1, k2 = _quadratic(base, n_actions, agreement, reward_var)
+    n = np.asarray(n, np.float64)
+    a = n - c2 * k2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = (c2 * k1 + np.sqrt(c2 * c2 * k1 * k1 + 4 * a * c2 * k0)) / (2 * a)
+    ok = (a > 0) & (d <= _max_gap(base, agreement, reward_var))
+    return np.where(ok, d, np.inf)
+
+
+def _separable_gap(n, delta, base, n_actions, agreement, reward_var, confidence, power):
+    """z_conf (se_1 + se_0) + z_power se_D at a gap ``delta`` (all se on n rows)."""
+    z, zb = z_quantile(0.5 + confidence / 2), z_quantile(power)
+    se0 = np.sqrt(ips_variance(base, n_actions, reward_var) / n)
+    se1 = np.sqrt(ips_variance(np.minimum(base + delta, 1.0) if reward_var is None
+                               else base + delta, n_actions, reward_var) / n)
+    sed = np.sqrt(np.maximum(paired_variance(delta, base, n_actions, agreement, reward_var), 0) / n)
+    return z * (se0 + se1) + zb * sed
+
+
+def separable_lift(n, base, n_actions: int, agreement: float = 0.0,
+                   reward_var: float | None = None, confidence: float = 0.95,
+                   power: float = 0.8, iters: int = 60) -> np.ndarray:
+    """Smallest absolute lift for which the lambda point's and the baseline's marginal IPS
+    ``confidence`` intervals are disjoint with probability ``power`` (what the frontier's
+    "better" verdict needs): the fixed point of delta = z (se_1 + se_0) + z_power se_D."""
+    _check(n_actions, base, reward_var, agreement)
+    n = np.asarray(n, np.float64)
+    base = np.asarray(base, np.float64)
+    d = np.zeros(np.broadcast(n, base).shape)
+    for _ in range(iters):
+        d = _separable_gap(n, d, base, n_actions, agreement, reward_var, confidence, power)
+        d = np.minimum(d, 1e9)
+    return np.where(d <= _max_gap(base, agreement, reward_var), d, np.inf)
+
+
+def requests_for_lift(delta, base, n_actions: int, agreement: float = 0.0,
+                      reward_var: float | None = None, alpha: float = 0.05, power: float = 0.8,
+                      disjoint: bool = False) -> np.ndarray:
+    """Logged rows needed to detect an absolute lift ``delta``: c^2 Var Z(delta) / delta^2 for the
+    paired test, or (z (s_1 + s_0) + z_power s_D)^2 / delta^2 (per-row sds, intervals at
+    1 - alpha) for disjoint intervals. inf where the gap exceeds what the model allows."""
+    _check(n_actions, base, reward_var, agreement)
+    delta = np.asarray(delta, np.float64)
+    if disjoint:
+        root_n = _separable_gap(1.0, delta, np.asarray(base, np.float64), n_actions, agreement,
+                                reward_var, 1 - alpha, power)
+        n = (root_n / delta) ** 2
+    else:
+        c2 = (z_quantile(1 - alpha / 2) + z_quantile(power)) ** 2
+        n = c2 * paired_variance(delta, base, n_actions, agreement, reward_var) / delta ** 2
+    return np.where((delta > 0) & (delta <= _max_gap(base, agreement, reward_var)), n, np.inf)
+
+
+class Plan(NamedTuple):
+    """``plan``'s table, one entry per day count (arrays of the same length)."""
+
+    days: np.ndarray         # f64[T] days of exploration
+    rows: np.ndarray         # f64[T] logged exploration rows n
+    matched: np.ndarray      # f64[T] expected matched rows (= ESS) per point, n / A
+    hw_ips: np.ndarray       # f64[T] expected IPS interval half-width at the base rate
+    hw_snips: np.ndarray     # f64[T] expected SNIPS interval half-width
+    lift: np.ndarray         # f64[T] minimum detectable absolute lift (paired test)
+    lift_disjoint: np.ndarray  # f64[T] lift for disjoint intervals (the frontier's "better")
+
+
+def day_grid(max_days: float) -> np.ndarray:
+    """A readable set of day counts up to ``max_days``: every day up to 7, then about 12 roughly
+    geometric steps, always ending at ``max_days``."""
+    if not max_days > 0:
+        raise InputError("max_days", [], f"must be > 0, got {max_days}")
+    short = np.arange(1, min(7, int(max_days)) + 1, dtype=np.float64)
+    long = np.round(np.geomspace(7, max_days, 8)) if max_days > 7 else np.array([])
+    return np.unique(np.concatenate([short, long, [float(max_days)]]))
+
+
+def plan(n_actions: int, share: float, requests_per_day: float, base_rate: float,
+         days: Sequence[float], agreement: float = 0.0, reward_var: float | None = None,
+         alpha: float = 0.05, power: float = 0.8) -> Plan:
+    """Expected interval half-widths and minimum detectable lifts over ``days`` (module
+    docstring), for a binary reward with rate ``base_rate`` (or any reward with that mean and
+    variance ``reward_var``). Intervals are at 1 - alpha."""
+    if not 0 < share <= 1:
+        raise InputError("share", [], f"exploration share must be in (0, 1], got {share}")
+    if not requests_per_day > 0:
+        raise InputError("requests_per_day", [], f"must be > 0, got {requests_per_day}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise InputError("alpha/power", [], f"must be in (0, 1), got {alpha}, {power}")
+    d = np.asarray(days, np.float64).reshape(-1)
+    if d.size == 0 or not (d > 0).all():
+        raise InputError("days", np.flatnonzero(~(d > 0)), "every day count must be > 0")
+    _check(n_actions, base_rate, reward_var, agreement)
+    n = d * requests_per_day * share
+    kw = dict(n_actions=n_actions, agreement=agreement, reward_var=reward_var, power=power)
+    return Plan(d, n, n / n_actions,
+                half_width(n, base_rate, n_actions, "ips", reward_var, 1 - alpha),
+                half_width(n, base_rate, n_actions, "snips", reward_var, 1 - alpha),
+                detectable_lift(n, base_rate, alpha=alpha, **kw),
+                separable_lift(n, base_rate, confidence=1 - alpha, **kw))
+
+
+def _cell(x: float, base: float, sign: str) -> str:
+    """An absolute number and its value relative to the base rate; inf -> "not detectable"."""
+    return "not detectable" if not np.isfinite(x) else f"{x:{sign}.4f} ({x / base:{sign}.1%})"
+
+
+def format_plan(p: Plan, base_rate: float, alpha: float = 0.05, power: float = 0.8) -> str:
+    """``plan`` as a text table: per day count the logged rows, matched rows per point, the
+    expected half-widths and the two lifts (absolute, and relative to the base rate)."""
+    pct = f"{1 - alpha:.0%}"
+    head = ["days", "logged rows", "matched/point", f"+-{pct} IPS", f"+-{pct} SNIPS",
+            f"detectable lift ({power:.0%} power)", f"lift for disjoint {pct} intervals"]
+    rows = [[f"{d:g}", f"{n:,.0f}", f"{m:,.0f}", _cell(hi, base_rate, ""),
+             _cell(hs, base_rate, ""), _cell(lf, base_rate, "+"), _cell(ld, base_rate, "+")]
+            for d, n, m, hi, hs, lf, ld in zip(*p)]
+    widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows)
