@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def rep_columns(name: str) -> list[str]:
     base = ["case", "variant", "compile_s", "p50_us", "p99_us", "per_s"]
     if name == "serve":
-        return base + ["fraction_of_roofline", "action_equal", "topk_score_maxdiff"]
+        return base + ["us_per_row", "fraction_of_roofline", "action_equal", "topk_score_maxdiff"]
     if name == "sweep":
         return base + ["fraction_of_roofline", "temp_bytes", "maxdiff"]
     if name == "latency":

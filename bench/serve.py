@@ -106,6 +106,60 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
             rep.ratio(f"B=1 {name} p99 us", summ.p99 * 1e6, 100.0, higher_is_better=False)
 
 
+# -------------------------------------------------------------------------------- breakdown
+
+def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick: bool,
+              roof: roofline.Roofline) -> None:
+    """Where the fused pass spends its time: each stage compiled alone on the same data, timed
+    interleaved (profile evidence for the misses), with the dispatch floor of the serve
+    signature (a program that takes the same arguments and returns a slice of ``valid``)."""
+    from jax import lax
+
+    from puts_jax import kernels
+
+    arr = workload.request_arrays(s, B)
+    batch = jax.device_put(variants.to_request_batch(arr))
+    params, lam = ctx["params"], ctx["lam"]
+    q = jax.jit(variants.q_fn(ctx["graphdef"]))(params, batch.context)
+    w = jnp.asarray(ctx["W"])[jnp.arange(B) % s.A]
+    u = jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w))(batch.preds, w)
+    k = s.top_k
+    stages = {
+        "dispatch_floor": (jax.jit(lambda p, l, b: b.valid[:1]), (params, lam, batch)),
+        "q_network": (jax.jit(variants.q_fn(ctx["graphdef"])), (params, batch.context)),
+        "select(kernels)": (jax.jit(lambda q, l: jax.vmap(kernels.select_from_scores, (0, None))(
+            jnp.einsum("baj,j->ba", q, l), 0)), (q, lam)),
+        "reweight(kernels vmap)": (jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w)),
+                                   (batch.preds, w)),
+        "reweight(unrolled K)": (jax.jit(lambda p, w: sum(p[:, :, j] * w[:, j:j + 1]
+                                                          for j in range(s.K))), (batch.preds, w)),
+        "masked_top_k(kernels vmap)": (jax.jit(lambda u, m: jax.vmap(
+            kernels.masked_top_k, (0, 0, None))(u, m, k)), (u, batch.mask)),
+        "lax.top_k alone": (jax.jit(lambda u: lax.top_k(u, k)), (u,)),
+    }
+    comp = {n: (harness.aot_compile(f, *a), a) for n, (f, a) in stages.items()}
+    calls = {n: (lambda c=c, a=a: c.fn(*a)) for n, (c, a) in comp.items()}
+    u_np, mask_np = np.asarray(u), arr["mask"]
+    calls["numpy argpartition top-k"] = lambda: baselines.numpy_top_k(u_np, mask_np, k)
+    if ctx.get("torch") is not None:
+        import torch
+
+        u_t = torch.from_numpy(u_np)
+        calls["torch.topk"] = lambda: torch.topk(u_t, k, dim=1)
+    rounds, secs = _budget(quick, B)
+    per_call = max(harness.probe(f) for f in calls.values())
+    samples = harness.interleave(calls, rounds=rounds, reps=harness.reps_for(per_call, secs / 2))
+    costs = {"q_network": roofline.qnet_cost(B, s.D, s.hidden, s.A, s.J, s.head, s.n_components),
+             "reweight(kernels vmap)": roofline.Cost(B * (4.0 * s.N * s.K + 4.0 * s.N),
+                                                     B * 2.0 * s.N * s.K)}
+    costs["reweight(unrolled K)"] = costs["reweight(kernels vmap)"]
+    for name, xs in samples.items():
+        summ = harness.Summary.of(xs)
+        row = rep.add(f"B={B} stages", name, summ, B=B, us_per_row=summ.median * 1e6 / B)
+        if name in costs:
+            row.update(roof.describe(summ.median, costs[name]))
+
+
 # -------------------------------------------------------------------------------- two workers
 
 def _spawn(core: int, B: int, seconds: float) -> subprocess.Popen:
@@ -166,7 +220,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     if source != "puts_jax.engine.build_serve":
         rep.note("puts_jax.engine.build_serve not available: 'fused' is bench.variants."
                  "local_serve (kernels.serve_batch under one jit)")
-    ctx = {"params": params, "W": W, "lam_np": np.array([0.5, 0.5], np.float32),
+    ctx = {"params": params, "W": W, "graphdef": graphdef, "lam_np": np.array([0.5, 0.5], np.float32),
            "fused": fused, "fused_exp": fast.fast_serve(graphdef, W, s.top_k),
            "fused_const": fast.const_params(graphdef, params, W, s.top_k),
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),
@@ -180,6 +234,8 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
         t0 = time.perf_counter()
         run_case(rep, s, B, ctx, quick, roof)
         print(f"  serve B={B} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    for B in sorted({min(batches), max(batches)}):
+        breakdown(rep, s, B, ctx, quick, roof)
     if workers:
         scaling(rep, quick, max(batches))
     return rep
