@@ -90,8 +90,11 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     # Matched successes (sum of rewards over rows consistent with the policy): what exact
     # intervals rest on, and what a reader needs to judge a sparse log such as OBD's 38 clicks.
     doc["points"]["matched_rewards"] = np.asarray(ev.stats.sum_match_r, np.float64).tolist()
-    doc["baselines"]["actions"]["matched_rewards"] = np.asarray(
-        ev.baseline_stats.sum_match_r, np.float64).tolist()
+    per_action = np.asarray(ev.baseline_stats.sum_match_r, np.float64)
+    doc["baselines"]["actions"]["matched_rewards"] = per_action.tolist()
+    if "production" in doc["baselines"]:
+        doc["baselines"]["production"]["matched_rewards"] = \
+            per_action[[meta.action_set.production]].tolist()
     return doc, report.write_frontier(out_dir, doc)
 
 
