@@ -1,0 +1,94 @@
+"""TrainConfig: the one frozen, validated field list of a training run, with presets.
+
+Paths (training log, held-out log, workdir) are arguments of ``train_and_evaluate``, not config:
+the config is what makes two runs on the same data comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from puts_jax.config import QNetConfig
+
+
+def _require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"TrainConfig.{field}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one-step Q regression (DESIGN.md section 6).
+
+    The defaults are the setting measured on the simulator's reference world (tests/
+    test_learning.py): a mixture head with a 64x64 tower, a high peak learning rate with warmup
+    and cosine decay (the latent-segment gating moves slowly at lower rates), 8 epochs.
+    """
+
+    qnet: QNetConfig = QNetConfig(hidden=(64, 64), head="mixture", n_components=4)
+    action_features: bool = False  # mixture head: build per-type values from the weight vectors W
+    batch_size: int = 4096  # global batch (all processes and devices); divisible by the devices
+    epochs: int = 8  # passes over the training log (each reshuffled by seed and epoch)
+    max_steps: int = 0  # > 0 caps the steps (the schedule still spans epochs * steps_per_epoch)
+    learning_rate: float = 0.03  # peak AdamW learning rate
+    warmup_steps: int = 100  # linear warmup from 0 to the peak
+    end_lr_factor: float = 0.01  # cosine decay ends at learning_rate * end_lr_factor
+    weight_decay: float = 1e-4  # decoupled AdamW weight decay
+    clip_norm: float = 1.0  # global-norm gradient clipping (0 clips every update to 0)
+    objective_weights: tuple[float, ...] = ()  # per-objective loss weights; () = 1 for each
+    seed: int = 0  # parameter init, data order and the per-step key
+    eval_every: int = 250  # steps between held-out evaluations (and at the last step)
+    checkpoint_every: int = 250  # steps between checkpoints (and at the last step)
+    keep: int = 3  # checkpoints kept for resumption
+    select_objective: int = 0  # checkpoints are selected by held-out SNIPS of this objective
+    select_lambda: tuple[float, ...] = ()  # greedy policy's lambda for selection; () = one-hot
+    report_lambdas: int = 5  # lambdas on the J-simplex grid reported in selected.json
+    heldout_chunk_rows: int = 65536  # rows per streamed held-out evaluation chunk
+    async_checkpointing: bool = True  # orbax saves in the background (failures surface later)
+    progress: bool | None = None  # tqdm bar: None = only on a terminal
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "eval_every", "checkpoint_every", "keep",
+                     "report_lambdas", "heldout_chunk_rows"):
+            _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.report_lambdas >= 2, "report_lambdas", "must be >= 2")
+        for name in ("max_steps", "warmup_steps", "weight_decay", "clip_norm", "seed",
+                     "select_objective"):
+            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _require(0.0 <= self.end_lr_factor <= 1.0, "end_lr_factor", "must be in [0, 1]")
+        _require(all(w >= 0 for w in self.objective_weights), "objective_weights",
+                 f"must be non-negative, got {self.objective_weights}")
+        _require(all(w >= 0 for w in self.select_lambda) and
+                 (not self.select_lambda or abs(sum(self.select_lambda) - 1.0) < 1e-6),
+                 "select_lambda", f"must be non-negative and sum to 1, got {self.select_lambda}")
+        _require(not self.action_features or self.qnet.head == "mixture", "action_features",
+                 "only the mixture head uses action features")
+
+    def loss_weights(self, n_objectives: int) -> tuple[float, ...]:
+        """Per-objective loss weights for J objectives (validated against J)."""
+        w = self.objective_weights or (1.0,) * n_objectives
+        _require(len(w) == n_objectives, "objective_weights",
+                 f"{len(w)} weights for {n_objectives} reward objectives")
+        return tuple(float(x) for x in w)
+
+    def selection_lambda(self, n_objectives: int) -> tuple[float, ...]:
+        """The lambda whose greedy policy's held-out SNIPS selects the checkpoint."""
+        _require(self.select_objective < n_objectives, "select_objective",
+                 f"{self.select_objective} outside [0, {n_objectives})")
+        lam = self.select_lambda or tuple(float(j == self.select_objective)
+                                          for j in range(n_objectives))
+        _require(len(lam) == n_objectives, "select_lambda",
+                 f"{len(lam)} values for {n_objectives} reward objectives")
+        return tuple(float(x) for x in lam)
+
+    @classmethod
+    def tiny(cls) -> "TrainConfig":
+        """Seconds on a CPU: tests."""
+        return cls(qnet=QNetConfig.tiny(), batch_size=64, epochs=2, learning_rate=0.01,
+                   warmup_steps=2, eval_every=4, checkpoint_every=4, keep=2,
+                   heldout_chunk_rows=256, async_checkpointing=True, progress=False)
+
+    @classmethod
+    def default(cls) -> "TrainConfig":
+        return cls()

@@ -1,0 +1,187 @@
+"""``train_and_evaluate``: the testable training loop (STYLE.md 7).
+
+Data flow: training log -> grain batches -> jitted step (data-parallel over a mesh of all
+devices) -> metrics fetched one step late -> held-out evaluation and checkpoint selection ->
+orbax checkpoints (restore order: ``train.checkpointing``). A run killed at any point resumes from
+its last committed checkpoint to the same parameters, bit for bit, as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import tqdm
+from flax import nnx
+
+from puts_jax.data import logs
+from train import checkpointing, input as input_lib, metrics as metrics_lib, selection, state as \
+    state_lib, step as step_lib
+from train.config import TrainConfig
+
+
+def _validate_shapes(cfg: TrainConfig, n_devices: int, n_processes: int) -> None:
+    if cfg.batch_size % n_devices:
+        raise ValueError(f"TrainConfig.batch_size: {cfg.batch_size} is not divisible by the "
+                         f"{n_devices} devices of the data mesh")
+    if cfg.batch_size % n_processes:
+        raise ValueError(f"TrainConfig.batch_size: {cfg.batch_size} is not divisible by the "
+                         f"{n_processes} processes")
+
+
+def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
+    hm = logs.read_meta(heldout_path)
+    if hm.action_set.hash() != meta.action_set.hash():
+        raise ValueError(f"heldout: {heldout_path} has a different action set than the training "
+                         "log")
+    if tuple(hm.reward_names) != tuple(meta.reward_names):
+        raise ValueError(f"heldout: reward names {hm.reward_names} differ from the training "
+                         f"log's {meta.reward_names}")
+
+
+class _Run:
+    """Everything built once per call: data, model structure, step, checkpointer, evaluator."""
+
+    def __init__(self, cfg: TrainConfig, workdir: str, logs_path: str, heldout_path: str):
+        self.cfg, self.workdir = cfg, workdir
+        meta, _, lb = logs.read_log(logs_path)
+        _check_heldout(meta, heldout_path)
+        self.meta = meta
+        arrays = input_lib.LogArrays.from_logged(lb)
+        A, J = meta.action_set.n_actions, len(meta.reward_names)
+        kinds = tuple(meta.reward_kinds)
+        self.mesh = step_lib.make_mesh()
+        _validate_shapes(cfg, self.mesh.size, jax.process_count())
+        self.source = input_lib.BatchSource(arrays, cfg.batch_size // jax.process_count(),
+                                            cfg.epochs, cfg.seed, jax.process_index(),
+                                            jax.process_count())
+        schedule_steps = len(self.source)
+        self.total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
+        tx = state_lib.make_optimizer(cfg, schedule_steps)
+        model_fn = lambda: state_lib.make_model(cfg, arrays.context.shape[1], A, kinds,  # noqa
+                                                meta.action_set.weights)
+        self.defs, state = state_lib.init_state(model_fn(), tx, cfg.seed)
+        self.state = jax.device_put(state, step_lib.replicated_sharding(self.mesh))
+        self.step_fn = step_lib.build_train_step(self.defs, kinds, cfg.loss_weights(J), self.mesh)
+        self.names = tuple(meta.reward_names)
+        self.select_lambda = cfg.selection_lambda(J)
+        g = selection.best_global_action(lb.action, lb.rewards, lb.propensity, A,
+                                         cfg.select_objective)
+        self.evaluator = selection.HeldoutEvaluator(
+            input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows), self.names, kinds, A,
+            self.select_lambda, cfg.select_objective, cfg.report_lambdas, g,
+            cfg.heldout_chunk_rows)
+        self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep,
+                                               cfg.async_checkpointing)
+        self.writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+        self.iterator = iter(input_lib.make_dataset(self.source))
+        self.progress = {"evals": [], "best": None}
+
+    def restore_latest(self) -> int:
+        """Resume from the last committed checkpoint (order: checkpointing module docstring)."""
+        step = self.ckpt.latest_step()
+        if step is None:
+            self.writer.truncate_after(0)
+            return 0
+        flat_target = state_lib.flatten(self.state)
+        flat, data_state, progress = self.ckpt.restore(step, flat_target)
+        self.state = state_lib.unflatten(self.state, flat)
+        self.iterator.set_state(data_state)
+        self.progress = progress
+        self.writer.truncate_after(step)
+        return step
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out evaluation at ``step``; exports the model when it is the best so far."""
+        res = self.evaluator(self.defs.model, self.state.params)
+        entry = {"step": step, **res}
+        self.progress["evals"].append({"step": step, "value": res["value"]})
+        best = self.progress.get("best")
+        if selection.is_better(res["value"], None if best is None else best["value"]):
+            self.progress["best"] = entry
+            if jax.process_index() == 0:
+                model = nnx.merge(self.defs.model, self.state.params)
+                doc = self._summary()
+                entry["params_hash"] = selection.export(self.workdir, model, doc)
+        return entry
+
+    def _summary(self) -> dict:
+        doc = selection.summary(self.progress, self.evaluator, self.select_lambda,
+                                self.names[self.cfg.select_objective])
+        doc["config"] = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list))
+        doc["total_steps"] = self.total
+        return doc
+
+    def save(self, step: int) -> None:
+        self.ckpt.save(step, state_lib.flatten(self.state), self.iterator.get_state(),
+                       self.progress)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldout_path: str, *,
+                       interrupt_after: int | None = None) -> dict:
+    """Train a QNetwork on ``logs_path``, select a checkpoint on ``heldout_path``, export it.
+
+    Resumes from ``workdir/checkpoints`` when it holds a committed step. Writes
+    ``workdir/metrics.jsonl`` (train loss per objective one step late, held-out estimates at each
+    evaluation), ``workdir/selected.json`` and ``workdir/selected_model`` (``load_selected``).
+
+    interrupt_after: test hook simulating preemption: stop right after this step, without the
+      final evaluation or save (saves already started are committed first).
+    Returns the selected.json document (plus ``final_step``).
+    Raises NonFiniteLossError naming the step whose loss is NaN/inf.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    run = _Run(config, workdir, logs_path, heldout_path)
+    start = run.restore_latest()
+    fetcher = metrics_lib.LateFetcher(run.names)
+    bar = tqdm.tqdm(total=run.total, initial=start, disable=(None if config.progress is None
+                                                             else not config.progress),
+                    desc="train", unit="step")
+    step = start
+    try:
+        for step in range(start + 1, run.total + 1):
+            batch = input_lib.to_train_batch(next(run.iterator))
+            run.state, m = run.step_fn(run.state, step_lib.device_batch(batch, run.mesh))
+            rec = fetcher.push(step, m)
+            if rec is not None:
+                run.writer.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+            bar.update(1)
+            last = step == run.total
+            if step % config.eval_every == 0 or last:
+                rec = fetcher.flush()
+                if rec is not None:
+                    run.writer.write(rec)
+                run.writer.write({"step": step, "heldout": run.evaluate(step)})
+            if step % config.checkpoint_every == 0 or last:
+                run.save(step)
+            if interrupt_after is not None and step >= interrupt_after:
+                break
+        rec = fetcher.flush()
+        if rec is not None:
+            run.writer.write(rec)
+    finally:
+        bar.close()
+        run.ckpt.close()
+    doc = run._summary()
+    best = run.progress.get("best") or {}
+    if jax.process_index() == 0 and best and interrupt_after is None:
+        doc["params_hash"] = _recorded_hash(workdir)
+        selection.write_summary(workdir, doc)
+    return {**doc, "final_step": step}
+
+
+def _recorded_hash(workdir: str) -> str | None:
+    try:
+        with open(os.path.join(workdir, selection.SELECTED_FILE)) as f:
+            return json.load(f).get("params_hash")
+    except FileNotFoundError:
+        return None
+
+
+def load_selected(workdir: str):
+    """(QNetwork, info) of the checkpoint a run selected; see ``selection.load_selected``."""
+    return selection.load_selected(workdir)
