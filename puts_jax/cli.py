@@ -36,10 +36,11 @@ def cmd_simulate(args) -> None:
         cfg = dataclasses.replace(cfg, miscalibration=args.miscalibration)
     t0 = time.perf_counter()
     paths = simulator.write_simulation(args.out, cfg, args.n_logs, args.n_heldout, args.n_eval,
-                                       args.n_requests, args.seed)
+                                       args.n_requests, args.seed,
+                                       slate_matching=args.slate_matching)
     world = simulator.make_world(cfg)
     ev = simulator.simulate_log(world, args.n_evaluation, args.seed + 1_000_003,
-                                id_offset=10 ** 12)
+                                id_offset=10 ** 12, slate_matching=args.slate_matching)
     paths["evaluation"] = os.path.join(args.out, "evaluation.parquet")
     from puts_jax.data import logs
     logs.write_log(paths["evaluation"], **ev)
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-requests", type=int, default=5_000, help="request set rows to score")
     s.add_argument("--miscalibration", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--slate-matching", action="store_true",
+                   help="logs carry ranker preds (P / pbar) and slate-level consistent actions "
+                        "with slate propensities (same draws; more matched rows per policy)")
     s.set_defaults(fn=cmd_simulate)
 
     d = sub.add_parser("data", help="convert external logs").add_subparsers(dest="data_cmd",

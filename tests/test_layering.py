@@ -6,12 +6,12 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
-    "types", "config", "checks", "action_set", "scalarization", "kernels", "losses", "ope",
-    "pareto", "planning", "qnet", "model_io", "data.logs", "data.simulator", "data.obd", "engine",
-    "policy", "report_html", "report", "sweep_job", "score_job", "reference", "cli",
+    "types", "config", "checks", "action_set", "scalarization", "kernels", "slates", "losses",
+    "ope", "pareto", "planning", "qnet", "model_io", "data.logs", "data.simulator", "data.obd",
+    "engine", "policy", "report_html", "report", "sweep_job", "score_job", "reference", "cli",
 ]
-PURE = {"kernels", "losses", "ope", "pareto", "planning", "reference", "scalarization", "types",
-        "checks"}
+PURE = {"kernels", "slates", "losses", "ope", "pareto", "planning", "reference", "scalarization",
+        "types", "checks"}
 HEAVY = ("flax", "grain", "orbax")
 
 

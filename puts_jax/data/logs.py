@@ -224,10 +224,13 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536,
     """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
 
     ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
-    Raises InputError naming the column and the absolute row of the first bad rows.
+    ``preds`` (slate matching) is not part of a LoggedBatch and is not read unless ``columns``
+    names it. Raises InputError naming the column and the absolute row of the first bad rows.
     """
     meta = read_meta(path)
     pf = pq.ParquetFile(path)
+    if columns is None:
+        columns = [c for c in pf.schema_arrow.names if c != "preds"]
     offset = 0
     for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
         t = pa.Table.from_batches([rb])

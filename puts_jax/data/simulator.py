@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from puts_jax import slates
 from puts_jax.action_set import ActionSet, simplex_grid
 from puts_jax.data import logs
 
@@ -219,12 +220,10 @@ def _slates(world: World, preds: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Slates i[n, A, slate] for utility weights w: f[A, K] (shared) or f[n, A, K].
 
     SIMULATOR.md: s_n = sum_k w_k P[n, k] / Pbar_k (in f64), best first; ties go to the lower
-    candidate index (a stable sort of -s).
+    candidate index (a stable sort of -s). One ranking for the world and for slate matching:
+    ``slates.rank_slates`` on (P, w / Pbar).
     """
-    wn = np.asarray(w, np.float64) / world.pbar
-    wn = np.broadcast_to(wn, (len(preds),) + wn.shape[-2:]) if wn.ndim == 2 else wn
-    s = np.matmul(wn, np.swapaxes(preds.astype(np.float64), 1, 2))  # [n, A, N]
-    return np.argsort(-s, axis=-1, kind="stable")[..., :world.cfg.slate]
+    return slates.rank_slates(preds, np.asarray(w, np.float64) / world.pbar, world.cfg.slate)
 
 
 def _slate_rewards(world: World, q_true: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -334,7 +333,8 @@ def _log_uniforms(seed: int, start: int, n: int, width: int) -> np.ndarray:
 
 
 def simulate_log(world: World, n: int, seed: int, logging="uniform", id_offset: int = 0,
-                 chunk_rows: int = 16384) -> dict:
+                 chunk_rows: int = 16384, slate_matching: bool = False,
+                 with_preds: bool | None = None) -> dict:
     """An exploration log of the requests ``sample_requests(world, n, seed)``.
 
     Returns the keyword arguments of ``logs.write_log`` (``logs.write_log(path, **out)``):
@@ -342,25 +342,56 @@ def simulate_log(world: World, n: int, seed: int, logging="uniform", id_offset: 
     = (realized 0/1 session success ~ Bernoulli(J0), realized click count = sum over the slate of
     Bernoulli(e_i q_click[n_i])) (SIMULATOR.md, Rewards). Only the logged slate is simulated;
     every draw depends only on (seed, row index), never on ``chunk_rows``.
+
+    slate_matching: also return ``consistent`` bool[n, A] (the actions whose ordered slate equals
+      the logged one, ``puts_jax.slates``; ranked exactly as the world ranks) and make
+      ``propensity`` the logging probability of the logged slate (the sum over those actions);
+      actions and rewards are the same draws as without it. with_preds (default: slate_matching):
+      also return ``preds`` f32[n, N, K] = P / Pbar, the ranker predictions normalized as in the
+      request set, so that ``slates.slate_matching(preds, W, ...)`` re-derives the matching (up to
+      float32 rounding of near-ties).
     """
     probs = logging_probs(world, logging)
-    W, L = world.action_set.weights, world.cfg.slate
+    W, L, A = world.action_set.weights, world.cfg.slate, world.action_set.n_actions
+    with_preds = slate_matching if with_preds is None else with_preds
     ctx = np.empty((n, world.cfg.context_dim), np.float32)
     action, rewards = np.empty(n, np.int32), np.empty((n, 2), np.float32)
+    propensity = np.empty(n, np.float64)
+    consistent = np.empty((n, A), bool) if slate_matching else None
+    preds = np.empty((n, world.cfg.n_candidates, len(OBJECTIVES)), np.float32) if with_preds else None
     cdf = np.cumsum(probs)
     for lo in range(0, n, chunk_rows):
         req = sample_requests(world, min(chunk_rows, n - lo), seed, lo)
         b = len(req.context)
         unif = _log_uniforms(seed, lo, b, 2 + L)  # action, session, one per slate position
         act = np.minimum(np.searchsorted(cdf, unif[:, 0] * cdf[-1], side="right"), len(probs) - 1)
-        top = _slates(world, req.preds, W[act][:, None, :])
+        if slate_matching:
+            every = _slates(world, req.preds, W)  # [b, A, slate], as true_values ranks
+            m = slates.match_slates(every, act, probs)
+            top, consistent[lo:lo + b], propensity[lo:lo + b] = \
+                every[np.arange(b), act][:, None], m.consistent, m.propensity
+        else:
+            top, propensity[lo:lo + b] = _slates(world, req.preds, W[act][:, None, :]), probs[act]
+        if with_preds:
+            preds[lo:lo + b] = req.preds / world.pbar
         j = _slate_rewards(world, req.q_true, top)[:, 0]
         p_click = world.examine * np.take_along_axis(req.q_true[..., 0], top[:, 0], axis=1)
         ctx[lo:lo + b], action[lo:lo + b] = req.context, act
         rewards[lo:lo + b, 0] = unif[:, 1] < j[:, 0]
         rewards[lo:lo + b, 1] = (unif[:, 2:] < p_click).sum(1)
-    return dict(meta=log_meta(world, logging, seed), request_id=np.arange(n, dtype=np.int64)
-                + id_offset, context=ctx, action=action, propensity=probs[action], rewards=rewards)
+    meta = log_meta(world, logging, seed)
+    out = dict(meta=meta, request_id=np.arange(n, dtype=np.int64) + id_offset, context=ctx,
+               action=action, propensity=propensity, rewards=rewards)
+    if slate_matching:
+        meta.extra["matching"] = {"kind": "slate", "slate": L, "ordered": True,
+                                  "propensity": "sum of the logging probabilities of the actions "
+                                                "giving the logged slate"}
+        out["consistent"] = consistent
+    if with_preds:
+        meta.extra["preds"] = "ranker probabilities divided by their global mean pbar per head"
+        meta.extra["pbar"] = world.pbar.tolist()
+        out["preds"] = preds
+    return out
 
 
 def _atomic_write_npz(path: str, arrays: dict) -> None:
@@ -413,7 +444,8 @@ def truth_arrays(world: World, n_eval: int, seed: int, chunk_rows: int = 8192) -
 
 
 def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, n_eval: int,
-                     n_requests: int, seed: int, logging="uniform") -> dict:
+                     n_requests: int, seed: int, logging="uniform",
+                     slate_matching: bool = False) -> dict:
     """Write one simulated data set; returns {"logs", "heldout", "requests", "truth"} -> path.
 
     logs.parquet / heldout.parquet: exploration logs (training; checkpoint selection and OPE).
@@ -421,6 +453,8 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
       (held in memory while written: size it for scoring demos, not millions of rows).
     truth.npz: ``truth_arrays`` on n_eval fresh requests. Each part has its own seed derived from
     ``seed``; every file is written atomically and the same arguments give identical bytes.
+    slate_matching: the logs carry slate-level ``consistent``, slate propensities and ``preds``
+    (``simulate_log``); the draws are the same as without it.
     """
     for name, v in (("n_logs", n_logs), ("n_heldout", n_heldout), ("n_eval", n_eval),
                     ("n_requests", n_requests)):
@@ -432,9 +466,11 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     paths = {k: os.path.join(out_dir, f) for k, f in (("logs", "logs.parquet"),
              ("heldout", "heldout.parquet"), ("requests", "requests.parquet"),
              ("truth", "truth.npz"))}
-    logs.write_log(paths["logs"], **simulate_log(world, n_logs, s_log, logging))
+    logs.write_log(paths["logs"], **simulate_log(world, n_logs, s_log, logging,
+                                                 slate_matching=slate_matching))
     logs.write_log(paths["heldout"], **simulate_log(world, n_heldout, s_held, logging,
-                                                    id_offset=n_logs))
+                                                    id_offset=n_logs,
+                                                    slate_matching=slate_matching))
     req = sample_requests(world, n_requests, s_req)
     N, rid0 = cfg.n_candidates, n_logs + n_heldout
     rid = np.arange(n_requests, dtype=np.int64) + rid0
