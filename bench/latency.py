@@ -4,6 +4,8 @@ A Flax multi-task ranker (candidate features f32[B, N, F] -> shared MLP -> K sig
 sized to cost several times the agent) scores every candidate. Per batch B in {1, 16, 256}:
 
   baseline   one program on core 0: ranker -> fixed-weight utility -> masked top-k.
+  baseline_2prog  the parallel path's two programs (ranker; re-weight -> top-k) with fixed
+             weights and no agent: separates the cost of splitting the program from the agent's.
   parallel   the agent (``bench.agent_worker``: Q -> argmax -> W[a*]) in its own single-threaded
              process on core 1, started when the request arrives (contexts through shared
              memory); meanwhile the ranker runs on core 0; then per-request re-weighting ->
@@ -146,10 +148,12 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
     r_only = harness.aot_compile(prog["ranker_only"], rp, feats)
     preds0 = r_only.fn(rp, feats)
     w0 = np.asarray(prog["W"][:1].repeat(B, 0))
+    w_fixed_B = workload.aligned(np.full((B, s.K), 1.0 / s.K, np.float32))
     rw = harness.aot_compile(prog["reweight_topk"], preds0, w0, mask)
     ag = harness.aot_compile(prog["agent"], qparams, lam, context)
     calls = {"baseline": lambda: comp["baseline"].fn(rp, feats, mask, w_fixed),
              "fused": lambda: comp["fused"].fn(rp, qparams, lam, context, feats, mask),
+             "baseline_2prog": lambda: rw.fn(r_only.fn(rp, feats), w_fixed_B, mask),
              "ranker_alone": lambda: r_only.fn(rp, feats),
              "agent_alone": lambda: ag.fn(qparams, lam, context)}
     if agent_proc is not None:
@@ -169,7 +173,7 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
     for name, sm in summ.items():
         c = comp.get(name)
         fields = {}
-        if name in ("parallel", "fused"):
+        if name in ("parallel", "fused", "baseline_2prog"):
             fields = {"added_p50": sm.p50 / base.p50 - 1.0, "added_p99": sm.p99 / base.p99 - 1.0}
         rep.add(f"B={B}", name, sm, B=B, per_s=B / sm.median,
                 compile_s=None if c is None else round(c.compile_s, 3), **fields)
@@ -181,6 +185,10 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
                       higher_is_better=False)
             rep.ratio(f"B={B} {name} added p99", summ[name].p99 / base.p99 - 1.0, 0.05,
                       higher_is_better=False)
+    if "parallel" in summ:  # the same two programs with fixed weights: what the agent alone adds
+        two = summ["baseline_2prog"]
+        rep.ratio(f"B={B} parallel added p50 vs baseline_2prog", summ["parallel"].p50 / two.p50 - 1)
+        rep.ratio(f"B={B} parallel added p99 vs baseline_2prog", summ["parallel"].p99 / two.p99 - 1)
 
 
 def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool = True) -> Report:

@@ -144,7 +144,7 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
     if ctx.get("torch") is not None:
         import torch
 
-        u_t = torch.from_numpy(u_np)
+        u_t = torch.from_numpy(u_np.copy())
         calls["torch.topk"] = lambda: torch.topk(u_t, k, dim=1)
     rounds, secs = _budget(quick, B)
     per_call = max(harness.probe(f) for f in calls.values())
