@@ -26,16 +26,16 @@ demo: $(STAMP)
 	@echo "== 1/7 simulate"; time $(CLI) simulate --out $(RUN)/data --n-logs $(DEMO_LOGS)
 	@echo "== 2/7 train"; time $(PY) -m train --config default --logs $(RUN)/data/logs.parquet \
 	    --heldout $(RUN)/data/heldout.parquet --workdir $(RUN)/train
-	@echo "== 3/7 sweep"; time $(CLI) sweep --model $(RUN)/train/model \
+	@echo "== 3/7 sweep"; time $(CLI) sweep --model $(RUN)/train/selected_model \
 	    --logs $(RUN)/data/evaluation.parquet --out $(RUN)/frontier
 	@echo "== 4/7 select"; $(CLI) policy select --frontier $(RUN)/frontier/frontier.json \
 	    --maximize session_success --guardrail "clicks >= -10%" --out $(RUN)/selection.json
 	@echo "== 5/7 publish"; $(CLI) policy publish --registry $(RUN)/policies \
-	    --model $(RUN)/train/model --frontier $(RUN)/frontier/frontier.json \
+	    --model $(RUN)/train/selected_model --frontier $(RUN)/frontier/frontier.json \
 	    --logs $(RUN)/data/logs.parquet --selection $(RUN)/selection.json --reason "make demo"
 	@echo "== 6/7 score"; time $(CLI) score --policy $(RUN)/policies \
 	    --requests $(RUN)/data/requests.parquet --out $(RUN)/scored.parquet
-	@echo "== 7/7 ground truth"; $(CLI) truth --data $(RUN)/data --model $(RUN)/train/model \
+	@echo "== 7/7 ground truth"; $(CLI) truth --data $(RUN)/data --model $(RUN)/train/selected_model \
 	    --frontier $(RUN)/frontier/frontier.json --registry $(RUN)/policies
 
 OBD_RUN ?= runs/demo-obd
@@ -44,7 +44,7 @@ demo-obd: $(STAMP)
 	$(CLI) data obd --out $(OBD_RUN)/data
 	$(PY) -m train --config obd --logs $(OBD_RUN)/data/logs.parquet \
 	    --heldout $(OBD_RUN)/data/logs.parquet --workdir $(OBD_RUN)/train
-	$(CLI) sweep --model $(OBD_RUN)/train/model --logs $(OBD_RUN)/data/logs.parquet \
+	$(CLI) sweep --model $(OBD_RUN)/train/selected_model --logs $(OBD_RUN)/data/logs.parquet \
 	    --out $(OBD_RUN)/frontier --estimator exact
 
 test: $(STAMP)

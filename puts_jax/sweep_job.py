@@ -172,41 +172,48 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
     world = simulator.make_world(simulator.config_from_dict(meta.extra["sim_config"]))
     if registry is not None:
         op = policy.load(registry)
-        model, lam, label = op.model, op.lam, f"learned policy {op.version}"
+        model, lam_op, label = op.model, np.asarray(op.lam, np.float32), f"operating policy {op.version}"
     else:
         model, _ = model_io.load_model(model_dir)
-        lam, label = np.eye(len(meta.reward_names), dtype=np.float32)[0], "learned policy"
-    lam = np.asarray(lam, np.float32)
+        lam_op, label = None, None
+    J = len(meta.reward_names)
+    lam_0 = np.eye(J, dtype=np.float32)[0]  # all weight on objective 0: the personalization test
 
-    def learned(ctx):
-        q = np.asarray(model(jnp.asarray(ctx)))
-        return np.argmax(q @ lam, axis=1)  # ties to the lowest index, like the kernels
+    def greedy(lam):
+        def actions(ctx):
+            q = np.asarray(model(jnp.asarray(ctx)))
+            return np.argmax(q @ lam, axis=1)  # ties to the lowest index, like the kernels
+        return actions
 
     tv = truth["true_values"]
     doc = report.read_frontier(frontier_path)
     conf = doc["confidence"]
     A = meta.action_set.n_actions
     g, prod = (int(np.ravel(truth[k])[0]) for k in ("best_global_action", "production_action"))
-    rows = [
-        _row(f"{label} lam={lam.round(2).tolist()}", simulator.policy_value(tv, learned(truth["context"])),
-             _estimate_actions(ev_path, learned, A, conf, chunk_rows)),
-        _row("Bayes context policy", truth["value_bayes"],
-             _estimate_actions(ev_path, lambda c: simulator.bayes_actions(world, c), A, conf,
-                               chunk_rows)),
-        _row(f"best global action ({g})", truth["value_best_global"],
-             _estimate_actions(ev_path, lambda c: np.full(len(c), g), A, conf, chunk_rows)),
-        _row(f"production action ({prod})", truth["value_production"],
-             _estimate_actions(ev_path, lambda c: np.full(len(c), prod), A, conf, chunk_rows)),
-        _row("logging policy (uniform)", truth["value_uniform"], _baseline(doc, "logging")),
-        _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
+    ctx = truth["context"]
+
+    def policy_row(name, act):
+        return _row(name, simulator.policy_value(tv, act(ctx)),
+                    _estimate_actions(ev_path, act, A, conf, chunk_rows))
+
+    rows = [policy_row(f"learned, lam={lam_0.tolist()}", greedy(lam_0))]
+    if lam_op is not None:
+        rows.append(policy_row(f"{label}, lam={[round(float(x), 2) for x in lam_op]}",
+                               greedy(lam_op)))
+    rows += [policy_row("Bayes context policy", lambda c: simulator.bayes_actions(world, c)),
+             policy_row(f"best global action ({g})", lambda c: np.full(len(c), g)),
+             policy_row(f"production action ({prod})", lambda c: np.full(len(c), prod)),
+             _row("logging policy (uniform)", truth["value_uniform"], _baseline(doc, "logging")),
+             _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
     names = list(meta.reward_names)
-    header = ["policy"] + [f"true {n}" for n in names] + [f"SNIPS {n} ({conf:.0%} CI)" for n in names] \
-        + ["n", "matched"]
+    header = ["policy"] + [f"true {n}" for n in names] + \
+        [f"SNIPS {n} ({conf:.0%} CI)" for n in names] + ["n", "matched"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-    v_l = simulator.policy_value(tv, learned(truth["context"]))[0]
+    v_l = float(simulator.policy_value(tv, greedy(lam_0)(ctx))[0])
     v_g, v_b = float(truth["value_best_global"][0]), float(truth["value_bayes"][0])
-    lines.append(f"personalization gain ({names[0]}): learned - best global = {v_l - v_g:+.4f} "
-                 f"({(v_l - v_g) / v_g:+.2%}); fraction of the Bayes policy's headroom "
-                 f"({v_b - v_g:+.4f}) reached: {(v_l - v_g) / (v_b - v_g):.2f}")
+    lines.append(f"personalization gain ({names[0]}, learned at lam={lam_0.tolist()}): learned - "
+                 f"best global = {v_l - v_g:+.4f} ({(v_l - v_g) / v_g:+.2%}); fraction of the "
+                 f"Bayes context policy's headroom ({v_b - v_g:+.4f}) reached: "
+                 f"{(v_l - v_g) / (v_b - v_g):.2f}")
     return "\n".join(lines)
