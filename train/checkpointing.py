@@ -28,9 +28,6 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-ITEMS = ("state", "data", "progress")
-
-
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the target; ``mismatches`` lists one line per path."""
 
@@ -69,7 +66,11 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        # Handlers registered up front, so a fresh process can read metadata before any save.
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -2,7 +2,7 @@
 
 Never by training loss, never by the simulator's truth (SIMULATOR.md): at every evaluation the
 greedy policy ``argmax_a Q(x) @ lam`` is estimated on the held-out exploration log with
-``puts_jax.engine.evaluate_log`` (SNIPS, Swaminathan & Joachims 2015, with its delta-method 95%
+``puts_jax.evaluation.evaluate_log`` (SNIPS, Swaminathan & Joachims 2015, with its delta-method 95%
 interval; IPS, DR and exact intervals alongside), for the selection lambda (row 0) and a grid of
 reported lambdas. The step with the highest held-out SNIPS of ``select_objective`` at the
 selection lambda is selected; its model is exported with ``puts_jax.model_io.save_model`` to
@@ -19,9 +19,14 @@ import os
 
 import numpy as np
 
-from puts_jax import engine, model_io, scalarization
+from puts_jax import model_io, scalarization
 from puts_jax.action_set import atomic_write_text
 from puts_jax.config import SweepConfig
+
+try:  # the streaming evaluators are moving from puts_jax.engine to puts_jax.evaluation
+    from puts_jax import evaluation as _evaluation
+except ImportError:  # pragma: no cover - older tree
+    from puts_jax import engine as _evaluation
 
 SELECTED_FILE = "selected.json"
 SELECTED_MODEL = "selected_model"
@@ -60,13 +65,13 @@ class HeldoutEvaluator:
         self.n_actions, self.objective = n_actions, select_objective
         self.global_action = global_action
         self.sweep_cfg = SweepConfig(chunk_rows=chunk_rows)
-        base = engine.evaluate_fixed_actions([global_action], n_actions, chunks, self.sweep_cfg,
+        base = _evaluation.evaluate_fixed_actions([global_action], n_actions, chunks, self.sweep_cfg,
                                              reward_kinds=reward_kinds)
         self.global_estimate = {n: _row(base.estimates, 0, j) for j, n in enumerate(reward_names)}
 
     def __call__(self, graphdef, params) -> dict:
         """{"value": held-out SNIPS of the selection objective at the selection lambda, ...}."""
-        ev = engine.evaluate_log((graphdef, params), self.lams, self.chunks, self.sweep_cfg,
+        ev = _evaluation.evaluate_log((graphdef, params), self.lams, self.chunks, self.sweep_cfg,
                                  reward_kinds=self.kinds, n_actions=self.n_actions)
         est = ev.estimates
         value = float(est.snips[0, self.objective])

@@ -58,7 +58,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        g_norm = optax.global_norm(updates)
+        g_norm = optax.tree.norm(updates)
         over = g_norm > max_norm
         scale = jnp.where(over, max_norm / jnp.where(over, g_norm, 1.0), 1.0)
         return jax.tree.map(lambda t: (t * scale).astype(t.dtype), updates), state

@@ -53,6 +53,8 @@ def apply_gradients(defs: ModelDef, state: TrainState, grads: nnx.State) -> tupl
     """Update through nnx.Optimizer, or keep params and optimizer state when a gradient is
     non-finite. Returns (new state, skipped bool[]). ``step`` is not advanced here."""
     finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # Fresh copies of the old state: merge may share Variables with it, and update is in place.
+    old_params, old_opt = jax.tree.map(jnp.asarray, (state.params, state.opt_state))
     model = nnx.merge(defs.model, state.params)
     optimizer = nnx.merge(defs.optimizer, state.opt_state)
     optimizer.update(model, grads)
@@ -60,8 +62,7 @@ def apply_gradients(defs: ModelDef, state: TrainState, grads: nnx.State) -> tupl
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
     skips = jnp.where(finite, 0, state.skips + 1).astype(jnp.int32)
     total = (state.total_skips + jnp.where(finite, 0, 1)).astype(jnp.int32)
-    return state.replace(params=keep(new_params, state.params),
-                         opt_state=keep(new_opt, state.opt_state),
+    return state.replace(params=keep(new_params, old_params), opt_state=keep(new_opt, old_opt),
                          skips=skips, total_skips=total), ~finite
 
 
