@@ -9,7 +9,10 @@ What differs from ``kernels.serve_batch`` (each measured in the serve suite):
 * the masked top-k on the whole [B, N] block with one ``lax.top_k`` call (no vmap, one
   ``where`` for mask and finiteness);
 * ``const_params``: the parameters closed over as compile-time constants (B = 1 latency: fewer
-  arguments to marshal per call, and XLA can fold them into the matmuls).
+  arguments to marshal per call, and XLA can fold them into the matmuls);
+* ``tail``: ``bench.native`` replacements through the XLA FFI: an exact native top-k
+  (group-maximum threshold, then a sort of the few survivors) in place of XLA:CPU's
+  partial_sort TopK, or the whole re-weight + mask + top-k in one native pass over preds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _first_argmax_rows(s_BxA: jax.Array) -> tuple[jax.Array, jax.Array]:
     return idx, jnp.all(jnp.isfinite(s_BxA), axis=1)
 
 
-def serve_math_topk(preds_BxNxK, w_BxK, mask_BxN, k: int):
+def serve_math_topk(preds_BxNxK, w_BxK, mask_BxN, k: int, top_k_fn=lax.top_k):
     """Re-weight every candidate with its request's weights (K unrolled multiply-adds) and keep
     the k best real, finite ones with one ``lax.top_k``: (idx i32[B, k] with -1 past the real
     ones, score f32[B, k], n_nonfinite i32[B])."""
@@ -44,21 +47,23 @@ def serve_math_topk(preds_BxNxK, w_BxK, mask_BxN, k: int):
     N = u.shape[1]
     if k > N:
         u = jnp.concatenate([u, jnp.full((u.shape[0], k - N), -jnp.inf, jnp.float32)], axis=1)
-    val, top = lax.top_k(u, k)
+    val, top = top_k_fn(u, k)
     return jnp.where(val > -jnp.inf, top, -1).astype(jnp.int32), val, bad
 
 
-def serve_math(q_BxAxJ, lam_J, W_AxK, preds_BxNxK, mask_BxN, k: int, fallback: int = 0):
-    """scalarize -> first argmax (fallback on non-finite) -> gather W -> ``serve_math_topk``."""
+def serve_math(q_BxAxJ, lam_J, W_AxK, preds_BxNxK, mask_BxN, k: int, fallback: int = 0,
+               tail=serve_math_topk):
+    """scalarize -> first argmax (fallback on non-finite) -> gather W -> ``tail`` (re-weight ->
+    masked top-k: ``serve_math_topk``, or the native ``bench.native.rerank``)."""
     s = jnp.einsum("baj,j->ba", q_BxAxJ.astype(jnp.float32), lam_J.astype(jnp.float32))
     idx, finite = _first_argmax_rows(s)
     action = jnp.where(finite, idx, jnp.int32(fallback))
     w = jnp.take(W_AxK.astype(jnp.float32), action, axis=0)  # f32[B, K]
-    top, val, bad = serve_math_topk(preds_BxNxK, w, mask_BxN, k)
+    top, val, bad = tail(preds_BxNxK, w, mask_BxN, k)
     return ServeOutput(action, top, val, bad, ~finite)
 
 
-def fast_serve(graphdef, W, top_k: int, fallback: int = 0):
+def fast_serve(graphdef, W, top_k: int, fallback: int = 0, tail=serve_math_topk):
     """jit(params, lam, batch) -> ServeOutput with ``serve_math``."""
     from flax import nnx
 
@@ -67,7 +72,7 @@ def fast_serve(graphdef, W, top_k: int, fallback: int = 0):
     @jax.jit
     def serve(params, lam, batch: RequestBatch):
         q = nnx.merge(graphdef, params)(batch.context)
-        return serve_math(q, lam, Wj, batch.preds, batch.mask, top_k, fallback)
+        return serve_math(q, lam, Wj, batch.preds, batch.mask, top_k, fallback, tail)
 
     return serve
 
@@ -129,5 +134,62 @@ def fast_sweep(graphdef, lambda_chunk: int = 1, fallback: int = 0):
             return ope.chunk_stats(pi, logged.propensity, logged.rewards, logged.valid, qp, ql)
 
         return lax.map(one, lams, batch_size=lambda_chunk)
+
+    return sweep
+
+
+def tail_topk_ffi(preds_BxNxK, w_BxK, mask_BxN, k: int):
+    """``serve_math_topk`` with the native top-k (``bench.native.top_k``)."""
+    from bench import native
+
+    return serve_math_topk(preds_BxNxK, w_BxK, mask_BxN, k, native.top_k)
+
+
+def tail_rerank_ffi(preds_BxNxK, w_BxK, mask_BxN, k: int):
+    """Re-weight + mask + top-k in one native pass (``bench.native.rerank``)."""
+    from bench import native
+
+    return native.rerank(preds_BxNxK, w_BxK, mask_BxN, k)
+
+
+def _lambda_sums(pi_BxL, qp_BxLxJ, ql_BxJ, logged):
+    """EstimatorStats[L] of ``ope.row_stats`` summed over rows, written on [B, L] arrays (rows
+    major, lambdas minor: the sums over B are lane-parallel; ``ope.chunk_stats`` vmapped over L
+    measured 3x slower). Same fields and f32 sums (i32 counts) as the engine's sweep."""
+    from puts_jax.types import EstimatorStats
+
+    valid = logged.valid[:, None]
+    r = jnp.where(logged.valid[:, None], logged.rewards.astype(jnp.float32), 0.0)[:, None, :]
+    p = logged.propensity.astype(jnp.float32)[:, None]
+    hit = valid & (pi_BxL > 0)
+    w = jnp.where(hit, pi_BxL / jnp.where(hit, p, 1.0), 0.0)  # [B, L]
+    wr = w[:, :, None] * r
+    qp = jnp.where(valid[:, :, None], qp_BxLxJ, 0.0)
+    ql = jnp.where(logged.valid[:, None], ql_BxJ, 0.0)[:, None, :]
+    dr = qp + w[:, :, None] * (r - ql)
+    s = lambda x: jnp.sum(x, axis=0)  # noqa: E731
+    n = jnp.broadcast_to(jnp.sum(logged.valid, dtype=jnp.int32), (pi_BxL.shape[1],))
+    return EstimatorStats(n=n, matched=jnp.sum(hit, axis=0, dtype=jnp.int32), sum_w=s(w),
+                          sum_w2=s(w * w), sum_wr=s(wr), sum_w2r=s(w[:, :, None] * wr),
+                          sum_w2r2=s(wr * wr), sum_match_r=s(jnp.where(hit[:, :, None], r, 0.0)),
+                          sum_dm=s(qp), sum_dr=s(dr), sum_dr2=s(dr * dr))
+
+
+def native_sweep(graphdef, fallback: int = 0):
+    """The sweep contract with the all-lambda select done natively (``bench.native.
+    sweep_select``: one pass over Q, lambdas in the vector lanes), then the estimator sums on
+    [B, L] arrays (``_lambda_sums``), in the same jit."""
+    from flax import nnx
+
+    from bench import native
+
+    @jax.jit
+    def sweep(params, lams, logged):
+        q = nnx.merge(graphdef, params)(logged.context).astype(jnp.float32)
+        act = logged.action.astype(jnp.int32)
+        ql = jnp.take_along_axis(q, jnp.maximum(act, 0)[:, None, None], axis=1)[:, 0]
+        ql = jnp.where((act >= 0)[:, None], ql, 0.0)
+        pi, qp = native.sweep_select(q, lams, logged.consistent, fallback)  # [B, L], [B, L, J]
+        return _lambda_sums(pi, qp, ql, logged)
 
     return sweep

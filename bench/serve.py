@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import baselines, fast, harness, roofline, variants, workload
+from bench import baselines, fast, harness, native, roofline, variants, workload
 from bench.report import Report
 
 BATCHES = (1, 64, 1024, 8192)
+EXPERIMENTS = ("fused_exp", "fused_exp_ffi", "fused_exp_rerank")  # bench.fast candidates
 
 
 def _np(out: Any) -> dict[str, np.ndarray]:
@@ -58,12 +59,18 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
     comp = {"fused": harness.aot_compile(ctx["fused"], params, lam, batch),
             "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch),
             "fused_exp_const": harness.aot_compile(ctx["fused_const"], lam, batch)}
+    for name in ("fused_exp_ffi", "fused_exp_rerank"):
+        if ctx.get(name) is not None:
+            comp[name] = harness.aot_compile(ctx[name], params, lam, batch)
     calls = {"fused": lambda: comp["fused"].fn(params, lam, batch),
              "fused_exp": lambda: comp["fused_exp"].fn(params, lam, batch),
              "fused_exp_const": lambda: comp["fused_exp_const"].fn(lam, batch),
              "unfused_jax": lambda: ctx["unfused"](params, lam, arr),
              "numpy": lambda: baselines.numpy_serve(ctx["np_params"], ctx["W"], lam_np, arr,
                                                     s.top_k)}
+    for name in ("fused_exp_ffi", "fused_exp_rerank"):
+        if name in comp:
+            calls[name] = lambda c=comp[name]: c.fn(params, lam, batch)
     if ctx.get("torch") is not None:
         import torch
 
@@ -87,20 +94,25 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
                       **agree.get(name, {}))
         if name.startswith("fused"):
             row.update(roof.describe(summ.median, cost))
+            row["fraction_of_roofline_at_min"] = roof.fraction(summ.min, cost)
             row["xla_cost"] = c.cost
             row["temp_bytes"] = c.temp_bytes
     for other in ("numpy", "torch_eager", "unfused_jax"):
         if other in med:
             tgt = 1.5 if (B == 8192 and other != "unfused_jax") else None
             rep.ratio(f"B={B} fused vs {other} (x faster)", med[other] / med["fused"], tgt)
-            rep.ratio(f"B={B} fused_exp vs {other} (x faster)", med[other] / med["fused_exp"],
-                      tgt)
+            for exp in EXPERIMENTS:
+                if exp in med:
+                    rep.ratio(f"B={B} {exp} vs {other} (x faster)", med[other] / med[exp], tgt)
     if B == 8192:
         rep.ratio("B=8192 fused fraction of roofline", roof.fraction(med["fused"], cost), 0.45)
-        rep.ratio("B=8192 fused_exp fraction of roofline", roof.fraction(med["fused_exp"], cost),
-                  0.45)
+        for exp in EXPERIMENTS:
+            if exp in med:
+                rep.ratio(f"B=8192 {exp} fraction of roofline", roof.fraction(med[exp], cost), 0.45)
     if B == 1:
-        for name in ("fused", "fused_exp_const"):
+        for name in ("fused", "fused_exp_const", "fused_exp_ffi", "fused_exp_rerank"):
+            if name not in samples:
+                continue
             summ = harness.Summary.of(samples[name])
             rep.ratio(f"B=1 {name} p50 us", summ.p50 * 1e6, 50.0, higher_is_better=False)
             rep.ratio(f"B=1 {name} p99 us", summ.p99 * 1e6, 100.0, higher_is_better=False)
@@ -137,6 +149,12 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
             kernels.masked_top_k, (0, 0, None))(u, m, k)), (u, batch.mask)),
         "lax.top_k alone": (jax.jit(lambda u: lax.top_k(u, k)), (u,)),
     }
+    stages["tail: reweight+mask+top_k (fast.py, XLA)"] = (
+        jax.jit(lambda p, w, m: fast.serve_math_topk(p, w, m, k)), (batch.preds, w, batch.mask))
+    if native.available():
+        stages["topk_ffi alone (native)"] = (jax.jit(lambda u: native.top_k(u, k)), (u,))
+        stages["tail: rerank_ffi (native)"] = (
+            jax.jit(lambda p, w, m: native.rerank(p, w, m, k)), (batch.preds, w, batch.mask))
     comp = {n: (harness.aot_compile(f, *a), a) for n, (f, a) in stages.items()}
     calls = {n: (lambda c=c, a=a: c.fn(*a)) for n, (c, a) in comp.items()}
     u_np, mask_np = np.asarray(u), arr["mask"]
@@ -226,6 +244,11 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),
            "np_params": workload.numpy_params(model)}
     ctx["lam"] = jnp.asarray(ctx["lam_np"])
+    if native.available():
+        ctx["fused_exp_ffi"] = fast.fast_serve(graphdef, W, s.top_k, tail=fast.tail_topk_ffi)
+        ctx["fused_exp_rerank"] = fast.fast_serve(graphdef, W, s.top_k, tail=fast.tail_rerank_ffi)
+    else:
+        rep.note(f"native top-k experiment skipped: {native.error() or 'not on CPU / no g++'}")
     if baselines.torch_available():
         ctx["torch"] = baselines.make_torch_serve(ctx["np_params"], W, s.top_k, threads=1)
     else:

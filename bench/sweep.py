@@ -5,6 +5,8 @@ Variants, on the same logged chunk:
                     estimators in the same pass (one call).
   fused_exp         ``bench.fast.fast_sweep``: the same contract, elementwise scalarization and
                     one lambda a step (a candidate for the engine).
+  fused_native      ``bench.fast.native_sweep``: the all-lambda greedy select as one native
+                    XLA FFI pass over Q (lambdas in the vector lanes), sums on [B, L] arrays.
   materialized      the same with one chunk of all L lambdas (f32[L, B, A] temporaries): shows
                     what bounding the memory costs or saves (``temp_bytes``).
   loop_policy       L calls of the one-lambda program, re-running the Q-network every time.
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import baselines, fast, harness, roofline, variants, workload
+from bench import baselines, fast, harness, native, roofline, variants, workload
 from bench.report import Report
 
 BATCHES = (1024, 8192)
@@ -50,6 +52,8 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
     lam_rows = [lams[i:i + 1] for i in range(lams.shape[0])]
     lam_vecs = [lams[i] for i in range(lams.shape[0])]
     comp = {"fused": harness.aot_compile(ctx["fused"], params, lams, logged),
+            **({"fused_native": harness.aot_compile(ctx["fused_native"], params, lams, logged)}
+               if ctx.get("fused_native") is not None else {}),
             "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lams, logged),
             "materialized": harness.aot_compile(ctx["materialized"], params, lams, logged),
             "loop_policy": harness.aot_compile(ctx["fused"], params, lam_rows[0], logged)}
@@ -70,8 +74,12 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
              "materialized": lambda: comp["materialized"].fn(params, lams, logged),
              "loop_policy": lambda: [one(params, lam, logged) for lam in lam_rows],
              "loop_reuse_q": loop_reuse_q, "numpy": numpy_sweep}
+    if "fused_native" in comp:
+        calls["fused_native"] = lambda: comp["fused_native"].fn(params, lams, logged)
     ref = _stat_array(harness.block(calls["fused"]()))
     diffs = {"fused_exp": _maxdiff(ref, _stat_array(calls["fused_exp"]())),
+             **({"fused_native": _maxdiff(ref, _stat_array(calls["fused_native"]()))}
+                if "fused_native" in calls else {}),
              "materialized": _maxdiff(ref, _stat_array(calls["materialized"]())),
              "loop_policy": _maxdiff(ref, np.concatenate(
                  [_stat_array(x) for x in calls["loop_policy"]()])),
@@ -91,17 +99,19 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
         row = rep.add(f"L={s.L} B={B}", name, summ, B=B, L=s.L, per_s=B * s.L / summ.median,
                       compile_s=None if c is None else round(c.compile_s, 3),
                       maxdiff=diffs.get(name), temp_bytes=None if c is None else c.temp_bytes)
-        if name in ("fused", "fused_exp", "materialized"):
+        if name in ("fused", "fused_exp", "fused_native", "materialized"):
             row.update(roof.describe(summ.median, cost))
     big = B == 8192
     rep.ratio(f"L={s.L} B={B} fused vs loop_policy (x faster)",
               med["loop_policy"] / med["fused"], 15.0 if big else None)
     rep.ratio(f"L={s.L} B={B} fused vs numpy (x faster)", med["numpy"] / med["fused"],
               2.0 if big else None)
-    rep.ratio(f"L={s.L} B={B} fused_exp vs loop_policy (x faster)",
-              med["loop_policy"] / med["fused_exp"], 15.0 if big else None)
-    rep.ratio(f"L={s.L} B={B} fused_exp vs numpy (x faster)", med["numpy"] / med["fused_exp"],
-              2.0 if big else None)
+    for exp in ("fused_exp", "fused_native"):
+        if exp in med:
+            rep.ratio(f"L={s.L} B={B} {exp} vs loop_policy (x faster)",
+                      med["loop_policy"] / med[exp], 15.0 if big else None)
+            rep.ratio(f"L={s.L} B={B} {exp} vs numpy (x faster)", med["numpy"] / med[exp],
+                      2.0 if big else None)
     rep.ratio(f"L={s.L} B={B} fused vs loop_reuse_q (x faster)", med["loop_reuse_q"] / med["fused"])
     rep.ratio(f"L={s.L} B={B} fused vs materialized (x faster)", med["materialized"] / med["fused"])
     tf, tm = comp["fused"].temp_bytes, comp["materialized"].temp_bytes
@@ -122,12 +132,15 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES) -> Report:
     graphdef, params = variants.split(model)
     fused, source = variants.fused_sweep(graphdef, lambda_chunk=8)
     rep.meta["fused_source"] = source
+    if not native.available():
+        rep.note(f"native sweep experiment skipped: {native.error() or 'not on CPU / no g++'}")
     from puts_jax.scalarization import lambda_grid
 
     lams_np = lambda_grid(s.J, s.L)
     ctx = {"params": params, "fused": fused, "lams_np": lams_np, "lams": jnp.asarray(lams_np),
            "materialized": variants.local_sweep(graphdef, lambda_chunk=s.L),
            "fused_exp": fast.fast_sweep(graphdef, lambda_chunk=1),
+           "fused_native": fast.native_sweep(graphdef) if native.available() else None,
            "np_params": workload.numpy_params(model)}
     ctx["q"], ctx["stats"] = variants.per_lambda_reuse_q(graphdef)
     for B in batches:
