@@ -104,11 +104,11 @@ class _Run:
             self.progress["best"] = entry
             if jax.process_index() == 0:
                 model = nnx.merge(self.defs.model, self.state.params)
-                doc = self._summary()
+                doc = self.summary()
                 entry["params_hash"] = selection.export(self.workdir, model, doc)
         return entry
 
-    def _summary(self) -> dict:
+    def summary(self) -> dict:
         doc = selection.summary(self.progress, self.evaluator, self.select_lambda,
                                 self.names[self.cfg.select_objective])
         doc["config"] = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list))
@@ -166,7 +166,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     finally:
         bar.close()
         run.ckpt.close()
-    doc = run._summary()
+    doc = run.summary()
     best = run.progress.get("best") or {}
     if jax.process_index() == 0 and best and interrupt_after is None:
         doc["params_hash"] = _recorded_hash(workdir)
