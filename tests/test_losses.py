@@ -7,6 +7,11 @@ import pytest
 
 from puts_jax import losses
 
+# Eager op-by-op dispatch compiles every primitive (seconds); the tests call jitted forms and one
+# test checks eager == jit.
+example_loss = jax.jit(losses.example_loss)
+batch_loss = jax.jit(losses.batch_loss)
+
 
 def _ref_batch(q, a, r, valid, binary, w):
     """numpy float64 reference of batch_loss."""
@@ -22,9 +27,9 @@ def _ref_batch(q, a, r, valid, binary, w):
 def test_hand_computed_example():
     q = jnp.array([[0.8, 2.0], [0.3, 0.5]])  # A = 2, J = 2 (binary, count)
     binary = jnp.array([True, False])
-    got = losses.example_loss(q, jnp.int32(0), jnp.array([1.0, 3.0]), binary)
+    got = example_loss(q, jnp.int32(0), jnp.array([1.0, 3.0]), binary)
     np.testing.assert_allclose(got, [-np.log(0.8), 1.0], rtol=1e-6)
-    got = losses.example_loss(q, jnp.int32(1), jnp.array([0.0, 0.0]), binary)
+    got = example_loss(q, jnp.int32(1), jnp.array([0.0, 0.0]), binary)
     np.testing.assert_allclose(got, [-np.log(0.7), 0.25], rtol=1e-6)
 
 
@@ -46,13 +51,13 @@ def test_batch_matches_numpy_reference_and_padding_contributes_zero():
     # Padding rows: changing them changes nothing.
     q2, r2 = q.copy(), r.copy()
     q2[~valid], r2[~valid] = 0.5, 7.0
-    np.testing.assert_array_equal(losses.batch_loss(q2, a, r2, valid, binary, w)[1], per)
+    np.testing.assert_array_equal(batch_loss(q2, a, r2, valid, binary, w)[1], per)
     # Eager equals jit.
     np.testing.assert_allclose(losses.batch_loss(q, a, r, valid, binary, w)[0], total, rtol=1e-6)
 
 
 def test_no_valid_row_gives_zero():
-    total, per = losses.batch_loss(jnp.full((4, 2, 1), 0.5), jnp.zeros(4, jnp.int32),
+    total, per = batch_loss(jnp.full((4, 2, 1), 0.5), jnp.zeros(4, jnp.int32),
                                    jnp.ones((4, 1)), jnp.zeros(4, bool), jnp.array([True]),
                                    jnp.ones(1))
     assert float(total) == 0.0 and per.tolist() == [0.0]
@@ -67,7 +72,7 @@ def test_cross_entropy_is_finite_at_and_beyond_the_edges(q):
         return losses.example_loss(qa, jnp.int32(0), jnp.array([1.0 - min(max(q, 0), 1), 2.0]),
                                    binary).sum()
 
-    val, grad = jax.value_and_grad(f)(qa)
+    val, grad = jax.jit(jax.value_and_grad(f))(qa)
     assert np.isfinite(val) and np.all(np.isfinite(grad))
     # Clipped at PROB_EPS: the worst loss is -log(1e-6).
     assert float(val) <= -np.log(losses.PROB_EPS) + 9.0 + 1e-3
@@ -76,9 +81,9 @@ def test_cross_entropy_is_finite_at_and_beyond_the_edges(q):
 def test_mixed_kinds_gradient_has_no_nan_from_the_unselected_branch():
     # A count objective with q = 5 would be NaN under log(1 - q); where() must not leak it.
     q = jnp.array([[[0.4, 5.0]]])
-    g = jax.grad(lambda q: losses.batch_loss(q, jnp.zeros(1, jnp.int32), jnp.array([[1.0, 3.0]]),
+    g = jax.jit(jax.grad(lambda q: losses.batch_loss(q, jnp.zeros(1, jnp.int32), jnp.array([[1.0, 3.0]]),
                                              jnp.ones(1, bool), jnp.array([True, False]),
-                                             jnp.ones(2))[0])(q)
+                                             jnp.ones(2))[0]))(q)
     np.testing.assert_allclose(g[0, 0], [-1 / 0.4, 2 * (5.0 - 3.0)], rtol=1e-5)
 
 
@@ -86,7 +91,7 @@ def test_bf16_inputs_accumulate_in_f32():
     # PITFALLS P2 spirit: 10,000 rows of squared error 0.25 each, given in bf16.
     B = 10_000
     q = jnp.full((B, 1, 1), 0.5, jnp.bfloat16)
-    total, per = losses.batch_loss(q, jnp.zeros(B, jnp.int32), jnp.zeros((B, 1), jnp.bfloat16),
+    total, per = batch_loss(q, jnp.zeros(B, jnp.int32), jnp.zeros((B, 1), jnp.bfloat16),
                                    jnp.ones(B, bool), jnp.array([False]), jnp.ones(1))
     assert per.dtype == jnp.float32
     assert float(total) == 0.25

@@ -16,12 +16,18 @@ def _copy_params(src, dst):
     nnx.update(dst, nnx.state(src, nnx.Param))
 
 
+def _q(model, x, ids=None):
+    """Jitted forward (eager op-by-op dispatch compiles every primitive: seconds a call)."""
+    gd, params = nnx.split(model)
+    return jax.jit(lambda p, x, ids: nnx.merge(gd, p)(x, ids))(params, x, ids)
+
+
 @pytest.mark.parametrize("head", ["mixture", "per_action"])
 def test_shapes_and_binary_objectives_are_probabilities(head):
     m = QNetwork(QNetConfig(hidden=(8, 8), head=head, n_components=3), 5, 7, KINDS,
                  rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (11, 5)) * 3
-    q = m(x)
+    q = _q(m, x)
     assert q.shape == (11, 7, 2) and q.dtype == jnp.float32
     assert bool(jnp.all((q[..., 0] > 0) & (q[..., 0] < 1)))
 
@@ -35,7 +41,7 @@ def test_mixture_equals_its_formula():
     pi /= pi.sum(1, keepdims=True)
     v = np.asarray(m.values[...], np.float64)
     v = np.stack([1 / (1 + np.exp(-v[..., 0])), v[..., 1]], -1)  # sigmoid for binary only
-    np.testing.assert_allclose(m(x), np.einsum("br,raj->baj", pi, v), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(_q(m, x), np.einsum("br,raj->baj", pi, v), rtol=2e-5, atol=1e-6)
 
 
 def test_initial_latent_types_differ():
@@ -55,7 +61,7 @@ def test_action_features_share_a_value_network_and_round_trip_through_spec():
     assert np.allclose(spec["action_features"], W)
     m2 = QNetwork.from_spec(spec, seed=5)
     _copy_params(m, m2)
-    np.testing.assert_array_equal(m(x), m2(x))
+    np.testing.assert_array_equal(_q(m, x), _q(m2, x))
     with pytest.raises(ValueError, match="action_features: 9 rows for n_actions = 8"):
         QNetwork(cfg, 4, 8, KINDS, rngs=nnx.Rngs(0), action_features=W)
 
@@ -66,13 +72,13 @@ def test_spec_round_trip_without_features():
     assert "action_features" not in m.spec()
     _copy_params(m, m2)
     x = jnp.ones((2, 3))
-    np.testing.assert_array_equal(m(x), m2(x))
+    np.testing.assert_array_equal(_q(m, x), _q(m2, x))
 
 
 def test_context_ids_are_required_when_embedded():
     m = QNetwork(QNetConfig(hidden=(4,), id_vocab_sizes=(5,)), 3, 2, ("binary",),
                  rngs=nnx.Rngs(0))
-    assert m(jnp.ones((2, 3)), jnp.array([[1], [4]])).shape == (2, 2, 1)
+    assert _q(m, jnp.ones((2, 3)), jnp.array([[1], [4]])).shape == (2, 2, 1)
     with pytest.raises(ValueError, match="context_ids"):
         m(jnp.ones((2, 3)))
 
@@ -82,4 +88,4 @@ def test_jit_equals_eager_with_split_params():
     gd, params = nnx.split(m)
     x = jax.random.normal(jax.random.key(0), (6, 3))
     got = jax.jit(lambda p, x: nnx.merge(gd, p)(x))(params, x)
-    np.testing.assert_allclose(got, m(x), rtol=1e-6)
+    np.testing.assert_allclose(got, m(x), rtol=1e-6)  # the one eager call
