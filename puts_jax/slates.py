@@ -8,7 +8,7 @@ logged decision, and the decision's logging probability is the sum of the loggin
 those actions:
 
     consistent[b, a] = 1[slate_b(a) == slate_b(logged_b)]
-    propensity[b]    = sum_a f[b, a] consistent[b, a]      (f: the logging distribution over actions)
+    propensity[b]    = sum_a f[b, a] consistent[b, a]   (f: the logging distribution over actions)
 
 Importance sampling on slates (the decision actually shown) is unbiased whenever the reward
 depends on the action only through its slate: E[1[slate(a*) = slate] r / P(slate)] =

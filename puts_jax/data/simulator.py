@@ -358,7 +358,8 @@ def simulate_log(world: World, n: int, seed: int, logging="uniform", id_offset: 
     action, rewards = np.empty(n, np.int32), np.empty((n, 2), np.float32)
     propensity = np.empty(n, np.float64)
     consistent = np.empty((n, A), bool) if slate_matching else None
-    preds = np.empty((n, world.cfg.n_candidates, len(OBJECTIVES)), np.float32) if with_preds else None
+    preds = (np.empty((n, world.cfg.n_candidates, len(OBJECTIVES)), np.float32) if with_preds
+             else None)
     cdf = np.cumsum(probs)
     for lo in range(0, n, chunk_rows):
         req = sample_requests(world, min(chunk_rows, n - lo), seed, lo)
