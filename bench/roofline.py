@@ -110,8 +110,8 @@ def measure_matmul(size: int | None = None, reps: int = 5) -> dict[str, float]:
 
 def measure(quick: bool = False) -> tuple[Roofline, dict[str, float]]:
     """Measure both peaks now (same process, same moment as the kernels) and return them."""
-    bw = measure_bandwidth(n_bytes=(64 << 20) if quick else (128 << 20), reps=5 if quick else 10)
-    mm = measure_matmul(reps=3 if quick else 8)
+    bw = measure_bandwidth(n_bytes=(64 << 20) if quick else (128 << 20), reps=8 if quick else 20)
+    mm = measure_matmul(reps=8 if quick else 20)  # best of many: a peak, even on a busy machine
     info = {**bw, **mm}
     return Roofline(bw["bandwidth_Bps"], mm["matmul_flops_per_s"]), info
 
