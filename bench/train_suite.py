@@ -1,9 +1,10 @@
 """Train suite: examples/s of one optimizer step of the Q-network, on 1 device and data-parallel.
 
-The step is the trainer's (``train/``) when it exposes one this suite knows; until then a local
-equivalent, said so in the results: ``puts_jax.losses.batch_loss`` (one-step regression of the
-logged action's Q on the observed rewards), optax AdamW with global-norm clipping, parameters and
-optimizer state donated, under one ``jax.jit`` over (graphdef-closed) params. Data-parallel runs
+The step is the trainer's own (``train.step.build_train_step``, imported only inside ``run``)
+where ``train`` imports; otherwise (``train.input`` needs grain, which the GPU machines lack) a
+local equivalent, said so in the results: ``puts_jax.losses.batch_loss`` (one-step regression of
+the logged action's Q on the observed rewards), optax AdamW with global-norm clipping, parameters
+and optimizer state donated, under one ``jax.jit``. Data-parallel runs
 in a child process with 2 CPU devices (``JAX_NUM_CPU_DEVICES=2``) and the batch sharded over a
 ``Mesh``: on CPU that is two virtual devices sharing the process (FACTS: slower than one device
 there; it measures the sharded program, not a speed-up). On an accelerator host with several
@@ -72,27 +73,77 @@ def build_step(s: workload.Shapes, mesh=None):
     return jax.jit(step, **kw), (params, opt_state), batch_fn
 
 
-def measure(s: workload.Shapes, batches: tuple[int, ...], quick: bool, mesh=None) -> list[dict]:
-    """Per batch size: compile time and per-step times (params/opt state carried, donated)."""
+def trainer_step(s: workload.Shapes, mesh=None):
+    """The trainer's own step (``train.step.build_train_step``: nnx.Optimizer, safe clipping,
+    non-finite skip, donated replicated state, row-sharded batch) as (step, state, batch_fn),
+    or None where ``train`` cannot be imported here: ``train.step`` imports ``train.input``,
+    which imports grain (absent on the GPU machines)."""
+    try:
+        from train import state as tstate, step as tstep
+        from train.config import TrainConfig
+        from train.input import TrainBatch
+    except ImportError:
+        return None
+    from puts_jax.config import QNetConfig
+
+    cfg = TrainConfig(qnet=QNetConfig(hidden=s.hidden, head=s.head, n_components=s.n_components))
+    kinds = ("binary",) * s.J
+    model = tstate.make_model(cfg, s.D, s.A, kinds, None)
+    defs, state = tstate.init_state(model, tstate.make_optimizer(cfg, 10_000), cfg.seed)
+    mesh = tstep.make_mesh() if mesh is None else mesh
+    step = tstep.build_train_step(defs, kinds, (1.0,) * s.J, mesh)
+
+    def batch_fn(B: int):
+        a = workload.logged_arrays(s, B)
+        return tstep.device_batch(TrainBatch(a["context"], a["action"], a["rewards"],
+                                             a["valid"]), mesh)
+
+    def call(compiled, st, batch):
+        return compiled(st, batch)  # (state, metrics)
+
+    return step, state, batch_fn, call
+
+
+def local_step(s: workload.Shapes, mesh=None):
+    """``build_step`` in the trainer's (step, state, batch_fn, call) shape."""
     step, (params, opt), batch_fn = build_step(s, mesh)
+
+    def call(compiled, st, batch):
+        p, o, loss = compiled(st[0], st[1], batch)
+        return (p, o), loss
+
+    class _Step:  # lower(state, batch) like the trainer's jit(state, batch)
+        def lower(self, st, batch):
+            return step.lower(st[0], st[1], batch)
+
+    return _Step(), (params, opt), batch_fn, call
+
+
+def measure(s: workload.Shapes, batches: tuple[int, ...], quick: bool, mesh=None,
+            use_trainer: bool = True) -> tuple[list[dict], str]:
+    """Per batch size: compile time and per-step times (state carried, donated)."""
+    built = trainer_step(s, mesh) if use_trainer else None
+    source = "train.step.build_train_step"
+    if built is None:
+        built, source = local_step(s, mesh), "bench.train_suite.build_step (local equivalent)"
+    step, state0, batch_fn, call = built
     out = []
+    st = {"s": state0}
     for B in batches:
         batch = batch_fn(B)
-        c = harness.aot_compile(step, params, opt, batch)
-        state = {"p": params, "o": opt}
+        c = harness.aot_compile(step, st["s"], batch)
 
-        def call():
-            state["p"], state["o"], loss = c.fn(state["p"], state["o"], batch)
-            return loss
+        def one():
+            st["s"], metrics = call(c.fn, st["s"], batch)
+            return metrics
 
-        per = harness.probe(call)
-        xs = harness.interleave({"step": call}, rounds=2 if quick else 5,
+        per = harness.probe(one)
+        xs = harness.interleave({"step": one}, rounds=2 if quick else 5,
                                 reps=harness.reps_for(per, 0.5 if quick else 2.0))["step"]
-        params, opt = state["p"], state["o"]
         summ = harness.Summary.of(xs)
         out.append({"B": B, "compile_s": round(c.compile_s, 3), **summ.as_dict(),
                     "per_s": B / summ.median})
-    return out
+    return out, source
 
 
 def _child(batches: tuple[int, ...], quick: bool) -> None:
@@ -101,20 +152,21 @@ def _child(batches: tuple[int, ...], quick: bool) -> None:
 
     mesh = jax.make_mesh((len(jax.devices()),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
-    res = measure(workload.Shapes(), batches, quick, mesh)
-    print(json.dumps({"devices": len(jax.devices()), "results": res}))
+    res, source = measure(workload.Shapes(), batches, quick, mesh)
+    print(json.dumps({"devices": len(jax.devices()), "results": res, "source": source}))
 
 
 def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, multi: bool = True) -> Report:
     s = workload.Shapes()
     rep = Report("train", quick, s.as_dict())
-    rep.meta["step_source"] = "bench.train_suite.build_step (local equivalent: train/ has no " \
-                              "step builder this suite knows yet)"
-    rep.note("train step: local equivalent (puts_jax.losses.batch_loss + optax adamw + clip, "
-             "donated state), not train/'s step")
     import jax
 
-    for r in measure(s, batches, quick):
+    results, source = measure(s, batches, quick)
+    rep.meta["step_source"] = source
+    if source != "train.step.build_train_step":
+        rep.note("train/ not importable here (train.step -> train.input -> grain): timed the local "
+                 "equivalent step (puts_jax.losses + optax adamw + clip, donated state)")
+    for r in results:
         rep.add(f"B={r['B']}", f"1 device ({jax.devices()[0].platform})", None, **r)
     if multi:
         dp = run_data_parallel(batches, quick)
