@@ -141,11 +141,11 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
         "q_network": (jax.jit(variants.q_fn(ctx["graphdef"])), (params, batch.context)),
         "select(kernels)": (jax.jit(lambda q, l: jax.vmap(kernels.select_from_scores, (0, None))(
             jnp.einsum("baj,j->ba", q, l), 0)), (q, lam)),
-        "reweight(kernels vmap)": (jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w)),
+        "reweight(kernels.reweight, vmapped)": (jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w)),
                                    (batch.preds, w)),
         "reweight(unrolled K)": (jax.jit(lambda p, w: sum(p[:, :, j] * w[:, j:j + 1]
                                                           for j in range(s.K))), (batch.preds, w)),
-        "masked_top_k(kernels vmap)": (jax.jit(lambda u, m: jax.vmap(
+        "masked_top_k(kernels, vmapped)": (jax.jit(lambda u, m: jax.vmap(
             kernels.masked_top_k, (0, 0, None))(u, m, k)), (u, batch.mask)),
         "lax.top_k alone": (jax.jit(lambda u: lax.top_k(u, k)), (u,)),
     }
@@ -168,9 +168,9 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
     per_call = max(harness.probe(f) for f in calls.values())
     samples = harness.interleave(calls, rounds=rounds, reps=harness.reps_for(per_call, secs / 2))
     costs = {"q_network": roofline.qnet_cost(B, s.D, s.hidden, s.A, s.J, s.head, s.n_components),
-             "reweight(kernels vmap)": roofline.Cost(B * (4.0 * s.N * s.K + 4.0 * s.N),
+             "reweight(kernels.reweight, vmapped)": roofline.Cost(B * (4.0 * s.N * s.K + 4.0 * s.N),
                                                      B * 2.0 * s.N * s.K)}
-    costs["reweight(unrolled K)"] = costs["reweight(kernels vmap)"]
+    costs["reweight(unrolled K)"] = costs["reweight(kernels.reweight, vmapped)"]
     for name, xs in samples.items():
         summ = harness.Summary.of(xs)
         row = rep.add(f"B={B} stages", name, summ, B=B, us_per_row=summ.median * 1e6 / B)
