@@ -20,6 +20,7 @@ def single_thread_env() -> None:
     """Set single-threaded XLA:CPU, OpenBLAS and OpenMP before jax/numpy/torch are imported
     (values already in the environment win)."""
     if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (flags + " " + SINGLE_THREAD_XLA).strip()
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")

@@ -18,7 +18,8 @@ def _parse_batches(text: str | None) -> tuple[int, ...] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("suite", choices=SUITES + ("all",))
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (about a minute a suite)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer repetitions (about a minute a suite)")
     ap.add_argument("--batches", help="comma-separated batch sizes (override the suite's)")
     ap.add_argument("--out", default=None, help="results root (default bench/results)")
     ap.add_argument("--no-workers", action="store_true", help="skip multi-process runs")

@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> None:
     single_thread_env()
     from multiprocessing import shared_memory
 
-    import jax
     import jax.numpy as jnp
 
     from bench import harness, variants, workload

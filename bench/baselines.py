@@ -38,7 +38,8 @@ def numpy_q(p: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return np.where(binary, 1.0 / (1.0 + np.exp(-raw)), raw).astype(np.float32)
 
 
-def numpy_select(q: np.ndarray, lam: np.ndarray, fallback: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def numpy_select(q: np.ndarray, lam: np.ndarray,
+                 fallback: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """First argmax of q @ lam per row, fallback where a row is non-finite."""
     s = q @ lam
     finite = np.isfinite(s).all(axis=1)
@@ -46,7 +47,8 @@ def numpy_select(q: np.ndarray, lam: np.ndarray, fallback: int = 0) -> tuple[np.
     return a, ~finite
 
 
-def numpy_top_k(u: np.ndarray, mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def numpy_top_k(u: np.ndarray, mask: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Masked top-k of scores u f32[B, N]: (idx i32[B, k] best first, -1 past the real finite
     ones; score f32[B, k]; n_nonfinite i32[B])."""
     B, N = u.shape

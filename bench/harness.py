@@ -240,7 +240,8 @@ def device_kind() -> str:
 
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return f"cpu-{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}core"
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"cpu-{n}core"
     return slug(dev.device_kind)
 
 

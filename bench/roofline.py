@@ -44,7 +44,8 @@ class Roofline:
         return max(cost.bytes / self.bandwidth, cost.flops / self.matmul_rate)
 
     def bound_by(self, cost: Cost) -> str:
-        return "memory" if cost.bytes / self.bandwidth >= cost.flops / self.matmul_rate else "compute"
+        mem = cost.bytes / self.bandwidth >= cost.flops / self.matmul_rate
+        return "memory" if mem else "compute"
 
     def fraction(self, measured_s: float, cost: Cost) -> float:
         """bound / measured: 1.0 means the kernel runs at the roofline."""

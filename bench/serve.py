@@ -141,8 +141,9 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
         "q_network": (jax.jit(variants.q_fn(ctx["graphdef"])), (params, batch.context)),
         "select(kernels)": (jax.jit(lambda q, l: jax.vmap(kernels.select_from_scores, (0, None))(
             jnp.einsum("baj,j->ba", q, l), 0)), (q, lam)),
-        "reweight(kernels.reweight, vmapped)": (jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w)),
-                                   (batch.preds, w)),
+        "reweight(kernels.reweight, vmapped)": (
+            jax.jit(lambda p, w: jax.vmap(kernels.reweight)(p, w)),
+            (batch.preds, w)),
         "reweight(unrolled K)": (jax.jit(lambda p, w: sum(p[:, :, j] * w[:, j:j + 1]
                                                           for j in range(s.K))), (batch.preds, w)),
         "masked_top_k(kernels, vmapped)": (jax.jit(lambda u, m: jax.vmap(
@@ -238,7 +239,8 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     if source != "puts_jax.engine.build_serve":
         rep.note("puts_jax.engine.build_serve not available: 'fused' is bench.variants."
                  "local_serve (kernels.serve_batch under one jit)")
-    ctx = {"params": params, "W": W, "graphdef": graphdef, "lam_np": np.array([0.5, 0.5], np.float32),
+    ctx = {"params": params, "W": W, "graphdef": graphdef,
+           "lam_np": np.array([0.5, 0.5], np.float32),
            "fused": fused, "fused_exp": fast.fast_serve(graphdef, W, s.top_k),
            "fused_const": fast.const_params(graphdef, params, W, s.top_k),
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),

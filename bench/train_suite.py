@@ -19,7 +19,6 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
 
 from bench import harness, workload
 from bench.report import Report
