@@ -4,8 +4,12 @@ on fresh requests (exact, ``simulator.true_values``), and recovers a fraction of
 policy's headroom (SIMULATOR.md: a plain per-action MLP falls below the best global action at
 these sizes; the mixture head shares strength across requests).
 
-The checkpoint is selected on a held-out log by SNIPS, never by the truth. Measured on this
-machine (2 CPU cores, 4 fake devices): see the module's report in the commit message / README.
+The checkpoint is selected on a held-out log by SNIPS, never by the truth. Measured on a 2-core
+CPU with 4 fake devices (1M logs, 100k held-out, 20k fresh requests; headroom = (learned - best
+global) / (Bayes - best global)): seed 0: 0.89 (84 s: 31 s simulating, 48 s training); seeds 1-3
+(slow): 0.63, 0.70, 0.56 (45-73 s each). At 500k logs: mixture head 0.78 and 0.53, per-action
+head 0.24 and 0.02 (seeds 0, 1); exploratory runs without held-out selection fell below the best
+global action there, so the suite uses 1M.
 """
 
 import dataclasses

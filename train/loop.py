@@ -169,17 +169,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     doc = run.summary()
     best = run.progress.get("best") or {}
     if jax.process_index() == 0 and best and interrupt_after is None:
-        doc["params_hash"] = _recorded_hash(workdir)
+        doc["params_hash"] = best.get("params_hash")
         selection.write_summary(workdir, doc)
     return {**doc, "final_step": step}
-
-
-def _recorded_hash(workdir: str) -> str | None:
-    try:
-        with open(os.path.join(workdir, selection.SELECTED_FILE)) as f:
-            return json.load(f).get("params_hash")
-    except FileNotFoundError:
-        return None
 
 
 def load_selected(workdir: str):
