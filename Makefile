@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job, stage by stage (each line is a documented CLI command; see README).
-DEMO_LOGS ?= 300000
+DEMO_LOGS ?= 1000000
 demo: $(STAMP)
 	@mkdir -p $(RUN)
 	@echo "== 1/7 simulate"; time $(CLI) simulate --out $(RUN)/data --n-logs $(DEMO_LOGS)
