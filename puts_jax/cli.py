@@ -68,7 +68,8 @@ def cmd_sweep(args) -> None:
     from puts_jax import sweep_job
 
     doc, paths = sweep_job.run_sweep(args.model, args.logs, args.out, n_lambdas=args.n_lambdas,
-                                     chunk_rows=args.chunk_rows, primary=args.estimator)
+                                     chunk_rows=args.chunk_rows, primary=args.estimator,
+                                     bootstrap=args.bootstrap, seed=args.seed)
     from puts_jax import report
     _print(report.format_table(doc))
     for k, p in paths.items():
@@ -240,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--estimator", default=None, choices=("auto", "snips", "ips", "dr", "exact"),
                    help="primary estimator for flags, verdicts and the table (default auto: "
                         "exact Clopper-Pearson where valid, SNIPS elsewhere)")
+    w.add_argument("--bootstrap", type=int, default=200,
+                   help="Poisson-bootstrap resamples R for SNIPS percentile intervals, the "
+                        "simultaneous band and dominance probabilities (0: none, Bonferroni band)")
+    w.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same draws)")
     w.set_defaults(fn=cmd_sweep)
 
     r = sub.add_parser("report", help="re-render a frontier.json")

@@ -21,8 +21,9 @@ naming the rows unless an explicit, documented ``floor`` is given, in which case
 floor). A row the target policy never takes (pi = 0) contributes exactly 0 whatever its propensity.
 Accumulation is f32 (counts i32) on device whatever the input dtype, f64 on the host (P2).
 
-The statistics are plain sums so they stream over chunks and add a policy axis by vmap; a
-bootstrap adds a resample axis with per-row multiplicities the same way (issue 4).
+The statistics are plain sums so they stream over chunks and add a policy axis by vmap; the
+Poisson bootstrap (``puts_jax.bootstrap``) weights the per-row terms (``rows_stats``) with per-row
+multiplicities and adds a resample axis R the same way.
 """
 
 from __future__ import annotations
@@ -122,13 +123,25 @@ def row_stats(pi, propensity, rewards_J, valid, qhat_pi_J=None, qhat_logged_J=No
         sum_dm=dm, sum_dr=dr, sum_dr2=dr2)
 
 
+def rows_stats(pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ=None, qhat_logged_BxJ=None,
+               floor: float | None = None) -> EstimatorStats:
+    """``row_stats`` vmapped: every field keeps the leading row axis B (unsummed; the bootstrap
+    weights these terms per resample, ``puts_jax.bootstrap``)."""
+    return jax.vmap(lambda *a: row_stats(*a, floor=floor))(
+        pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ, qhat_logged_BxJ)
+
+
+def sum_rows(per_row: EstimatorStats) -> EstimatorStats:
+    """Sum per-row statistics over the leading row axis (f32 sums, i32 counts)."""
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_row)
+
+
 def chunk_stats(pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ=None, qhat_logged_BxJ=None,
                 floor: float | None = None) -> EstimatorStats:
     """EstimatorStats of one policy over a chunk of rows: ``row_stats`` vmapped and summed in f32
     (counts in i32) whatever the input dtype (PITFALLS P2)."""
-    per_row = jax.vmap(lambda *a: row_stats(*a, floor=floor))(
-        pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ, qhat_logged_BxJ)
-    return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_row)
+    return sum_rows(rows_stats(pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ,
+                               qhat_logged_BxJ, floor=floor))
 
 
 # ----------------------------------------------------------------------------- host (float64)

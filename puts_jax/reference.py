@@ -181,3 +181,24 @@ def sweep_estimates(q_BxAxJ, lams_LxJ, action, propensity, rewards, consistent, 
         out.append(estimate(pi, propensity, rewards, valid, qp, ql if with_dr else None,
                             floor=floor, **kw))
     return out
+
+
+def bootstrap_replicates(mult_RxB, pi, propensity, rewards, valid=None, qhat_pi=None,
+                         qhat_logged=None, floor: float | None = None) -> dict:
+    """IPS / SNIPS / DR of ONE policy and their standard errors ("ips_se", ...) recomputed on
+    each bootstrap resample: f64[R, J] each. Resample r repeats row b mult[r, b] times
+    (``np.repeat``) and runs ``estimate`` on the expanded log, so every estimator, the SNIPS
+    denominator included, is recomputed from rows (independent of the matmul form in
+    ``puts_jax.bootstrap``)."""
+    m = np.asarray(mult_RxB, np.int64)
+    keep = np.ones(m.shape[1], bool) if valid is None else np.asarray(valid, bool)
+    cols = {"pi": pi, "propensity": propensity, "rewards": rewards, "qhat_pi": qhat_pi,
+            "qhat_logged": qhat_logged}
+    out = {k: [] for k in ("ips", "snips", "dr", "ips_se", "snips_se", "dr_se")}
+    for m_r in m:
+        idx = np.repeat(np.flatnonzero(keep), m_r[keep])
+        e = estimate(**{k: None if v is None else np.asarray(v)[idx] for k, v in cols.items()},
+                     floor=floor)
+        for name in out:
+            out[name].append(e.get(name, np.full(np.shape(rewards)[1], np.nan)))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}

@@ -5,15 +5,23 @@ operating point and, for simulated data, the ground-truth table.
 
 Estimates are computed on a log the model was not trained on; DR/DM use the Q-network as the
 reward model, which is valid there (it never saw those rows).
+
+With a bootstrap (R resamples, on by default) the frontier also carries the "snips_boot" estimator
+(SNIPS with Poisson-bootstrap percentile intervals, the denominator recomputed per resample), a
+simultaneous band over all lambda points and objectives ("band": bootstrap-t max, or Bonferroni
+without a bootstrap) with the Pareto verdicts it supports, and the bootstrap probability that each
+point dominates each other ("dominance"); see ``puts_jax.bootstrap``.
 """
 
 from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
-from puts_jax import engine, model_io, ope, pareto, report
+from puts_jax import bootstrap as boot_lib
+from puts_jax import evaluation, model_io, ope, pareto, report
 from puts_jax.checks import InputError
 from puts_jax.config import SweepConfig
 from puts_jax.data import logs
@@ -54,10 +62,58 @@ def logging_baseline(path: str, meta: logs.LogMeta, chunk_rows: int, confidence:
     return with_auto(report.from_ope(["logging policy (on-policy mean)"], est))
 
 
+def with_boot(pe: report.PolicyEstimates, est: ope.Estimates,
+              boot: boot_lib.BootstrapEstimates | None) -> report.PolicyEstimates:
+    """Add the "snips_boot" estimator: the SNIPS value with its Poisson-bootstrap percentile
+    interval (no change without a bootstrap)."""
+    if boot is None:
+        return pe
+    P = len(pe.names)
+    block = {"value": np.asarray(est.snips, np.float64).reshape(P, -1),
+             "lo": boot.snips_lo.reshape(P, -1), "hi": boot.snips_hi.reshape(P, -1)}
+    return pe._replace(estimates={**pe.estimates, "snips_boot": block})
+
+
+def _json_rows(a) -> list:
+    """JSON-ready nested lists, non-finite -> None."""
+    a = np.asarray(a, np.float64)
+    return np.where(np.isfinite(a), a, None).tolist()
+
+
+def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, seed) -> dict:
+    """The frontier's "band", "dominance" and "bootstrap" blocks (SNIPS): a band simultaneous
+    over all points and objectives with its Pareto verdicts, the per-objective band, and the
+    bootstrap dominance probabilities (None without a bootstrap)."""
+    est = ev.estimates
+    reps = reps_se = None
+    if ev.boot_stats is not None:
+        reps = boot_lib.replicates(ev.boot_stats, "snips")
+        reps_se = boot_lib.replicate_se(ev.boot_stats, "snips")
+    fe = boot_lib.frontier_evidence(est.snips, est.snips_se, reps, confidence, directions, reps_se)
+    per = fe.band_per_objective
+    band = {"estimator": "snips", "method": fe.band.method, "confidence": confidence,
+            "simultaneous_over": "points and objectives", "critical": float(fe.band.critical[0]),
+            "lo": _json_rows(fe.band.lo), "hi": _json_rows(fe.band.hi), "verdicts": fe.verdicts,
+            "per_objective": {"method": per.method, "critical": _json_rows(per.critical),
+                              "lo": _json_rows(per.lo), "hi": _json_rows(per.hi)}}
+    R = 0 if reps is None else int(reps.shape[0])
+    dom = None if fe.dominance is None else {
+        "estimator": "snips", "n_resamples": R, "probability": _json_rows(fe.dominance),
+        "definition": "probability[q][p]: share of bootstrap resamples in which point q is at "
+                      "least as good as point p on every objective and better on one"}
+    boot = {"n_resamples": R, "seed": None if not R else int(seed),
+            "method": "Poisson(1) multiplicity per row and resample, a function of (seed, row "
+                      "index, resample) only; every estimate recomputed per resample"}
+    return {"band": band, "dominance": dom, "bootstrap": boot}
+
+
 def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
-              chunk_rows: int = 65536, primary: str | None = None) -> tuple[dict, dict]:
+              chunk_rows: int = 65536, primary: str | None = None, bootstrap: int = 200,
+              seed: int = 0) -> tuple[dict, dict]:
     """Evaluate the lambda grid and the baselines on ``logs_path``; write frontier.json/png.
 
+    bootstrap: R Poisson-bootstrap resamples (0: none; the band is then Bonferroni and there is
+    no dominance matrix); seed: the bootstrap key (``jax.random.key(seed)``).
     Returns (frontier document, written paths). Raises InputError when the model and the log
     disagree on the action set size or the number of objectives.
     """
@@ -69,12 +125,15 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                       f"the log has A={A}, J={J}")
     cfg = SweepConfig(n_lambdas=n_lambdas, chunk_rows=chunk_rows)
     lams = lambda_grid(J, n_lambdas)
-    ev = engine.evaluate_log(model, lams, logs.iter_log_chunks(logs_path, chunk_rows), cfg,
-                             reward_kinds=meta.reward_kinds,
-                             baselines=engine.fixed_action_probs(np.arange(A), A), n_actions=A)
+    ev = evaluation.evaluate_log(model, lams, logs.iter_log_chunks(logs_path, chunk_rows), cfg,
+                                 reward_kinds=meta.reward_kinds,
+                                 baselines=evaluation.fixed_action_probs(np.arange(A), A),
+                                 n_actions=A, bootstrap=bootstrap,
+                                 key=jax.random.key(seed) if bootstrap else None)
     names = [f"lambda=({', '.join(f'{x:.2f}' for x in lam)})" for lam in lams]
-    points = with_auto(report.from_ope(names, ev.estimates))
-    actions = with_auto(report.from_ope([f"action {a}" for a in range(A)], ev.baselines))
+    points = with_boot(with_auto(report.from_ope(names, ev.estimates)), ev.estimates, ev.boot)
+    actions = with_boot(with_auto(report.from_ope([f"action {a}" for a in range(A)], ev.baselines)),
+                        ev.baselines, ev.baseline_boot)
     base = {"logging": logging_baseline(logs_path, meta, chunk_rows, cfg.confidence),
             "actions": actions}
     if meta.action_set.production is not None:
@@ -95,6 +154,7 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     if "production" in doc["baselines"]:
         doc["baselines"]["production"]["matched_rewards"] = \
             per_action[[meta.action_set.production]].tolist()
+    doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
     return doc, report.write_frontier(out_dir, doc)
 
 

@@ -119,3 +119,29 @@ class EstimatorStats(NamedTuple):
     sum_dm: Array | None = None
     sum_dr: Array | None = None
     sum_dr2: Array | None = None
+
+
+class BootstrapStats(NamedTuple):
+    """Per-resample sums of the Poisson bootstrap (``puts_jax.bootstrap``): R resamples, each row b
+    counted m[r, b] ~ Poisson(1) times, for P policies and J objectives. Like EstimatorStats they
+    are plain sums, so they stream over chunks (f32 per chunk on device, merged in float64 on the
+    host by ``bootstrap.merge``); every estimate is recomputed per resample from them, the SNIPS
+    denominator included.
+
+      n:      f32[R] sum m (real rows, with multiplicity).
+      sum_w:  f32[R, P] sum m w.
+      sum_wr: f32[R, P, J] sum m w r.
+      sum_dr: optional f32[R, P, J] sum m (doubly robust term).
+    Optional second moments (each resample's own standard errors, for the bootstrap-t band):
+      sum_w2: f32[R, P] sum m w^2; sum_w2r, sum_w2r2: f32[R, P, J] sum m w^2 r, sum m w^2 r^2;
+      sum_dr2: f32[R, P, J] sum m (doubly robust term)^2.
+    """
+
+    n: Array
+    sum_w: Array
+    sum_wr: Array
+    sum_dr: Array | None = None
+    sum_w2: Array | None = None
+    sum_w2r: Array | None = None
+    sum_w2r2: Array | None = None
+    sum_dr2: Array | None = None

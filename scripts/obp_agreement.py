@@ -14,7 +14,7 @@ What it does:
      plus every other vector whose ranking matches a click; with 38 clicks most rankings match
      none, and IPS / SNIPS are then exactly 0). For each it derives the deterministic top-3
      ranking per row; it fits a cross-fitted per-item click-rate reward model, writes all of it to
-     ``inputs.npz``, and estimates every policy with ``engine.evaluate_fixed`` (IPS, SNIPS, DR).
+     ``inputs.npz``, and estimates every policy with ``evaluation.evaluate_fixed`` (IPS, SNIPS, DR).
   2. Peer side: creates a THROWAWAY venv (default: a fresh folder under the system temp dir,
      deleted at the end), installs ``obp==0.4.1 --no-deps`` plus the packages its imports need
      (numpy, scipy, scikit-learn, pandas, torch==2.13.0 -- the CPU wheel on disk --, matplotlib,
@@ -166,11 +166,11 @@ def policy_q(inputs: dict, qhat: np.ndarray) -> np.ndarray:
 
 def our_estimates(inputs: dict) -> dict[str, dict[str, float]]:
     """puts_jax's estimates {estimator: {action index (str): value}} (plus "matched") through
-    ``engine.evaluate_fixed``: one-hot policies over the log's slot-level ``consistent`` mask,
+    ``evaluation.evaluate_fixed``: one-hot policies over the log's slot-level ``consistent`` mask,
     streamed in CHUNK_ROWS pieces; DR with the reward model as a table-lookup Q-network."""
     from flax import nnx
 
-    from puts_jax import engine
+    from puts_jax import evaluation
     from puts_jax.config import SweepConfig
     from puts_jax.types import LoggedBatch
 
@@ -184,7 +184,7 @@ def our_estimates(inputs: dict) -> dict[str, dict[str, float]]:
     n = len(inputs["reward"])
     keys = [str(a) for a in inputs["actions"]]
     cfg = SweepConfig(chunk_rows=CHUNK_ROWS)
-    probs = engine.fixed_action_probs(np.arange(P), P)
+    probs = evaluation.fixed_action_probs(np.arange(P), P)
     out: dict[str, dict[str, float]] = {}
     for name in ("grid", "raw"):
         q = policy_q(inputs, inputs[f"qhat_{name}"]).astype(np.float32)
@@ -196,7 +196,7 @@ def our_estimates(inputs: dict) -> dict[str, dict[str, float]]:
                          consistent=inputs["consistent"], valid=np.ones(n, bool))
         chunks = [LoggedBatch(*(None if x is None else x[lo:lo + CHUNK_ROWS] for x in lb))
                   for lo in range(0, n, CHUNK_ROWS)]
-        est = engine.evaluate_fixed(probs, chunks, cfg, model=TableQ(), n_actions=P).estimates
+        est = evaluation.evaluate_fixed(probs, chunks, cfg, model=TableQ(), n_actions=P).estimates
         out[f"dr_{name}"] = {k: float(est.dr[p, 0]) for p, k in enumerate(keys)}
         if name == "grid":
             out["ips"] = {k: float(est.ips[p, 0]) for p, k in enumerate(keys)}

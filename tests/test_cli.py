@@ -31,9 +31,17 @@ def test_sweep_select_publish_score_truth(run, capsys):
     d = run
     assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
                      str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
-                     "--n-lambdas", "5"]) == 0
+                     "--n-lambdas", "5", "--bootstrap", "40", "--seed", "3"]) == 0
     doc = json.loads((d / "frontier" / "frontier.json").read_text())
     assert len(doc["lambdas"]) == 5 and doc["points"]["n"] == [3000] * 5
+    # bootstrap evidence: SNIPS percentile intervals, the simultaneous band, dominance
+    assert "snips_boot" in doc["estimators"] and "snips_boot" in doc["baselines"]["actions"]["estimators"]
+    band = doc["band"]
+    assert band["method"].startswith("Poisson bootstrap") and len(band["lo"]) == 5
+    assert all(lo <= v <= hi for lo, v, hi in zip(band["lo"][0], doc["estimators"]["snips"]["value"][0],
+                                                   band["hi"][0]))
+    assert len(band["verdicts"]) == 5 and len(doc["dominance"]["probability"]) == 5
+    assert doc["bootstrap"] == {**doc["bootstrap"], "n_resamples": 40, "seed": 3}
     assert (d / "frontier" / "frontier.png").stat().st_size > 1000
     assert cli.main(["policy", "select", "--frontier", str(d / "frontier" / "frontier.json"),
                      "--maximize", "session_success", "--out", str(d / "sel.json")]) == 0
@@ -59,6 +67,16 @@ def test_sweep_select_publish_score_truth(run, capsys):
                      str(d / "frontier" / "frontier.json"), "--registry", str(d / "reg")]) == 0
     out = capsys.readouterr().out
     assert "Bayes context policy" in out and "personalization gain" in out
+
+
+def test_sweep_without_bootstrap_uses_bonferroni(run):
+    d = run
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
+                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier0"),
+                     "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    doc = json.loads((d / "frontier0" / "frontier.json").read_text())
+    assert doc["band"]["method"].startswith("Bonferroni") and doc["dominance"] is None
+    assert "snips_boot" not in doc["estimators"] and doc["bootstrap"]["n_resamples"] == 0
 
 
 def test_bad_guardrail_is_a_clear_error(run):

@@ -1,11 +1,12 @@
-"""Compiled serve / sweep / streaming evaluation against the numpy oracle, and no recompilation."""
+"""Compiled serve / sweep / streaming evaluation (engine builders through puts_jax.evaluation)
+against the numpy oracle, and no recompilation."""
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from puts_jax import engine, reference
+from puts_jax import engine, evaluation, reference
 from puts_jax.checks import InputError
 from puts_jax.config import QNetConfig, ScoringConfig, SweepConfig
 from puts_jax.qnet import QNetwork
@@ -97,9 +98,9 @@ def test_streamed_sweep_matches_reference_and_single_pass(model):
     lams = np.stack([np.linspace(0, 1, 5), 1 - np.linspace(0, 1, 5)], 1).astype(np.float32)
     cfg = SweepConfig(n_lambdas=5, chunk_rows=256, lambda_chunk=2)
     start = engine.TRACE_COUNTS["sweep"]
-    single = engine.evaluate_log(model, lams, [lb], cfg)
+    single = evaluation.evaluate_log(model, lams, [lb], cfg)
     chunks = [jax.tree.map(lambda x: x[lo:lo + 150], lb) for lo in range(0, 700, 150)]
-    streamed = engine.evaluate_log(model, lams, iter(chunks), cfg)
+    streamed = evaluation.evaluate_log(model, lams, iter(chunks), cfg)
     assert single.reward_kinds == KINDS and single.constant_propensity == pytest.approx(1 / A)
     for f in ("n", "matched", "ips", "ips_lo", "snips", "snips_hi", "dr", "dr_lo", "ess",
               "exact_lo", "exact_hi"):
@@ -120,7 +121,7 @@ def test_sweep_compiles_once_per_chunk_size_and_lambda_is_traced(model):
     cfg = SweepConfig(n_lambdas=3, chunk_rows=128, lambda_chunk=2)
     graphdef, params = nnx.split(model)
     sweep = engine.build_sweep(graphdef, cfg)
-    lb = engine._pad_rows(_log(100), 128)
+    lb = evaluation._pad_rows(_log(100), 128)
     start = engine.TRACE_COUNTS["sweep"]
     for a in (0.0, 0.25, 0.5):
         st = sweep(params, np.array([[a, 1 - a], [1 - a, a], [0.5, 0.5]], np.float32), lb)
@@ -131,8 +132,8 @@ def test_sweep_compiles_once_per_chunk_size_and_lambda_is_traced(model):
 def test_fixed_baselines_match_reference(model):
     lb = _log(500, seed=4)
     cfg = SweepConfig.tiny()
-    probs = engine.fixed_action_probs([0, 3, 7], A, uniform=True)
-    ev = engine.evaluate_fixed(probs, [lb], cfg, model=model)
+    probs = evaluation.fixed_action_probs([0, 3, 7], A, uniform=True)
+    ev = evaluation.evaluate_fixed(probs, [lb], cfg, model=model)
     q = _q(model, lb.context)
     ql = q[np.arange(500), lb.action]
     for i, pr in enumerate(probs):
@@ -147,10 +148,10 @@ def test_fixed_baselines_match_reference(model):
     # uniform logging evaluated on itself: weights 1, IPS = mean reward
     np.testing.assert_allclose(ev.estimates.ips[-1], lb.rewards.mean(0), rtol=1e-5)
     assert ev.estimates.ess[-1] == pytest.approx(500)
-    same = engine.evaluate_fixed_actions([0, 3, 7], A, [lb], cfg)
+    same = evaluation.evaluate_fixed_actions([0, 3, 7], A, [lb], cfg)
     np.testing.assert_allclose(same.estimates.ips, ev.estimates.ips[:3], rtol=1e-6)
     assert np.isnan(same.estimates.dr).all()  # no reward model: no DR
-    both = engine.evaluate_log(model, np.array([[0.5, 0.5]]), [lb], cfg, baselines=probs)
+    both = evaluation.evaluate_log(model, np.array([[0.5, 0.5]]), [lb], cfg, baselines=probs)
     np.testing.assert_allclose(both.baselines.ips, ev.estimates.ips, rtol=1e-6)
 
 
@@ -159,11 +160,11 @@ def test_positivity_error_names_absolute_row_and_floor_is_explicit(model):
     chunks[1].propensity[7] = 0.0
     lams = np.array([[1.0, 0.0]], np.float32)
     with pytest.raises(InputError, match=r"propensity.*positivity.*rows \[57\]"):
-        engine.evaluate_log(model, lams, iter(chunks), SweepConfig.tiny())
-    ev = engine.evaluate_log(model, lams, iter(chunks), SweepConfig.tiny(), propensity_floor=0.01)
+        evaluation.evaluate_log(model, lams, iter(chunks), SweepConfig.tiny())
+    ev = evaluation.evaluate_log(model, lams, iter(chunks), SweepConfig.tiny(), propensity_floor=0.01)
     assert ev.constant_propensity is None and int(ev.estimates.n[0]) == 100
     with pytest.raises(InputError, match="declared binary"):
-        engine.evaluate_log(model, lams, [_log(50)], SweepConfig.tiny(),
+        evaluation.evaluate_log(model, lams, [_log(50)], SweepConfig.tiny(),
                             reward_kinds=("binary", "binary"))
 
 
@@ -177,7 +178,7 @@ def test_rows_outside_the_action_set_are_zero_terms(model):
     consistent[::3] = False
     lb = lb._replace(action=action, consistent=consistent)
     lams = np.array([[0.5, 0.5], [1.0, 0.0]], np.float32)
-    ev = engine.evaluate_log(model, lams, [lb], SweepConfig.tiny())
+    ev = evaluation.evaluate_log(model, lams, [lb], SweepConfig.tiny())
     assert np.isfinite(ev.estimates.dr).all() and (ev.estimates.n == 300).all()
     ref = _reference_sweep(model, lb, lams)
     for i, r in enumerate(ref):
@@ -185,7 +186,7 @@ def test_rows_outside_the_action_set_are_zero_terms(model):
         np.testing.assert_allclose(ev.estimates.ips[i], r["ips"], rtol=2e-5)
         np.testing.assert_allclose(ev.estimates.dr[i], r["dr"], rtol=2e-5)
     # default consistency (None) from action alone gives the same numbers
-    same = engine.evaluate_log(model, lams, [lb._replace(consistent=None)], SweepConfig.tiny(),
+    same = evaluation.evaluate_log(model, lams, [lb._replace(consistent=None)], SweepConfig.tiny(),
                                n_actions=A)
     np.testing.assert_allclose(same.estimates.ips, ev.estimates.ips, rtol=1e-7)
 
@@ -194,24 +195,24 @@ def test_per_row_fixed_actions_equal_global_when_constant(model):
     lb = _log(260, seed=6)
     chunks = [jax.tree.map(lambda x: x[lo:lo + 100], lb) for lo in range(0, 260, 100)]
     cfg = SweepConfig(n_lambdas=2, chunk_rows=128, lambda_chunk=2)
-    glob = engine.evaluate_fixed_actions([2, 5], A, chunks, cfg, model=model)
-    rows = engine.evaluate_fixed_actions(np.array([[2] * 260, [5] * 260]), A, chunks, cfg,
+    glob = evaluation.evaluate_fixed_actions([2, 5], A, chunks, cfg, model=model)
+    rows = evaluation.evaluate_fixed_actions(np.array([[2] * 260, [5] * 260]), A, chunks, cfg,
                                          model=model)
     for f in ("ips", "snips", "dr", "exact_hi"):
         np.testing.assert_allclose(getattr(rows.estimates, f), getattr(glob.estimates, f),
                                    rtol=1e-6, err_msg=f)
     # the logged actions themselves (the logging policy's choices): every row matches, w = 1/p
-    logged = engine.evaluate_fixed_actions(lb.action[None], A, [lb], cfg)
+    logged = evaluation.evaluate_fixed_actions(lb.action[None], A, [lb], cfg)
     assert int(logged.estimates.matched[0]) == 260
     with pytest.raises(InputError, match="per-row actions"):
-        engine.evaluate_fixed_actions(np.zeros((1, 100), np.int64), A, [lb], cfg)
+        evaluation.evaluate_fixed_actions(np.zeros((1, 100), np.int64), A, [lb], cfg)
 
 
 def test_stochastic_sweep_matches_ope_and_validates_param(model):
     lb = _log(200, seed=7)
     lams = np.array([[0.5, 0.5]], np.float32)
     cfg = SweepConfig.tiny()
-    ev = engine.evaluate_log(model, lams, [lb], cfg, policy="epsilon_greedy", policy_param=0.2)
+    ev = evaluation.evaluate_log(model, lams, [lb], cfg, policy="epsilon_greedy", policy_param=0.2)
     q = _q(model, lb.context)
     probs = np.stack([reference.policy_probs(qb @ lams[0], "epsilon_greedy", 0.2) for qb in q])
     pi = (lb.consistent * probs).sum(1)
@@ -221,4 +222,4 @@ def test_stochastic_sweep_matches_ope_and_validates_param(model):
         np.testing.assert_allclose(getattr(ev.estimates, f)[0], r[f], rtol=2e-5, err_msg=f)
     assert not ev.estimates.exact_defined.any()  # stochastic target: no exact interval
     with pytest.raises(InputError, match="temperature must be > 0"):
-        engine.evaluate_log(model, lams, [lb], cfg, policy="softmax", policy_param=0.0)
+        evaluation.evaluate_log(model, lams, [lb], cfg, policy="softmax", policy_param=0.0)

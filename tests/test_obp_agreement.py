@@ -10,7 +10,7 @@ Python 3.11.7). That script documents the inputs (the compared policies of
 ``convert_obd(grid_steps=12)``, their top-3 rankings as obp's ``action_dist``, the cross-fitted
 per-item click-rate reward model) and the definitions side by side. This test needs no obp: it
 rebuilds the same inputs from the sample files with puts_jax (``build_inputs``) and recomputes our
-estimates through ``engine.evaluate_fixed`` (``our_estimates``).
+estimates through ``evaluation.evaluate_fixed`` (``our_estimates``).
 
 Agreement: IPS, SNIPS and DR with the 2^-14-grid reward model to 1e-9 relative (they are exact in
 float32 on our side, so only float64 rounding is left: no definitional difference). DR with the
