@@ -22,6 +22,7 @@ import numpy as np
 
 from puts_jax import bootstrap as boot_lib
 from puts_jax import evaluation, model_io, ope, pareto, report
+from puts_jax import halves as halves_lib
 from puts_jax.checks import InputError
 from puts_jax.config import SweepConfig
 from puts_jax.data import logs
@@ -55,10 +56,17 @@ def logging_baseline(path: str, meta: logs.LogMeta, chunk_rows: int, confidence:
     for _, _, lb in logs.iter_log_chunks(path, chunk_rows):
         r = lb.rewards.astype(np.float64)
         n, s, s2 = n + len(r), s + r.sum(0), s2 + (r * r).sum(0)
+    return on_policy_estimates(n, s, s2, meta.reward_kinds, confidence)
+
+
+def on_policy_estimates(n: int, s, s2, reward_kinds, confidence: float) -> report.PolicyEstimates:
+    """The logging policy's estimates from its on-policy reward sums: n rows, s = sum r f[J],
+    s2 = sum r^2 f[J]."""
+    s, s2 = np.asarray(s, np.float64), np.asarray(s2, np.float64)
     one = np.array([n])
     stats = ope.EstimatorStats(one, one, one.astype(np.float64), one.astype(np.float64), s[None],
                                s[None], s2[None], s[None])  # every weight is 1 on-policy
-    est = ope.finalize(stats, confidence, meta.reward_kinds, 1.0)
+    est = ope.finalize(stats, confidence, reward_kinds, 1.0)
     return with_auto(report.from_ope(["logging policy (on-policy mean)"], est))
 
 
@@ -109,11 +117,14 @@ def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, se
 
 def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
               chunk_rows: int = 65536, primary: str | None = None, bootstrap: int = 200,
-              seed: int = 0) -> tuple[dict, dict]:
+              seed: int = 0, halves: bool = False) -> tuple[dict, dict]:
     """Evaluate the lambda grid and the baselines on ``logs_path``; write frontier.json/png.
 
     bootstrap: R Poisson-bootstrap resamples (0: none; the band is then Bonferroni and there is
     no dominance matrix); seed: the bootstrap key (``jax.random.key(seed)``).
+    halves: also estimate every point and baseline on each half of the log (``puts_jax.halves``:
+    split by request-id hash) into ``doc["halves"]``, so that ``select`` chooses on one half and
+    publishes the other's estimate (no winner's curse); one more streamed pass per half.
     Returns (frontier document, written paths). Raises InputError when the model and the log
     disagree on the action set size or the number of objectives.
     """
@@ -155,7 +166,48 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
         doc["baselines"]["production"]["matched_rewards"] = \
             per_action[[meta.action_set.production]].tolist()
     doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
+    if halves:
+        doc["halves"] = evaluate_halves(model, lams, names, logs_path, meta, cfg, bootstrap, seed)
     return doc, report.write_frontier(out_dir, doc)
+
+
+def evaluate_halves(model, lams, names: list[str], logs_path: str, meta: logs.LogMeta,
+                    cfg: SweepConfig, bootstrap: int = 0, seed: int = 0) -> dict:
+    """``{"rule", "select", "report"}``: per half of the log (``puts_jax.halves``), its rows and
+    the estimates of the lambda points and of the logging, production and single-action
+    baselines, each half in one streamed pass over its own rows (same estimators, same bootstrap
+    key as the full pass)."""
+    A = meta.action_set.n_actions
+    out = {"rule": halves_lib.RULE}
+    for h, half in enumerate(halves_lib.HALF_NAMES):
+        stream = halves_lib.HalfChunks(lambda: logs.iter_log_chunks(logs_path, cfg.chunk_rows),
+                                       h, cfg.chunk_rows)
+        ev = evaluation.evaluate_log(model, lams, stream, cfg, reward_kinds=meta.reward_kinds,
+                                     baselines=evaluation.fixed_action_probs(np.arange(A), A),
+                                     n_actions=A, bootstrap=bootstrap,
+                                     key=jax.random.key(seed) if bootstrap else None)
+        points = with_boot(with_auto(report.from_ope(names, ev.estimates)), ev.estimates, ev.boot)
+        actions = with_boot(with_auto(report.from_ope([f"action {a}" for a in range(A)],
+                                                      ev.baselines)),
+                            ev.baselines, ev.baseline_boot)
+        base = {"logging": on_policy_estimates(stream.n, stream.sum_r, stream.sum_r2,
+                                               meta.reward_kinds, cfg.confidence),
+                "actions": actions}
+        if meta.action_set.production is not None:
+            p = meta.action_set.production
+            base["production"] = _take(actions, p, [f"production (action {p})"])
+        out[half] = {"rows": int(stream.n), "points": halves_lib.block(points),
+                     "baselines": {k: halves_lib.block(v) for k, v in base.items()}}
+    return out
+
+
+def _guards(base_est: dict, guardrails) -> list[tuple[int, float, float]]:
+    bval = np.asarray(base_est["value"], np.float64)[0]
+    return [(j, rel, float(bval[j])) for j, rel in guardrails]
+
+
+def _point(est: dict, i: int) -> dict:
+    return {q: np.asarray(est[q], np.float64)[i].tolist() for q in ("value", "lo", "hi")}
 
 
 def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
@@ -163,22 +215,54 @@ def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
     """Guarded choice of the operating point on a frontier document: maximize objective
     ``maximize`` subject to, for each (j, min_relative_change), the interval's pessimistic end on
     objective j being at least (1 + min_relative_change) x the baseline's estimate.
-    Returns {"index", "lambda", "name", "reason", "estimates"}; index None when nothing passes."""
-    est = doc["estimators"][doc["primary_estimator"]]
-    v, lo, hi = (np.asarray(est[k], np.float64) for k in ("value", "lo", "hi"))
+
+    With per-half estimates (``doc["halves"]``, ``run_sweep(halves=True)``) the choice, the
+    guardrails and the baseline all use the select half only, and the published ``estimates``
+    are the REPORT half's value and interval of the chosen point: that half played no part in the
+    choice, so they are free of the winner's curse. ``select_estimates`` keeps the select half's
+    (biased upward by the choice); ``report_passes_guardrails`` re-checks the guardrails on the
+    report half. Without halves, choice and estimate come from the same (full) data and the
+    reason carries a warning.
+    Returns {"index", "lambda", "name", "reason", "estimates", "estimates_from", ...}; index None
+    when nothing passes."""
+    primary = doc["primary_estimator"]
     if baseline not in doc["baselines"]:
         raise InputError("baseline", [], f"the frontier has no '{baseline}' baseline")
-    bval = np.asarray(doc["baselines"][baseline]["estimators"][doc["primary_estimator"]]["value"],
-                      np.float64)[0]
-    guards = [(j, rel, float(bval[j])) for j, rel in guardrails]
-    sel = pareto.select_operating_point(v, lo, hi, maximize, guards,
-                                        doc["objectives"]["directions"], doc["points"]["names"])
+    split = doc.get("halves")
+    if split is None:
+        est = doc["estimators"][primary]
+        base = doc["baselines"][baseline]["estimators"][primary]
+    else:
+        est, base, n_sel = halves_lib.estimates_of(doc, "select", primary, baseline)
+        rep, rep_base, n_rep = halves_lib.estimates_of(doc, "report", primary, baseline)
+    v, lo, hi = (np.asarray(est[k], np.float64) for k in ("value", "lo", "hi"))
+    dirs, names = doc["objectives"]["directions"], doc["points"]["names"]
+    sel = pareto.select_operating_point(v, lo, hi, maximize, _guards(base, guardrails), dirs, names)
     i = sel.index
-    return {"index": i, "reason": sel.reason,
-            "lambda": None if i is None else doc["lambdas"][i],
-            "name": None if i is None else doc["points"]["names"][i],
-            "estimates": None if i is None else {"value": v[i].tolist(), "lo": lo[i].tolist(),
-                                                 "hi": hi[i].tolist()}}
+    out = {"index": i, "lambda": None if i is None else doc["lambdas"][i],
+           "name": None if i is None else names[i]}
+    if split is None:
+        return {**out, "estimates": None if i is None else _point(est, i),
+                "estimates_from": "full data (also used for the choice)",
+                "reason": sel.reason + "; warning: chosen and estimated on the same data, so the "
+                          "estimate of the chosen point is biased upward (winner's curse); rerun "
+                          "the sweep with halves for an unbiased published estimate"}
+    reason = (f"{sel.reason}; chosen on the select half ({n_sel} rows); the published estimate is "
+              f"the report half's ({n_rep} rows), which played no part in the choice")
+    passes = None
+    if i is not None:
+        r = {k: np.asarray(rep[k], np.float64) for k in ("value", "lo", "hi")}
+        check = pareto.select_operating_point(
+            r["value"][[i]], r["lo"][[i]], r["hi"][[i]], maximize,
+            _guards(rep_base, guardrails), dirs, [names[i]])
+        passes = check.index is not None
+        if not passes:
+            reason += f"; note: on the report half it fails a guardrail ({check.reason})"
+    return {**out, "estimates": None if i is None else _point(rep, i),
+            "estimates_from": f"report half ({n_rep} rows)",
+            "select_estimates": None if i is None else _point(est, i),
+            "report_passes_guardrails": passes, "split": split.get("rule", halves_lib.RULE),
+            "reason": reason}
 
 
 def _row(name: str, truth_J: np.ndarray, est: dict | None) -> list[str]:

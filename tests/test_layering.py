@@ -7,12 +7,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "kernels", "slates", "losses",
-    "ope", "pareto", "bootstrap", "planning", "qnet", "model_io", "data.logs", "data.simulator",
-    "data.obd", "engine", "evaluation", "policy", "report_html", "report", "sweep_job",
-    "score_job", "reference", "cli",
+    "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.logs",
+    "data.simulator", "data.obd", "engine", "evaluation", "policy", "report_html", "report",
+    "sweep_job", "score_job", "reference", "cli",
 ]
-PURE = {"kernels", "slates", "losses", "ope", "pareto", "bootstrap", "planning", "reference",
-        "scalarization", "types", "checks"}
+PURE = {"kernels", "slates", "losses", "ope", "pareto", "bootstrap", "planning", "halves",
+        "reference", "scalarization", "types", "checks"}
 HEAVY = ("flax", "grain", "orbax")
 
 
