@@ -15,8 +15,9 @@ threefry2x32(key, (i_b, r // 4)) (Salmon et al. 2011, counter-based) are split i
 uniforms u, and the (r % 4)-th gives m by inverting the Poisson(1) cdf
 (m = #{k : u >= round(2^16 F(k))}, each cdf value within 2^-17 of exact, m <= 8). The draws are
 therefore the same for any chunking of the log (pieces, ``chunk_rows``), any resample chunking
-(``RESAMPLE_CHUNK``) and any device: a streamed pass equals one pass over the whole log (up to f32
-summation order inside a chunk; chunks merge in float64). This is stronger than folding a chunk
+(``RESAMPLE_CHUNK``) and any backend (integer arithmetic only; checked on CPU): a streamed pass
+equals one pass over the whole log (up to f32 summation order inside a chunk; chunks merge in
+float64). This is stronger than folding a chunk
 index into the key, which would tie the draws to the chunking. Rows are indexed in uint32 (logs of
 up to 2^32 rows); the same key gives the same multiplicities to every program evaluated on the
 same rows, so lambda points and baselines are resampled jointly (paired comparisons).
