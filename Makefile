@@ -41,11 +41,15 @@ demo: $(STAMP)
 OBD_RUN ?= runs/demo-obd
 demo-obd: $(STAMP)
 	@mkdir -p $(OBD_RUN)
-	$(CLI) data obd --out $(OBD_RUN)/data
-	$(PY) -m train --config obd --logs $(OBD_RUN)/data/logs.parquet \
-	    --heldout $(OBD_RUN)/data/logs.parquet --workdir $(OBD_RUN)/train
-	$(CLI) sweep --model $(OBD_RUN)/train/selected_model --logs $(OBD_RUN)/data/logs.parquet \
-	    --out $(OBD_RUN)/frontier --estimator exact
+	@echo "== 1/4 convert the Open Bandit Dataset sample"; $(CLI) data obd --out $(OBD_RUN)/data
+	@echo "== 2/4 split: the Q-network (also DR's reward model) never sees the evaluation rows"
+	$(CLI) data split --logs $(OBD_RUN)/data/logs.parquet --out-a $(OBD_RUN)/data/train.parquet \
+	    --out-b $(OBD_RUN)/data/evaluation.parquet --share 0.5
+	@echo "== 3/4 train"; $(PY) -m train --config obd --logs $(OBD_RUN)/data/train.parquet \
+	    --heldout $(OBD_RUN)/data/train.parquet --workdir $(OBD_RUN)/train
+	@echo "== 4/4 sweep (exact Clopper-Pearson intervals on matched clicks)"
+	$(CLI) sweep --model $(OBD_RUN)/train/selected_model \
+	    --logs $(OBD_RUN)/data/evaluation.parquet --out $(OBD_RUN)/frontier
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -62,6 +62,13 @@ def cmd_data_obd(args) -> None:
         _print(f"  {k:<9} {p}")
 
 
+def cmd_data_split(args) -> None:
+    from puts_jax.data import logs
+
+    na, nb = logs.split_log(args.logs, args.out_a, args.out_b, args.share, args.seed)
+    _print(f"{na} rows -> {args.out_a}\n{nb} rows -> {args.out_b}")
+
+
 # ----------------------------------------------------------------------------- sweep
 
 def cmd_sweep(args) -> None:
@@ -235,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--behavior", default="random", choices=("random", "bts"))
     o.add_argument("--grid-steps", type=int, default=4)
     o.set_defaults(fn=cmd_data_obd)
+    o = d.add_parser("split", help="split a log by request id (e.g. training vs evaluation rows)")
+    o.add_argument("--logs", required=True)
+    o.add_argument("--out-a", required=True, help="the other rows")
+    o.add_argument("--out-b", required=True, help="a SHARE of the rows")
+    o.add_argument("--share", type=float, default=0.5)
+    o.add_argument("--seed", type=int, default=0)
+    o.set_defaults(fn=cmd_data_split)
 
     w = sub.add_parser("sweep", help="evaluate lambda policies on a log; write the frontier")
     w.add_argument("--model", required=True, help="exported model directory (spec.json)")

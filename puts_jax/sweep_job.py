@@ -38,6 +38,11 @@ def with_auto(pe: report.PolicyEstimates) -> report.PolicyEstimates:
         np.isfinite(ex["lo"]).all(0) & np.isfinite(ex["hi"]).all(0)
     auto = {q: np.where(use, ex[q], sn[q]) if ex is not None else sn[q].copy()
             for q in ("value", "lo", "hi")}
+    # A normal interval of zero width (every matched reward equal, e.g. no matched successes
+    # of a real-valued reward) is not a valid interval: report it as undefined, never [0, 0].
+    collapsed = ~use & (auto["hi"] - auto["lo"] <= 0) & (np.asarray(pe.n)[:, None] > 1)
+    for q in ("lo", "hi"):
+        auto[q] = np.where(collapsed, np.nan, auto[q])
     return pe._replace(estimates={"auto": auto, **pe.estimates})
 
 

@@ -88,3 +88,19 @@ def test_outside_action_rows(tmp_path):
     _, _, lb = logs.read_log(path)
     np.testing.assert_array_equal(lb.action, [0, -1, 2, -1])
     np.testing.assert_array_equal(lb.consistent, cons)
+
+
+def test_split_log_is_deterministic_disjoint_and_complete(tmp_path):
+    arr = _log_arrays(B=1000)
+    path = str(tmp_path / "x.parquet")
+    logs.write_log(path, _meta(), **arr)
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    na, nb = logs.split_log(path, a, b, share=0.3)
+    assert na + nb == 1000 and 230 < nb < 370
+    ids_a, ids_b = logs.read_log(a)[1], logs.read_log(b)[1]
+    assert not set(ids_a) & set(ids_b) and set(ids_a) | set(ids_b) == set(range(1000))
+    assert logs.read_meta(b).action_set.hash() == _meta().action_set.hash()
+    np.testing.assert_array_equal(logs.split_share(np.arange(1000), 0.3),
+                                  np.isin(np.arange(1000), ids_b))
+    with pytest.raises(InputError, match="share: must be in"):
+        logs.split_share(np.arange(3), 1.0)

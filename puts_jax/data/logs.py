@@ -337,3 +337,33 @@ def iter_request_chunks(path: str, chunk_rows: int = 8192,
         yield RequestChunk(offset, np.asarray(t["request_id"].to_numpy(), np.int64), batch, cand,
                            n_empty, n_null)
         offset += t.num_rows
+
+
+def split_share(request_id: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
+    """bool[n]: True for rows in the second part of a deterministic split by request_id.
+
+    A row goes to part two when a 64-bit multiplicative hash of (request_id, seed) falls below
+    ``share`` of the hash range, so the split depends only on the ids, never on row order.
+    """
+    if not 0.0 < share < 1.0:
+        raise InputError("share", [], f"must be in (0, 1), got {share}")
+    with np.errstate(over="ignore"):
+        h = (np.asarray(request_id, np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
+
+
+def split_log(path: str, out_a: str, out_b: str, share: float = 0.5, seed: int = 0) -> tuple[int, int]:
+    """Split a log (every column and the metadata kept) into two files by ``split_share`` of the
+    request ids: ``share`` of the rows go to ``out_b``. Both files are written atomically.
+    Returns the two row counts. Use it to keep a reward model (training) and the rows it
+    corrects (off-policy evaluation) apart."""
+    table = pq.read_table(path)
+    to_b = split_share(table["request_id"].to_numpy(), share, seed)
+    rg = max(1, pq.ParquetFile(path).metadata.row_group(0).num_rows) if table.num_rows else 65536
+    a, b = table.filter(pa.array(~to_b)), table.filter(pa.array(to_b))
+    for t, out in ((a, out_a), (b, out_b)):
+        _atomic_write_table(t.replace_schema_metadata(table.schema.metadata), out, rg)
+    return a.num_rows, b.num_rows
