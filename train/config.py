@@ -92,3 +92,11 @@ class TrainConfig:
     @classmethod
     def default(cls) -> "TrainConfig":
         return cls()
+
+    @classmethod
+    def obd(cls) -> "TrainConfig":
+        """The Open Bandit Dataset sample: about 500 rows match an action, so a small model,
+        small batches and many passes."""
+        return cls(qnet=QNetConfig(hidden=(16,), head="mixture", n_components=2), batch_size=64,
+                   epochs=30, learning_rate=0.01, warmup_steps=10, eval_every=50,
+                   checkpoint_every=50, keep=2, heldout_chunk_rows=4096)

@@ -46,17 +46,21 @@ class LogArrays(NamedTuple):
 
     @classmethod
     def from_logged(cls, lb: LoggedBatch) -> "LogArrays":
+        """The training rows of a log. Rows whose logged decision matches no action
+        (``action == logs.OUTSIDE_ACTION``: slot-level logs such as the Open Bandit Dataset) say
+        nothing about any action's value under the one-step regression of the logged action's
+        Q, so they are left out (they still count as zero terms in off-policy estimates).
+        Raises InputError when no row is left."""
+        inside = np.asarray(lb.action) != logs.OUTSIDE_ACTION
+        if not inside.any():
+            raise logs.InputError("action", [], "every row is outside the action set")
+        if not inside.all():
+            lb = type(lb)(*(None if x is None else np.asarray(x)[inside] for x in lb))
         return cls(np.ascontiguousarray(lb.context, np.float32),
                    np.ascontiguousarray(lb.action, np.int32),
                    np.ascontiguousarray(lb.rewards, np.float32),
                    None if lb.context_ids is None else np.ascontiguousarray(lb.context_ids,
                                                                            np.int32))
-
-
-def read_train_log(path: str) -> tuple[logs.LogMeta, LogArrays]:
-    """(meta, arrays) of an exploration log (validated by ``data.logs``)."""
-    meta, _, lb = logs.read_log(path)
-    return meta, LogArrays.from_logged(lb)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -68,7 +68,7 @@ class _Run:
         self.step_fn = step_lib.build_train_step(self.defs, kinds, cfg.loss_weights(J), self.mesh)
         self.names = tuple(meta.reward_names)
         self.select_lambda = cfg.selection_lambda(J)
-        g = selection.best_global_action(lb.action, lb.rewards, lb.propensity, A,
+        g = selection.best_global_action(lb.consistent, lb.rewards, lb.propensity,
                                          cfg.select_objective)
         self.evaluator = selection.HeldoutEvaluator(
             input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows), self.names, kinds, A,

@@ -12,7 +12,7 @@ import json
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
 
-PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default}
+PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": TrainConfig.obd}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

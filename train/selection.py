@@ -32,14 +32,16 @@ SELECTED_FILE = "selected.json"
 SELECTED_MODEL = "selected_model"
 
 
-def best_global_action(action: np.ndarray, rewards: np.ndarray, propensity: np.ndarray,
-                       n_actions: int, objective: int) -> int:
+def best_global_action(consistent: np.ndarray, rewards: np.ndarray, propensity: np.ndarray,
+                       objective: int) -> int:
     """The single action with the best SNIPS value of ``objective`` on a (training) log:
-    per action, sum r / p over its rows divided by sum 1 / p (the row mean under uniform
-    logging). Actions never logged rank last."""
+    per action a, sum_b consistent[b, a] r_b / p_b divided by sum_b consistent[b, a] / p_b (the
+    row mean under uniform logging with one-hot matching). consistent: bool[n, A] (slot-level
+    logs match several or no actions per row). Actions never matched rank last."""
+    c = np.asarray(consistent, np.float64)
     w = 1.0 / np.asarray(propensity, np.float64)
-    num = np.bincount(action, weights=w * rewards[:, objective], minlength=n_actions)
-    den = np.bincount(action, weights=w, minlength=n_actions)
+    num = (w * rewards[:, objective]) @ c
+    den = w @ c
     value = np.where(den > 0, num / np.where(den > 0, den, 1.0), -np.inf)
     return int(np.argmax(value))
 
