@@ -19,14 +19,9 @@ import os
 
 import numpy as np
 
-from puts_jax import model_io, scalarization
+from puts_jax import evaluation, model_io, scalarization
 from puts_jax.action_set import atomic_write_text
 from puts_jax.config import SweepConfig
-
-try:  # the streaming evaluators are moving from puts_jax.engine to puts_jax.evaluation
-    from puts_jax import evaluation as _evaluation
-except ImportError:  # pragma: no cover - older tree
-    from puts_jax import engine as _evaluation
 
 SELECTED_FILE = "selected.json"
 SELECTED_MODEL = "selected_model"
@@ -67,13 +62,13 @@ class HeldoutEvaluator:
         self.n_actions, self.objective = n_actions, select_objective
         self.global_action = global_action
         self.sweep_cfg = SweepConfig(chunk_rows=chunk_rows)
-        base = _evaluation.evaluate_fixed_actions([global_action], n_actions, chunks, self.sweep_cfg,
+        base = evaluation.evaluate_fixed_actions([global_action], n_actions, chunks, self.sweep_cfg,
                                              reward_kinds=reward_kinds)
         self.global_estimate = {n: _row(base.estimates, 0, j) for j, n in enumerate(reward_names)}
 
     def __call__(self, graphdef, params) -> dict:
         """{"value": held-out SNIPS of the selection objective at the selection lambda, ...}."""
-        ev = _evaluation.evaluate_log((graphdef, params), self.lams, self.chunks, self.sweep_cfg,
+        ev = evaluation.evaluate_log((graphdef, params), self.lams, self.chunks, self.sweep_cfg,
                                  reward_kinds=self.kinds, n_actions=self.n_actions)
         est = ev.estimates
         value = float(est.snips[0, self.objective])
