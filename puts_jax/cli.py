@@ -146,19 +146,23 @@ def cmd_policy(args) -> None:
             point["selection"] = {k: sel.get(k) for k in ("estimates", "estimates_from", "reason")}
         from puts_jax.data import logs
         aset = logs.read_meta(args.logs).action_set
-        v = policy.publish(args.registry, model, aset, np.asarray(point["lambda"], np.float32),
+        v = policy.publish(args.registry, model, aset, np.asarray(point["lambda"], np.float64),
                            point, args.reason, {"model": os.path.abspath(args.model),
                                                 "frontier": os.path.abspath(args.frontier),
                                                 "train": info.get("extra", {})})
         _print(f"published {v}")
     elif args.policy_cmd == "set-lambda":
-        lam = np.asarray([float(x) for x in args.lam.split(",")], np.float32)
+        lam = np.asarray([float(x) for x in args.lam.split(",")], np.float64)
         v = policy.set_lambda(args.registry, lam, args.reason)
         _print(f"published {v} (parameters reused)")
     elif args.policy_cmd == "rollback":
         v = policy.rollback(args.registry, args.version, args.reason)
         _print(f"CURRENT -> {v}")
-    _print(json.dumps(policy.show(args.registry), indent=1, default=str))
+    shown = policy.show(args.registry)
+    for v in shown["versions"]:
+        mark = "*" if v["version"] == shown["current"] else " "
+        _print(f"{mark} {v['version']}  {v['action']:<10} lambda={v['lambda']}  "
+               f"params={v['params_version']}  {v['reason']}")
 
 
 # ----------------------------------------------------------------------------- score / truth
