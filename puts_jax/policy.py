@@ -75,7 +75,8 @@ def _check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
         raise InputError(field, np.flatnonzero(~np.isfinite(a)), "non-finite coefficient")
     if (a < 0).any():
         raise InputError(field, np.flatnonzero(a < 0), "coefficients must be non-negative")
-    return check_lambda(a, field=field)
+    check_lambda(a, field=field)
+    return a  # stored as given (float64), not rounded through float32
 
 
 def _check_point(frontier_point, lam: np.ndarray) -> dict:
