@@ -544,6 +544,11 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     lines.append(f"hypervolume ({doc['primary_estimator']}): {_fmt(hv['value'])} "
                  f"(reference {hv['reference']})")
     lines.append(f"verdict: {doc['verdict']}")
+    band = doc.get("band")
+    if band:
+        counts = {v: band["verdicts"].count(v) for v in dict.fromkeys(band["verdicts"])}
+        lines.append(f"simultaneous {band['confidence']:.0%} band ({band['method']}): " +
+                     ", ".join(f"{n} {v}" for v, n in counts.items()))
     if doc.get("operating_point"):
         lines.append(f"operating point: {doc['operating_point']['reason']}")
     lines += [f"warning: {w}" for w in doc["warnings"]]
