@@ -9,6 +9,10 @@ and the chunk's first row are traced, so a new lambda or a new checkpoint never 
 (STYLE.md 4-5). Shapes are bucketed on the host (``Scorer``; fixed-size log chunks in
 ``evaluation``) so a stream of sizes compiles a few times.
 ``TRACE_COUNTS`` counts traces per entry point (tests use it to prove there is no recompilation).
+Every builder returns the ``jax.jit`` object itself (``.lower(...).compile()`` for ahead-of-time
+compilation and memory analysis). ``compile_latency_serve`` compiles the serve pass for one shape
+with the parameters as constants (B = 1 latency); ``export_serve`` writes it as one portable
+``jax.export`` artifact (CPU and CUDA, symbolic batch size).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from jax import lax
 
 from puts_jax import bootstrap, checks, kernels, ope
 from puts_jax.config import ScoringConfig, SweepConfig
+from puts_jax.qnet import QNetwork
 from puts_jax.types import LoggedBatch, RequestBatch, ServeOutput
 
 # Traces per entry point ("serve", "sweep", "fixed"), incremented inside the traced functions.
@@ -45,21 +50,141 @@ def q_values(graphdef, params, context, context_ids=None) -> jax.Array:
 
 # ----------------------------------------------------------------------------- serve
 
-def _serve(graphdef, W_AxK, k: int, fallback: int, params, lam_J, batch: RequestBatch) -> ServeOutput:
+def scalarized_q(model, lam_J, context, context_ids=None) -> jax.Array:
+    """Q @ lam: f32[B, A] of a merged model (inside a traced function), with lambda folded into
+    the last layer: for the mixture head, ``sum_r pi_r link(V[r]) @ lam`` is computed as
+    ``pi @ (link(V) @ lam)`` (f32[R, A] per call, f32[B, A, J] never formed); for the per-action
+    head with identity links (no binary objective) the head's kernel and bias are contracted
+    with lam. Other heads and models: Q, then ``Q @ lam``.
+
+    Exact in real arithmetic, not in f32: the sums run in another order than Q's, so actions
+    whose scores are within rounding of each other can swap. Measured with the trained demo
+    Q-network (36 actions, 200k simulated requests x 21 lambdas): 9 of 4.2M greedy actions
+    differed from the unfolded pass, one of them an exact tie in Q (the folded pass did not pick
+    the lowest index), and 10 differed from the float64 reference against 3 for the unfolded
+    pass. So the serve pass folds only when asked (``build_serve(fold_lambda=True)``: about 10%
+    of the pass at B = 8192 on the 2-core CPU, bench serve ``fused_fold``); by default it serves
+    exactly the policy that the sweep evaluates (``kernels.scalarize_rows`` in both)."""
+    lam = jnp.asarray(lam_J, jnp.float32)
+    if isinstance(model, QNetwork):
+        if model.cfg.head == "mixture":
+            h = model.features(context, context_ids)
+            pi = jax.nn.softmax(model.mix(h), axis=-1)  # f32[B, R]
+            return pi @ jnp.einsum("raj,j->ra", model.type_values(), lam)
+        if not any(model.binary):
+            h = model.features(context, context_ids)
+            J = len(model.reward_kinds)
+            kern = model.out.kernel[...].reshape(h.shape[1], model.n_actions, J)
+            bias = model.out.bias[...].reshape(model.n_actions, J)
+            return h @ jnp.einsum("haj,j->ha", kern, lam) + (bias @ lam)[None, :]
+    return kernels.scalarize_rows(model(context, context_ids), lam)
+
+
+def _serve(graphdef, W_AxK, k: int, fallback: int, fold: bool, method: str, params, lam_J,
+           batch: RequestBatch) -> ServeOutput:
     TRACE_COUNTS["serve"] += 1
+    if fold:
+        s = scalarized_q(nnx.merge(graphdef, params), lam_J, batch.context, batch.context_ids)
+        return kernels.serve_scores(s, W_AxK, batch.preds, batch.mask, k, fallback, method)
     q = q_values(graphdef, params, batch.context, batch.context_ids)
-    return kernels.serve_batch(q, lam_J, W_AxK, batch.preds, batch.mask, k, fallback)
+    return kernels.serve_batch(q, lam_J, W_AxK, batch.preds, batch.mask, k, fallback, method)
 
 
-def build_serve(graphdef, action_weights, cfg: ScoringConfig) -> Callable[..., ServeOutput]:
-    """One jitted program ``serve(params, lam f32[J], batch: RequestBatch) -> ServeOutput``:
-    context -> Q f32[B, A, J] -> scalarize -> select -> gather W -> re-weight all candidates ->
-    masked top-k (PRL-PUTS serving). graphdef and W f32[A, K] are closed over; params and lam
-    are traced (changing lambda never recompiles). Shapes are used as given: see ``Scorer``."""
+def _serve_parts(graphdef, action_weights, cfg: ScoringConfig, fold: bool, method: str):
     W = jnp.asarray(np.asarray(action_weights, np.float32))
     if not 0 <= cfg.fallback_action < W.shape[0]:
         raise ValueError(f"ScoringConfig.fallback_action: {cfg.fallback_action} outside [0, {W.shape[0]})")
-    return jax.jit(functools.partial(_serve, graphdef, W, cfg.top_k, cfg.fallback_action))
+    if method not in kernels.TOPK_METHODS:
+        raise ValueError(f"method: must be one of {kernels.TOPK_METHODS}, got {method!r}")
+    return functools.partial(_serve, graphdef, W, cfg.top_k, cfg.fallback_action, bool(fold),
+                             method)
+
+
+def build_serve(graphdef, action_weights, cfg: ScoringConfig, *, fold_lambda: bool = False,
+                method: str = "auto") -> Callable[..., ServeOutput]:
+    """One jitted program ``serve(params, lam f32[J], batch: RequestBatch) -> ServeOutput``:
+    context -> Q f32[B, A, J] -> scalarize -> select -> gather W -> re-weight all candidates ->
+    masked top-k (PRL-PUTS serving; ``kernels.serve_batch``, top-k ``method`` as in
+    ``kernels.rerank``). ``fold_lambda=True`` computes Q @ lam with lambda folded into the last
+    layer (``scalarized_q``: faster, but not the sweep's f32 arithmetic). graphdef and
+    W f32[A, K] are closed over; params and lam are traced (changing lambda or publishing new
+    parameters never recompiles). Shapes are used as given
+    (see ``Scorer``); ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
+    Outputs are small (f32/i32[B, k] at most, 1.7 MB at B = 8192, k = 25), so nothing is
+    donated: writing them into donated buffers measured within noise on the 2-core CPU (-4% to
+    +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays)."""
+    return jax.jit(_serve_parts(graphdef, action_weights, cfg, fold_lambda, method))
+
+
+def compile_latency_serve(model, action_weights, cfg: ScoringConfig, example: RequestBatch, *,
+                          fold_lambda: bool = False, method: str = "auto"):
+    """The serve pass compiled ahead of time for one request shape, parameters built in as
+    constants: ``compiled(lam f32[J], batch) -> ServeOutput`` for batches shaped exactly like
+    ``example`` (arrays or ``jax.ShapeDtypeStruct``; B = 1 for per-request serving).
+
+    For latency (B = 1): no parameter pytree to flatten per call (about 15 us on the 2-core CPU),
+    no tracing or cache lookup, and XLA sees the weights. lam stays a traced argument: changing
+    lambda never recompiles. Publishing new parameters means calling this again (it compiles,
+    once per shape). Neither lam nor the batch is validated here (``checks.check_lambda`` once
+    per operating policy; ``Scorer`` validates and pads). On CPU, the serving process should
+    also run ``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before its first
+    computation: otherwise every call hands the program to a worker thread and waits for it
+    (about +20-40 us at B = 1 measured on the 2-core CPU; a process-wide setting, so the library
+    does not make it).
+
+    model: an nnx.Module or a (graphdef, params) pair.
+    """
+    graphdef, params = split_model(model)
+    frozen = jax.tree.map(jnp.asarray, params)
+    serve = _serve_parts(graphdef, action_weights, cfg, fold_lambda, method)
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), example)
+    q = jax.eval_shape(lambda c, i: q_values(graphdef, frozen, c, i), spec.context,
+                       spec.context_ids)
+    lam = jax.ShapeDtypeStruct((q.shape[2],), jnp.float32)
+    return jax.jit(lambda lam_J, batch: serve(frozen, lam_J, batch)).lower(lam, spec).compile()
+
+
+def export_serve(model, action_weights, cfg: ScoringConfig, *,
+                 platforms: tuple[str, ...] = ("cpu", "cuda"), example: RequestBatch | None = None):
+    """The serve pass as one portable ``jax.export.Exported`` artifact for ``platforms``, with a
+    symbolic batch size ``b`` and a symbolic candidate count ``n >= cfg.top_k``, parameters and W
+    built in as constants (export again after publishing new parameters).
+
+    ``exp.call(lam f32[J], context f32[b, D], preds f32[b, n, K], mask bool[b, n]
+    [, context_ids i32[b, C]])`` returns the ServeOutput fields as a tuple (``ServeOutput(*...)``).
+    ``exp.serialize()`` gives bytes that ``jax.export.deserialize`` reads back anywhere (needs the
+    ``flatbuffers`` package). The artifact uses ``lax.top_k`` (``kernels.rerank(method="lax")``),
+    the portable top-k: same results as the CPU extraction path, ties included. D and C come
+    from a QNetwork (or from ``example``'s shapes, any batch size, for another model); K from W.
+    """
+    graphdef, params = split_model(model)
+    frozen = jax.tree.map(jnp.asarray, params)
+    W = np.asarray(action_weights, np.float32)
+    serve = _serve_parts(graphdef, W, cfg, False, "lax")
+    if example is not None:
+        D, C = example.context.shape[1], (None if example.context_ids is None
+                                         else example.context_ids.shape[1])
+    elif isinstance(nnx.merge(graphdef, frozen), QNetwork):
+        net = nnx.merge(graphdef, frozen)
+        D, C = net.context_dim, (len(net.cfg.id_vocab_sizes) or None)
+    else:
+        raise ValueError("export_serve: pass an example RequestBatch for a model that is not a "
+                         "QNetwork")
+    b, n = jax.export.symbolic_shape("b, n", constraints=(f"n >= {cfg.top_k}",))
+    q = jax.eval_shape(lambda c, i: q_values(graphdef, frozen, c, i),
+                       jax.ShapeDtypeStruct((1, D), jnp.float32),
+                       None if C is None else jax.ShapeDtypeStruct((1, C), jnp.int32))
+    specs = [jax.ShapeDtypeStruct((q.shape[2],), jnp.float32),
+             jax.ShapeDtypeStruct((b, D), jnp.float32),
+             jax.ShapeDtypeStruct((b, n, W.shape[1]), jnp.float32),
+             jax.ShapeDtypeStruct((b, n), jnp.bool_)]
+    if C is not None:
+        specs.append(jax.ShapeDtypeStruct((b, C), jnp.int32))
+
+    def fn(lam, context, preds, mask, context_ids=None):
+        return tuple(serve(frozen, lam, RequestBatch(context, preds, mask, None, context_ids)))
+
+    return jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
 
 
 def _bucket(size: int, buckets: tuple[int, ...]) -> int:
@@ -162,95 +287,139 @@ def _q_logged(q_BxAxJ, action_B) -> jax.Array:
     return jnp.where((a >= 0)[:, None], got, 0.0)
 
 
-def _policy_terms(q_BxAxJ, lam_J, consistent_BxA, policy: str, policy_param, fallback: int):
-    """Target probability of the logged decision f32[B] and qhat(x, pi) f32[B, J] for one lambda."""
-    s_BxA = jnp.einsum("baj,j->ba", q_BxAxJ, lam_J.astype(jnp.float32))
-    if policy == "greedy":
-        a, _ = jax.vmap(kernels.select_from_scores, (0, None))(s_BxA, fallback)
-        pi = jnp.take_along_axis(consistent_BxA, a[:, None], axis=1)[:, 0].astype(jnp.float32)
-        qp = jnp.take_along_axis(q_BxAxJ, a[:, None, None], axis=1)[:, 0]
-        return pi, qp
-    probs = jax.vmap(ope.policy_probs, (0, None, None, None))(s_BxA, policy, policy_param, fallback)
-    return jax.vmap(ope.target_prob)(probs, consistent_BxA), jnp.einsum("ba,baj->bj", probs, q_BxAxJ)
+def _greedy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, fallback: int):
+    """Greedy target of every lambda: pi(logged decision) f32[B, L] = consistent[b, a*] and
+    qhat(x, pi) f32[B, L, J] = q[b, a*] (a* = ``kernels.sweep_select``: exact gathers)."""
+    a = kernels.sweep_select(q_BxAxJ, lams_LxJ, fallback)
+    pi = jnp.take_along_axis(consistent_BxA, a, axis=1).astype(jnp.float32)
+    qp = jnp.stack([jnp.take_along_axis(q_BxAxJ[:, :, j], a, axis=1)
+                    for j in range(q_BxAxJ.shape[2])], axis=-1)
+    return pi, qp
 
 
-def _map_policies(rows_fn, xs, batch_size: int, n_resamples: int, key, first_row,
-                  moments: bool = False):
-    """``lax.map`` of ``rows_fn`` (one policy -> per-row EstimatorStats, leading B) over the
-    policies ``xs`` in chunks of ``batch_size``: summed stats per policy, and with n_resamples > 0
-    also the Poisson-bootstrap sums of the same rows (``bootstrap.resample_stats``; with
-    ``moments`` their second moments too, for per-resample standard errors)."""
-    def one(x):
-        rows = rows_fn(x)
-        return ope.sum_rows(rows), (bootstrap.row_terms(rows, moments) if n_resamples else None)
+def _policy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, policy: str, param, fallback: int):
+    """pi(logged decision) f32[B, L] and qhat(x, pi) f32[B, L, J] of every lambda's target policy
+    (``ope.policy_probs``) on one block of rows."""
+    if policy != "softmax":
+        pi, qp = _greedy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, fallback)
+        if policy == "greedy":
+            return pi, qp
+        eps = jnp.asarray(param, jnp.float32)  # (1 - eps) greedy + eps uniform
+        A = q_BxAxJ.shape[1]
+        n_cons = jnp.sum(consistent_BxA, axis=1, dtype=jnp.float32)[:, None]
+        q_mean = jnp.sum(q_BxAxJ, axis=1)[:, None, :]
+        return (1.0 - eps) * pi + eps / A * n_cons, (1.0 - eps) * qp + eps / A * q_mean
+    s = jnp.einsum("baj,lj->bal", q_BxAxJ, lams_LxJ.astype(jnp.float32))  # [rows, A, L]
+    bad = ~jnp.all(jnp.isfinite(s), axis=1, keepdims=True)
+    soft = jax.nn.softmax(jnp.where(bad, 0.0, s) / jnp.asarray(param, jnp.float32), axis=1)
+    one_hot = (lax.broadcasted_iota(jnp.int32, s.shape, 1) == fallback).astype(jnp.float32)
+    probs = jnp.where(bad, one_hot, soft)
+    pi = jnp.sum(jnp.where(consistent_BxA[:, :, None], probs, 0.0), axis=1)
+    return pi, jnp.einsum("bal,baj->blj", probs, q_BxAxJ)
 
-    stats, terms = lax.map(one, xs, batch_size=batch_size)
+
+_SWEEP_BLOCK_ELEMS = 1 << 17  # f32[rows, L] temporaries of the sweep ([rows, A, L] for softmax)
+
+
+def _sweep_block_rows(B: int, L: int, A: int, policy: str) -> int:
+    """Rows per block: a power of two with rows * L (* A for softmax) <= _SWEEP_BLOCK_ELEMS,
+    8 <= rows <= 4096, and no more than B needs."""
+    budget = _SWEEP_BLOCK_ELEMS // (A if policy == "softmax" else 1)
+    rows = 1 << max(3, (budget // max(L, 1)).bit_length() - 1)
+    return min(rows, 4096, 1 << max(B - 1, 0).bit_length())
+
+
+def _pad_logged(lb: LoggedBatch, rows: int) -> LoggedBatch:
+    """Pad to ``rows`` with padding rows (valid False, propensity 1, everything else 0)."""
+    pad = rows - lb.action.shape[0]
+    if not pad:
+        return lb
+    return LoggedBatch(*(None if x is None else jnp.pad(
+        x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=1 if f == "propensity" else 0)
+        for f, x in zip(LoggedBatch._fields, lb)))
+
+
+def _key_u32(key, n_resamples: int):
+    """u32[2] threefry key data of a traced ``jax.random.key`` (or raw u32[2] key data)."""
     if not n_resamples:
-        return stats
-    return stats, bootstrap.resample_stats(key, first_row, terms, n_resamples)
-
-
-def _sweep(graphdef, lambda_chunk: int, policy: str, fallback: int, floor, with_dr: bool,
-           n_resamples: int, params, lams_LxJ, logged: LoggedBatch, policy_param, key, first_row):
-    TRACE_COUNTS["sweep"] += 1
-    q = q_values(graphdef, params, logged.context, logged.context_ids)  # once per chunk
-    ql = _q_logged(q, logged.action)
-
-    def one_lambda(lam_J):
-        pi, qp = _policy_terms(q, lam_J, logged.consistent, policy, policy_param, fallback)
-        return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid,
-                              qp if with_dr else None, ql if with_dr else None, floor=floor)
-
-    # lax.map over chunks of lambdas: [lambda_chunk, B, A] temporaries, never [L, B, A].
-    return _map_policies(one_lambda, lams_LxJ, lambda_chunk, n_resamples, key, first_row,
-                         moments=True)
-
-
-def _boot_args(n_resamples: int, key, first_row: int):
-    """Traced (u32[2] key data, u32 first row) for a program; zeros when there is no bootstrap.
-    Bootstrap draws index rows in uint32: a log of at most 2^32 rows."""
-    if not n_resamples:
-        return jnp.zeros(2, jnp.uint32), jnp.uint32(0)
+        return jnp.zeros(2, jnp.uint32)
     if key is None:
         raise checks.InputError("key", [], "a bootstrap needs an explicit key")
-    if not 0 <= int(first_row) < 2 ** 32:
-        raise checks.InputError("first_row", [], f"{first_row} outside [0, 2^32): bootstrap "
-                                "draws index rows in uint32")
-    return jnp.asarray(bootstrap.key_data(key)), jnp.uint32(first_row)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    if key.shape != (2,) or key.dtype != jnp.uint32:
+        raise checks.InputError("key", [], "expected a threefry key (u32[2] data), got "
+                                f"{key.dtype}{list(key.shape)}")
+    return key
+
+
+def _sweep(graphdef, policy: str, fallback: int, floor, with_dr: bool, n_resamples: int,
+           params, lams_LxJ, logged: LoggedBatch, policy_param=0.0, key=None, first_row=0):
+    TRACE_COUNTS["sweep"] += 1
+    key_u32 = _key_u32(key, n_resamples)
+    q = q_values(graphdef, params, logged.context, logged.context_ids)  # once per chunk
+    ql = _q_logged(q, logged.action)
+    B, A, _ = q.shape
+    L = lams_LxJ.shape[0]
+    rows = _sweep_block_rows(B, L, A, policy)
+    nb = -(-B // rows)
+    lb = _pad_logged(logged, nb * rows)
+    pad = nb * rows - B
+    q, ql = (jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in (q, ql))
+    lams = lams_LxJ.astype(jnp.float32)
+
+    def block(xs):  # rows of every lambda: EstimatorStats f[rows, L] / f[rows, L, J]
+        q_b, ql_b, lb_b = xs
+        pi, qp = _policy_rows(q_b, lams, lb_b.consistent, policy, policy_param, fallback)
+        out = ope.lambda_rows_stats(pi, lb_b.propensity, lb_b.rewards, lb_b.valid,
+                                    qp if with_dr else None, ql_b if with_dr else None,
+                                    floor=floor)
+        return out if n_resamples else ope.sum_rows(out)
+
+    split = lambda x: x.reshape((nb, rows) + x.shape[1:])  # noqa: E731
+    out = lax.map(block, (split(q), split(ql), jax.tree.map(split, lb)))
+    if not n_resamples:
+        return ope.sum_rows(out)  # f32 sums of the blocks' sums
+    per_row = jax.tree.map(lambda x: x.reshape((nb * rows,) + x.shape[2:])[:B], out)
+    terms = bootstrap.row_terms(per_row, moments=True)
+    terms = terms._replace(n=terms.n[:, 0])  # the same for every lambda
+    return ope.sum_rows(per_row), bootstrap.resample_sums(
+        key_u32, jnp.asarray(first_row).astype(jnp.uint32), terms, n_resamples)
 
 
 @functools.lru_cache(maxsize=32)
 def build_sweep(graphdef, cfg: SweepConfig, policy: str = "greedy", fallback_action: int = 0,
                 propensity_floor: float | None = None, with_dr: bool = True,
                 n_resamples: int = 0) -> Callable:
-    """One jitted program ``sweep_chunk(params, lams f32[L, J], logged: LoggedBatch,
+    """One jitted program ``sweep(params, lams f32[L, J], logged: LoggedBatch,
     policy_param=0.0, key=None, first_row=0) -> EstimatorStats`` with a leading L axis (f32 sums,
-    i32 counts).
+    i32 counts); ``sweep.lower(...).compile()`` compiles ahead of time (memory analysis
+    included).
 
-    Q is computed once per chunk, then ``lax.map`` over lambda chunks of ``cfg.lambda_chunk``
-    (bounded memory). policy: "greedy" (PRL-PUTS target), "epsilon_greedy" or "softmax"
-    (policy_param = epsilon / temperature, traced). DM/DR use the Q-network itself as the reward
-    model qhat (Dudik et al. 2011); ``with_dr=False`` leaves those fields None. With
-    ``n_resamples`` R > 0 the program returns ``(EstimatorStats, BootstrapStats)``, the second
-    with [R, L, ...] Poisson-bootstrap sums of the same rows, second moments included (the
-    bootstrap-t band over the frontier needs them; ``puts_jax.bootstrap``): ``key`` a threefry
-    key, ``first_row`` the chunk's first row index in the log (both traced).
-    Cached per arguments, so repeated evaluations reuse the compiled program.
+    Q f32[B, A, J] is computed once per chunk; then, on blocks of rows (a power of two with
+    rows * L <= 2^17, so temporaries are f32[rows, L], bounded whatever B and L), every lambda's
+    target policy at once (greedy: ``kernels.sweep_select``, one running argmax over the actions
+    with the lambdas in the vector lanes) and the estimator terms on [rows, L] arrays
+    (``ope.lambda_rows_stats``), summed per block. ``cfg`` is part of the cache key only: the
+    sweep no longer chunks lambdas (``cfg.lambda_chunk`` is not used). policy: "greedy"
+    (PRL-PUTS target), "epsilon_greedy" or "softmax" (policy_param = epsilon / temperature,
+    traced; not validated here: ``evaluation.evaluate_log`` checks it). DM/DR use the Q-network
+    itself as the reward model qhat (Dudik et al. 2011); ``with_dr=False`` leaves those fields
+    None. With ``n_resamples`` R > 0 the program returns ``(EstimatorStats, BootstrapStats)``,
+    the second with [R, L, ...] Poisson-bootstrap sums of the same rows, second moments
+    included (the bootstrap-t band over the frontier needs them; ``puts_jax.bootstrap``): ``key``
+    a threefry ``jax.random.key`` (required), ``first_row`` the chunk's first row index in the
+    log (traced; ``np.uint32`` for logs beyond 2^31 rows). Cached per arguments, so repeated
+    evaluations reuse the compiled program.
     """
     if policy not in ope.POLICY_KINDS:
         raise ValueError(f"policy: must be one of {ope.POLICY_KINDS}, got {policy!r}")
-    fn = jax.jit(functools.partial(_sweep, graphdef, cfg.lambda_chunk, policy, fallback_action,
-                                   propensity_floor, with_dr, int(n_resamples)))
-
-    def sweep_chunk(params, lams, logged: LoggedBatch, policy_param=0.0, key=None, first_row=0):
-        _check_policy_param(policy, policy_param)
-        return fn(params, lams, logged, jnp.float32(policy_param),
-                  *_boot_args(n_resamples, key, first_row))
-
-    return sweep_chunk
+    return jax.jit(functools.partial(_sweep, graphdef, policy, fallback_action, propensity_floor,
+                                     with_dr, int(n_resamples)))
 
 
-def _check_policy_param(policy: str, param) -> None:
+def check_policy_param(policy: str, param) -> None:
+    """Host-side check of a sweep's policy parameter (epsilon in [0, 1], temperature > 0)."""
     if isinstance(param, jax.core.Tracer):
         return
     v = float(param)
@@ -260,9 +429,25 @@ def _check_policy_param(policy: str, param) -> None:
         raise checks.InputError("policy_param", [], f"softmax temperature must be > 0, got {v}")
 
 
-def _fixed(graphdef, floor, n_resamples: int, params, probs_PxA, logged: LoggedBatch, key,
-           first_row):
+def _map_policies(rows_fn, xs, n_resamples: int, key_u32, first_row):
+    """``lax.map`` of ``rows_fn`` (one policy -> per-row EstimatorStats, leading B) over the few
+    policies ``xs``: summed stats per policy, and with n_resamples > 0 also the Poisson-bootstrap
+    sums of the same rows (``bootstrap.resample_stats``, first moments)."""
+    def one(x):
+        rows = rows_fn(x)
+        return ope.sum_rows(rows), (bootstrap.row_terms(rows) if n_resamples else None)
+
+    stats, terms = lax.map(one, xs, batch_size=8)
+    if not n_resamples:
+        return stats
+    return stats, bootstrap.resample_stats(key_u32, jnp.asarray(first_row).astype(jnp.uint32),
+                                           terms, n_resamples)
+
+
+def _fixed(graphdef, floor, n_resamples: int, params, probs_PxA, logged: LoggedBatch, key=None,
+           first_row=0):
     TRACE_COUNTS["fixed"] += 1
+    key_u32 = _key_u32(key, n_resamples)
     qp = ql = q = None
     if graphdef is not None:
         q = q_values(graphdef, params, logged.context, logged.context_ids)
@@ -274,31 +459,26 @@ def _fixed(graphdef, floor, n_resamples: int, params, probs_PxA, logged: LoggedB
         return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid, qpol, ql,
                               floor=floor)
 
-    return _map_policies(one_policy, probs_PxA.astype(jnp.float32), 8, n_resamples, key,
+    return _map_policies(one_policy, probs_PxA.astype(jnp.float32), n_resamples, key_u32,
                          first_row)
-
-
-def _with_boot_args(fn, n_resamples: int) -> Callable:
-    def program(params, xs, logged: LoggedBatch, key=None, first_row=0):
-        return fn(params, xs, logged, *_boot_args(n_resamples, key, first_row))
-    return program
 
 
 @functools.lru_cache(maxsize=32)
 def build_fixed(graphdef=None, propensity_floor: float | None = None,
                 n_resamples: int = 0) -> Callable:
-    """One jitted program ``fixed_chunk(params, probs f32[P, A], logged, key=None, first_row=0)
+    """One jitted program ``fixed(params, probs f32[P, A], logged, key=None, first_row=0)
     -> EstimatorStats[P]`` for context-free policies (each a distribution over actions: a single
     global action is a one-hot, uniform logging is 1/A). With a graphdef, DM/DR use its Q as qhat;
-    without one (params ignored) those fields are None. ``n_resamples`` as in ``build_sweep``
-    (first moments only: percentile intervals, no per-resample standard errors)."""
-    fn = jax.jit(functools.partial(_fixed, graphdef, propensity_floor, int(n_resamples)))
-    return _with_boot_args(fn, n_resamples)
+    without one (params ignored) those fields are None. ``n_resamples``, ``key`` and
+    ``first_row`` as in ``build_sweep`` (first moments only: percentile intervals, no
+    per-resample standard errors)."""
+    return jax.jit(functools.partial(_fixed, graphdef, propensity_floor, int(n_resamples)))
 
 
-def _fixed_rows(graphdef, floor, n_resamples: int, params, actions_PxB, logged: LoggedBatch, key,
-                first_row):
+def _fixed_rows(graphdef, floor, n_resamples: int, params, actions_PxB, logged: LoggedBatch,
+                key=None, first_row=0):
     TRACE_COUNTS["fixed"] += 1
+    key_u32 = _key_u32(key, n_resamples)
     q = ql = None
     if graphdef is not None:
         q = q_values(graphdef, params, logged.context, logged.context_ids)
@@ -311,15 +491,14 @@ def _fixed_rows(graphdef, floor, n_resamples: int, params, actions_PxB, logged: 
         return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid, qp, ql,
                               floor=floor)
 
-    return _map_policies(one_policy, actions_PxB, 8, n_resamples, key, first_row)
+    return _map_policies(one_policy, actions_PxB, n_resamples, key_u32, first_row)
 
 
 @functools.lru_cache(maxsize=32)
 def build_fixed_rows(graphdef=None, propensity_floor: float | None = None,
                      n_resamples: int = 0) -> Callable:
-    """One jitted program ``rows_chunk(params, actions i32[P, B], logged, key=None, first_row=0)
-    -> EstimatorStats[P]`` for deterministic policies given as one action per row (e.g. a
-    contextual production policy's logged choice). DM/DR and ``n_resamples`` as in
+    """One jitted program ``fixed_rows(params, actions i32[P, B], logged, key=None,
+    first_row=0) -> EstimatorStats[P]`` for deterministic policies given as one action per row
+    (e.g. a contextual production policy's logged choice). DM/DR and ``n_resamples`` as in
     ``build_fixed``."""
-    fn = jax.jit(functools.partial(_fixed_rows, graphdef, propensity_floor, int(n_resamples)))
-    return _with_boot_args(fn, n_resamples)
+    return jax.jit(functools.partial(_fixed_rows, graphdef, propensity_floor, int(n_resamples)))

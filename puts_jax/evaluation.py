@@ -135,7 +135,8 @@ def _stream(chunks: Iterable, chunk_rows: int, floor, n_actions, programs, rewar
             size = min(chunk_rows, max(128, 1 << max(rows - 1, 0).bit_length()))
         for lo in range(0, max(rows, 1), size):
             piece = _pad_rows(jax.tree.map(lambda x: x[lo:lo + size], lb), size)
-            out = [prog(piece, offset + lo, min(size, rows - lo)) for prog in programs]
+            out = [prog(piece, _first_row(offset + lo), min(size, rows - lo))
+                   for prog in programs]
             if pending is not None:
                 merged = [_merge(m, s) for m, s in zip(merged, pending)]
             pending = out
@@ -144,6 +145,15 @@ def _stream(chunks: Iterable, chunk_rows: int, floor, n_actions, programs, rewar
         raise checks.InputError("chunks", [], "the log has no rows")
     merged = [_merge(m, s) for m, s in zip(merged, pending)]
     return merged, summary.kinds(reward_kinds, J), summary.constant_propensity()
+
+
+def _first_row(first: int) -> np.uint32:
+    """A piece's first row index for the programs: uint32 (bootstrap draws index rows in uint32;
+    the programs take it traced, so every piece shares one compilation)."""
+    if not 0 <= first < 2 ** 32:
+        raise checks.InputError("first_row", [], f"{first} outside [0, 2^32): bootstrap draws "
+                                "index rows in uint32")
+    return np.uint32(first)
 
 
 def _check_bootstrap(bootstrap: int, key) -> int:
@@ -155,6 +165,8 @@ def _check_bootstrap(bootstrap: int, key) -> int:
     if R and key is None:
         raise checks.InputError("key", [], "a bootstrap needs an explicit key, e.g. "
                                 "jax.random.key(seed)")
+    if R:
+        boot_lib.key_data(key)  # a threefry key: names the problem before any compilation
     return R
 
 
@@ -194,8 +206,10 @@ def evaluate_log(model, lams, chunks: Iterable, cfg: SweepConfig, *,
     graphdef, params = engine.split_model(model)
     lams = checks.check_lambda(np.asarray(lams, np.float32))
     lams = jnp.asarray(lams.reshape(-1, lams.shape[-1]))
+    engine.check_policy_param(policy, policy_param)
     sweep = engine.build_sweep(graphdef, cfg, policy, fallback_action, propensity_floor, with_dr, R)
-    programs = [lambda lb, first, _: sweep(params, lams, lb, policy_param, key, first)]
+    param = np.float32(policy_param)
+    programs = [lambda lb, first, _: sweep(params, lams, lb, param, key, first)]
     if baselines is not None:
         fixed = engine.build_fixed(graphdef if with_dr else None, propensity_floor, R)
         probs = jnp.asarray(np.asarray(baselines, np.float32))

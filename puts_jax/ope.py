@@ -21,7 +21,8 @@ naming the rows unless an explicit, documented ``floor`` is given, in which case
 floor). A row the target policy never takes (pi = 0) contributes exactly 0 whatever its propensity.
 Accumulation is f32 (counts i32) on device whatever the input dtype, f64 on the host (P2).
 
-The statistics are plain sums so they stream over chunks and add a policy axis by vmap; the
+The statistics are plain sums so they stream over chunks and add a policy axis by vmap
+(``lambda_rows_stats``: every lambda of a sweep on the same rows, [B, L] layout); the
 Poisson bootstrap (``puts_jax.bootstrap``) weights the per-row terms (``rows_stats``) with per-row
 multiplicities and adds a resample axis R the same way.
 """
@@ -129,6 +130,25 @@ def rows_stats(pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ=None, qhat_
     weights these terms per resample, ``puts_jax.bootstrap``)."""
     return jax.vmap(lambda *a: row_stats(*a, floor=floor))(
         pi_B, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxJ, qhat_logged_BxJ)
+
+
+def lambda_rows_stats(pi_BxL, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxLxJ=None,
+                      qhat_logged_BxJ=None, floor: float | None = None) -> EstimatorStats:
+    """``row_stats`` of L target policies on the same rows, in the [B, L] layout (rows major,
+    policies minor): every field f[B, L] or f[B, L, J], unsummed (``sum_rows`` gives [L] stats).
+
+    pi_BxL: target probability of each row's logged decision under each policy;
+    qhat_pi_BxLxJ: optional qhat(x, pi) per policy; the other arguments as in ``row_stats``.
+    The terms are the same elementwise formulas as ``rows_stats``; on XLA:CPU the sums over B
+    of [B, L] arrays run about 3x faster than ``chunk_stats`` per policy (the L policies of a
+    row sit in the vector lanes).
+    """
+    def one_row(pi_L, p, r_J, v, qp_LxJ, ql_J):
+        return jax.vmap(lambda pi, qp: row_stats(pi, p, r_J, v, qp, ql_J, floor=floor))(
+            pi_L, qp_LxJ)
+
+    return jax.vmap(one_row)(pi_BxL, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxLxJ,
+                             qhat_logged_BxJ)
 
 
 def sum_rows(per_row: EstimatorStats) -> EstimatorStats:

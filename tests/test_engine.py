@@ -223,3 +223,69 @@ def test_stochastic_sweep_matches_ope_and_validates_param(model):
     assert not ev.estimates.exact_defined.any()  # stochastic target: no exact interval
     with pytest.raises(InputError, match="temperature must be > 0"):
         evaluation.evaluate_log(model, lams, [lb], cfg, policy="softmax", policy_param=0.0)
+
+
+@pytest.mark.parametrize("head,kinds,feats", [
+    ("mixture", KINDS, False), ("mixture", KINDS, True), ("per_action", ("real", "real"), False),
+    ("per_action", KINDS, False)])
+def test_serve_with_lambda_folded_matches_reference(head, kinds, feats):
+    """Lambda folded into the last layer (mixture head; per-action head with identity links)
+    gives the reference's actions and top-k; duplicate actions stay exact ties (lowest index)."""
+    W = _weights()
+    feat = np.concatenate([W, W[:1]]) if feats else None  # action 8 duplicates action 0
+    n_act = A + 1 if feats else A
+    Wn = np.concatenate([W, W[:1]]) if feats else W
+    m = QNetwork(QNetConfig(hidden=(16,), head=head, n_components=4), D, n_act, kinds,
+                 rngs=nnx.Rngs(3), action_features=feat)
+    graphdef, params = nnx.split(m)
+    batch = _requests(300, seed=4)
+    q = _q(m, batch.context)
+    for lam in (np.array([0.3, 0.7], np.float32), np.array([1.0, 0.0], np.float32)):
+        want = reference.serve(q, lam, Wn, batch.preds, batch.mask, 6)
+        for fold in (True, False):
+            serve = engine.build_serve(graphdef, Wn, ScoringConfig(top_k=6), fold_lambda=fold)
+            _assert_serve_equal(jax.device_get(serve(params, lam, batch)), want)
+    if feats:
+        assert (want.action != A).all()  # the duplicate of action 0 is never chosen
+
+
+def test_latency_serve_is_compiled_once_lambda_traced_params_constant(model):
+    """compile_latency_serve: AOT for one shape, parameters as constants, lambda traced."""
+    cfg = ScoringConfig(top_k=5)
+    one = _requests(1, seed=8)
+    start = engine.TRACE_COUNTS["serve"]
+    fn = engine.compile_latency_serve(model, _weights(), cfg, one)
+    assert engine.TRACE_COUNTS["serve"] - start == 1
+    for a in (0.0, 0.3, 1.0):
+        lam = np.array([a, 1 - a], np.float32)
+        got = jax.device_get(fn(lam, one))
+        _assert_serve_equal(got, reference.serve(_q(model, one.context), lam, _weights(),
+                                                 one.preds, one.mask, 5))
+    assert engine.TRACE_COUNTS["serve"] - start == 1  # new lambdas: no tracing, no compiling
+    with pytest.raises(TypeError):
+        fn(np.array([0.5, 0.5], np.float32), _requests(2))  # compiled for B = 1 only
+    other = QNetwork(QNetConfig.tiny(), D, A, KINDS, rngs=nnx.Rngs(5))
+    fn2 = engine.compile_latency_serve(nnx.split(other), _weights(), cfg, one)  # new params
+    lam = np.array([0.5, 0.5], np.float32)
+    _assert_serve_equal(jax.device_get(fn2(lam, one)), reference.serve(
+        _q(other, one.context), lam, _weights(), one.preds, one.mask, 5))
+
+
+def test_sweep_program_compiles_ahead_of_time_with_bounded_memory(model):
+    """build_sweep returns the jitted program: AOT compilation, memory analysis, same result;
+    its scratch memory does not grow with L * B * A (rows are blocked)."""
+    graphdef, params = nnx.split(model)
+    lb = _log(1000, seed=2)  # not a power of two: padded to whole row blocks inside
+    lams = np.stack([np.linspace(0, 1, 301), 1 - np.linspace(0, 1, 301)], 1).astype(np.float32)
+    sweep = engine.build_sweep(graphdef, SweepConfig())
+    compiled = sweep.lower(params, lams, lb).compile()
+    st = compiled(params, lams, lb)
+    np.testing.assert_array_equal(st.sum_wr, sweep(params, lams, lb).sum_wr)
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    big = sweep.lower(params, lams, _log(8000, seed=3)).compile().memory_analysis()
+    assert big.temp_size_in_bytes < 1.5 * temp  # 8x the rows, about the same scratch memory
+    assert big.temp_size_in_bytes < 8000 * 301 * A * 4 / 8  # far below one f32[B, L, A]
+    ref = _reference_sweep(model, lb, lams[::50])
+    for i, r in zip(range(0, 301, 50), ref):
+        assert int(st.matched[i]) == r["matched"] and int(st.n[i]) == 1000
+        np.testing.assert_allclose(st.sum_wr[i] / 1000, r["ips"], rtol=2e-5)

@@ -107,3 +107,80 @@ def test_rank_checks_name_the_argument():
         kernels.select_action(jnp.zeros((4, 2)), jnp.ones(2) / 2, 5)
     with pytest.raises(ValueError, match="mask_N"):
         kernels.masked_top_k(jnp.zeros(3), jnp.ones((3, 1), bool), 2)
+
+
+@pytest.mark.parametrize("N,k", [(20, 5), (40, 25), (7, 10), (13, 13)])
+def test_extract_top_k_matches_reference_ties_zeros_and_short_rows(N, k):
+    """The extraction top-k gives reference.masked_top_k's order: ties to the lowest index,
+    -0.0 equal to 0.0, -inf last (indices past the real ones are ignored)."""
+    rng = np.random.default_rng(N)
+    s = _quantized(rng, (70, N), 2)  # values in {-1, -0.5, 0, 0.5, 1}: ties everywhere
+    s[0] = -0.0
+    s[1, ::2] = 0.0
+    s[2] = np.sort(s[2])[::-1]  # sorted rows: every top entry in the first groups
+    s[3, 3:] = -np.inf  # fewer real entries than k
+    s[4] = -np.inf
+    val, idx = jax.jit(kernels.extract_top_k, static_argnums=1)(s, k)
+    for b in range(len(s)):
+        ridx, rval = reference.masked_top_k(s[b], np.isfinite(s[b]), k)
+        real = ridx >= 0
+        np.testing.assert_array_equal(np.asarray(idx)[b][real], ridx[real], err_msg=f"row {b}")
+        np.testing.assert_array_equal(np.asarray(val)[b], rval.astype(np.float32))
+
+
+@pytest.mark.parametrize("method", ["extract", "lax", "auto"])
+def test_rerank_methods_match_per_example_kernels_and_reference(method):
+    """rerank (re-weight + mask + top-k, blocked extraction or lax.top_k) equals reweight and
+    masked_top_k vmapped and the numpy oracle, with ties, padding, NaN/inf and short rows;
+    B = 150 is not a multiple of the row block (padded rows are cut)."""
+    q, lam, W, preds, mask = _serve_inputs(B=150, N=21)
+    preds[7, 2, :] = -0.0  # a -0.0 score ties with 0.0 scores
+    action = np.asarray(jax.vmap(kernels.select_action, (0, None, None))(q, lam, 2))
+    w = W[action]
+    idx, val, bad = jax.jit(kernels.rerank, static_argnums=(3, 4))(preds, w, mask, 6, method)
+    scores = jax.vmap(kernels.reweight)(preds, w)
+    vidx, vval = jax.vmap(kernels.masked_top_k, (0, 0, None))(scores, mask, 6)
+    np.testing.assert_array_equal(idx, vidx)
+    np.testing.assert_array_equal(val, vval)
+    want = reference.serve(q, lam, W, preds, mask, 6, fallback=2)
+    np.testing.assert_array_equal(idx, want.topk_index)
+    np.testing.assert_allclose(val, want.topk_score, rtol=1e-6)
+    np.testing.assert_array_equal(bad, want.n_nonfinite)
+    with pytest.raises(ValueError, match="method: must be one of"):
+        kernels.rerank(preds, w, mask, 6, "sort")
+
+
+def test_rerank_auto_uses_the_extraction_on_cpu_for_large_batches():
+    shapes = [jax.ShapeDtypeStruct(s, d) for s, d in (((256, 40, 3), jnp.float32),
+                                                      ((256, 3), jnp.float32),
+                                                      ((256, 40), jnp.bool_))]
+    big = jax.jit(lambda p, w, m: kernels.rerank(p, w, m, 5)).lower(*shapes).as_text()
+    assert "top_k" not in big and "while" in big
+    small = [jax.ShapeDtypeStruct((4,) + s.shape[1:], s.dtype) for s in shapes]
+    assert "top_k" in jax.jit(lambda p, w, m: kernels.rerank(p, w, m, 5)).lower(*small).as_text()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value")
+def test_sweep_select_matches_reference_with_ties_nonfinite_and_zero_weights():
+    q, *_ = _serve_inputs(B=40)
+    q[11, 5, 1] = -np.inf  # with lambda_1 = 0: 0 * -inf is NaN -> fallback
+    lams = np.stack([np.linspace(0, 1, 9), 1 - np.linspace(0, 1, 9)], 1).astype(np.float32)
+    got = jax.jit(kernels.sweep_select, static_argnums=2)(q, lams, 3)
+    want = reference.sweep_actions(q, lams, 3).T
+    np.testing.assert_array_equal(got, want)
+    assert (np.asarray(got)[[7, 9, 11]] == 3).all()
+    many = np.repeat(q, 20, axis=1)[:, :130]  # A = 130 > the unrolled limit: fori_loop form
+    np.testing.assert_array_equal(kernels.sweep_select(many, lams, 3),
+                                  reference.sweep_actions(many, lams, 3).T)
+
+
+def test_serve_and_sweep_scalarize_alike_bit_for_bit():
+    """Serving and the sweep pick the same action for the same lambda (same f32 arithmetic),
+    on random Q with near-ties well inside f32 rounding."""
+    rng = np.random.default_rng(5)
+    q = (1.0 + 1e-7 * rng.integers(0, 4, (4000, 16, 3))).astype(np.float32)
+    lams = rng.dirichlet(np.ones(3), 7).astype(np.float32)
+    sweep = np.asarray(jax.jit(kernels.sweep_select)(q, lams))
+    for i, lam in enumerate(lams):
+        s = jax.jit(kernels.scalarize_rows)(q, lam)
+        np.testing.assert_array_equal(np.asarray(kernels.first_argmax_rows(s, 0)[0]), sweep[:, i])
