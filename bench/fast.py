@@ -9,7 +9,8 @@ What differs from ``kernels.serve_batch`` (each measured in the serve suite):
 * the masked top-k on the whole [B, N] block with one ``lax.top_k`` call (no vmap, one
   ``where`` for mask and finiteness);
 * ``const_params``: the parameters closed over as compile-time constants (B = 1 latency: fewer
-  arguments to marshal per call, and XLA can fold them into the matmuls);
+  arguments to marshal per call, and XLA can fold them into the matmuls; adopted as
+  ``engine.compile_latency_serve``);
 * ``tail``: ``bench.native`` replacements through the XLA FFI: an exact native top-k
   (group-maximum threshold, then a sort of the few survivors) in place of XLA:CPU's
   partial_sort TopK, or the whole re-weight + mask + top-k in one native pass over preds.
@@ -153,26 +154,12 @@ def tail_rerank_ffi(preds_BxNxK, w_BxK, mask_BxN, k: int):
 
 
 def _lambda_sums(pi_BxL, qp_BxLxJ, ql_BxJ, logged):
-    """EstimatorStats[L] of ``ope.row_stats`` summed over rows, written on [B, L] arrays (rows
-    major, lambdas minor: the sums over B are lane-parallel; ``ope.chunk_stats`` vmapped over L
-    measured 3x slower). Same fields and f32 sums (i32 counts) as the engine's sweep."""
-    from puts_jax.types import EstimatorStats
+    """EstimatorStats[L] summed over rows from [B, L] arrays: the library's
+    ``ope.lambda_rows_stats`` (adopted from this file) and ``ope.sum_rows``."""
+    from puts_jax import ope
 
-    valid = logged.valid[:, None]
-    r = jnp.where(logged.valid[:, None], logged.rewards.astype(jnp.float32), 0.0)[:, None, :]
-    p = logged.propensity.astype(jnp.float32)[:, None]
-    hit = valid & (pi_BxL > 0)
-    w = jnp.where(hit, pi_BxL / jnp.where(hit, p, 1.0), 0.0)  # [B, L]
-    wr = w[:, :, None] * r
-    qp = jnp.where(valid[:, :, None], qp_BxLxJ, 0.0)
-    ql = jnp.where(logged.valid[:, None], ql_BxJ, 0.0)[:, None, :]
-    dr = qp + w[:, :, None] * (r - ql)
-    s = lambda x: jnp.sum(x, axis=0)  # noqa: E731
-    n = jnp.broadcast_to(jnp.sum(logged.valid, dtype=jnp.int32), (pi_BxL.shape[1],))
-    return EstimatorStats(n=n, matched=jnp.sum(hit, axis=0, dtype=jnp.int32), sum_w=s(w),
-                          sum_w2=s(w * w), sum_wr=s(wr), sum_w2r=s(w[:, :, None] * wr),
-                          sum_w2r2=s(wr * wr), sum_match_r=s(jnp.where(hit[:, :, None], r, 0.0)),
-                          sum_dm=s(qp), sum_dr=s(dr), sum_dr2=s(dr * dr))
+    return ope.sum_rows(ope.lambda_rows_stats(pi_BxL, logged.propensity, logged.rewards,
+                                              logged.valid, qp_BxLxJ, ql_BxJ))
 
 
 def native_sweep(graphdef, fallback: int = 0):

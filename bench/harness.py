@@ -263,7 +263,9 @@ def device_info() -> dict[str, Any]:
         "versions": {m: _version(m) for m in ("jax", "jaxlib", "flax", "optax", "numpy", "torch",
                                                "puts_jax")},
         "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OPENBLAS_NUM_THREADS",
-                                               "OMP_NUM_THREADS", "JAX_PLATFORMS")},
+                                               "OMP_NUM_THREADS", "JAX_PLATFORMS",
+                                               "BENCH_ASYNC_DISPATCH")},
+        "cpu_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
         "git_commit": _git_commit(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

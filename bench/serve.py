@@ -24,7 +24,9 @@ from bench import baselines, fast, harness, native, roofline, variants, workload
 from bench.report import Report
 
 BATCHES = (1, 64, 1024, 8192)
-EXPERIMENTS = ("fused_exp", "fused_exp_ffi", "fused_exp_rerank")  # bench.fast candidates
+# library options (engine.build_serve(fold_lambda=True), engine.compile_latency_serve) and the
+# bench.fast / bench.native candidates
+EXPERIMENTS = ("fused_fold", "fused_latency", "fused_exp", "fused_exp_ffi", "fused_exp_rerank")
 
 
 def _np(out: Any) -> dict[str, np.ndarray]:
@@ -51,20 +53,32 @@ def _budget(quick: bool, B: int) -> tuple[int, float]:
     return 5, (0.6 if B < 1024 else 1.5)
 
 
+def _latency_compiled(ctx: dict[str, Any], s: workload.Shapes, batch) -> harness.Compiled:
+    """``engine.compile_latency_serve`` (AOT, parameters as constants), its compile time."""
+    t0 = time.perf_counter()
+    fn = variants.latency_serve((ctx["graphdef"], ctx["params"]), ctx["W"], s.top_k, batch)
+    mem = fn.memory_analysis()
+    return harness.Compiled(fn=fn, lower_s=0.0, compile_s=time.perf_counter() - t0,
+                            temp_bytes=None if mem is None else int(mem.temp_size_in_bytes),
+                            cost=None)
+
+
 def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick: bool,
              roof: roofline.Roofline) -> None:
     arr = workload.request_arrays(s, B)
     batch = jax.device_put(variants.to_request_batch(arr))  # resident (zero-copy on CPU)
     params, lam, lam_np = ctx["params"], ctx["lam"], ctx["lam_np"]
     comp = {"fused": harness.aot_compile(ctx["fused"], params, lam, batch),
-            "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch),
-            "fused_exp_const": harness.aot_compile(ctx["fused_const"], lam, batch)}
+            "fused_fold": harness.aot_compile(ctx["fused_fold"], params, lam, batch),
+            "fused_latency": _latency_compiled(ctx, s, batch),
+            "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch)}
     for name in ("fused_exp_ffi", "fused_exp_rerank"):
         if ctx.get(name) is not None:
             comp[name] = harness.aot_compile(ctx[name], params, lam, batch)
     calls = {"fused": lambda: comp["fused"].fn(params, lam, batch),
              "fused_exp": lambda: comp["fused_exp"].fn(params, lam, batch),
-             "fused_exp_const": lambda: comp["fused_exp_const"].fn(lam, batch),
+             "fused_fold": lambda: comp["fused_fold"].fn(params, lam, batch),
+             "fused_latency": lambda: comp["fused_latency"].fn(lam, batch),
              "unfused_jax": lambda: ctx["unfused"](params, lam, arr),
              "numpy": lambda: baselines.numpy_serve(ctx["np_params"], ctx["W"], lam_np, arr,
                                                     s.top_k)}
@@ -110,7 +124,7 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
             if exp in med:
                 rep.ratio(f"B=8192 {exp} fraction of roofline", roof.fraction(med[exp], cost), 0.45)
     if B == 1:
-        for name in ("fused", "fused_exp_const", "fused_exp_ffi", "fused_exp_rerank"):
+        for name in ("fused", "fused_latency", "fused_exp_ffi", "fused_exp_rerank"):
             if name not in samples:
                 continue
             summ = harness.Summary.of(samples[name])
@@ -150,6 +164,14 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
             kernels.masked_top_k, (0, 0, None))(u, m, k)), (u, batch.mask)),
         "lax.top_k alone": (jax.jit(lambda u: lax.top_k(u, k)), (u,)),
     }
+    tail_args = (batch.preds, w, batch.mask)
+    stages["tail: kernels.rerank (extract top-k, blocked)"] = (
+        jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "extract")), tail_args)
+    stages["tail: kernels.rerank (lax.top_k)"] = (
+        jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "lax")), tail_args)
+    stages["kernels.extract_top_k alone (64-row blocks)"] = (jax.jit(
+        lambda u: kernels._blocked(lambda x: kernels.extract_top_k(x, k), kernels.TAIL_BLOCK, u)),
+        (u,))
     stages["tail: reweight+mask+top_k (fast.py, XLA)"] = (
         jax.jit(lambda p, w, m: fast.serve_math_topk(p, w, m, k)), (batch.preds, w, batch.mask))
     if native.available():
@@ -242,7 +264,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     ctx = {"params": params, "W": W, "graphdef": graphdef,
            "lam_np": np.array([0.5, 0.5], np.float32),
            "fused": fused, "fused_exp": fast.fast_serve(graphdef, W, s.top_k),
-           "fused_const": fast.const_params(graphdef, params, W, s.top_k),
+           "fused_fold": variants.fold_serve(graphdef, W, s.top_k),
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),
            "np_params": workload.numpy_params(model)}
     ctx["lam"] = jnp.asarray(ctx["lam_np"])

@@ -1,8 +1,9 @@
 """Sweep suite: the Pareto sweep over L = 101 lambdas with the estimators (IPS, SNIPS, DM, DR).
 
 Variants, on the same logged chunk:
-  fused             ``engine.build_sweep``: Q once, ``lax.map`` over chunks of 8 lambdas,
-                    estimators in the same pass (one call).
+  fused             ``engine.build_sweep``: Q once, then blocks of rows with every lambda at
+                    once (``kernels.sweep_select``: a running argmax over actions, lambdas in
+                    the vector lanes) and the estimator sums on [rows, L] arrays (one call).
   fused_exp         ``bench.fast.fast_sweep``: the same contract, elementwise scalarization and
                     one lambda a step (a candidate for the engine).
   fused_native      ``bench.fast.native_sweep``: the all-lambda greedy select as one native

@@ -69,6 +69,27 @@ def fused_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
         return local_serve(graphdef, W, top_k, fallback), "bench.variants.local_serve"
 
 
+def fold_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
+    """``engine.build_serve(fold_lambda=True)``: Q @ lam with lambda folded into the mixture
+    head (f32[B, A, J] never formed; not the sweep's f32 arithmetic, see
+    ``engine.scalarized_q``)."""
+    from puts_jax import engine
+    from puts_jax.config import ScoringConfig
+
+    cfg = ScoringConfig(top_k=top_k, fallback_action=fallback)
+    return engine.build_serve(graphdef, jnp.asarray(W), cfg, fold_lambda=True)
+
+
+def latency_serve(model, W: np.ndarray, top_k: int, example: RequestBatch, fallback: int = 0):
+    """``engine.compile_latency_serve``: compiled ahead of time for ``example``'s shapes with
+    the parameters built in as constants; ``fn(lam, batch)``."""
+    from puts_jax import engine
+    from puts_jax.config import ScoringConfig
+
+    cfg = ScoringConfig(top_k=top_k, fallback_action=fallback)
+    return engine.compile_latency_serve(model, np.asarray(W), cfg, example)
+
+
 def unfused_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
     """The same math as four separately jitted stages with a host round trip after each (what a
     pipeline of library calls does): Q; scalarize + select; gather + reweight; masked top-k."""
