@@ -83,11 +83,20 @@ class ActionSet:
             return cls.from_dict(json.load(f))
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permission bits a plain ``open``/``mkdir`` would give under the current umask
+    (temp files from ``tempfile`` are owner-only; published outputs must not be)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.chmod(tmp, default_mode())
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

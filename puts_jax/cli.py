@@ -100,12 +100,39 @@ def _parse_guardrail(text: str, names: list[str]) -> tuple[int, float]:
     """'clicks >= -1%' -> (index of clicks, -0.01)."""
     try:
         name, rhs = (s.strip() for s in text.split(">="))
-        value = float(rhs.rstrip("%")) / (100.0 if rhs.endswith("%") else 1.0)
+        if not rhs.endswith("%"):
+            raise ValueError("no %")
+        value = float(rhs[:-1]) / 100.0
     except ValueError:
-        raise SystemExit(f"--guardrail: expected 'OBJECTIVE >= -1%', got {text!r}")
+        raise UsageError(f"--guardrail: expected a relative change in percent such as "
+                         f"'clicks >= -1%', got {text!r}")
     if name not in names:
-        raise SystemExit(f"--guardrail: unknown objective {name!r}; known {names}")
+        raise UsageError(f"--guardrail: unknown objective {name!r}; known {names}")
     return names.index(name), value
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used (exit status 2)."""
+
+
+class NothingSelected(RuntimeError):
+    """No frontier point passed the guardrails (exit status 3)."""
+
+
+def _check_frontier_matches(doc: dict, model, logs_path: str) -> None:
+    """Refuse to publish evidence from another model or action set."""
+    from puts_jax import model_io
+    from puts_jax.data import logs
+
+    prov = doc.get("provenance", {})
+    want = prov.get("model_params_hash")
+    if want is not None and want != model_io.params_hash(model):
+        raise UsageError(f"--frontier: evaluated a model with params hash {want}; --model has "
+                         f"{model_io.params_hash(model)}")
+    aset = logs.read_meta(logs_path).action_set
+    if prov.get("action_set_hash") not in (None, aset.hash()):
+        raise UsageError(f"--frontier: action set {prov.get('action_set_hash')}; --logs has "
+                         f"{aset.hash()}")
 
 
 def cmd_policy(args) -> None:
@@ -119,13 +146,19 @@ def cmd_policy(args) -> None:
         doc = report.read_frontier(args.frontier)
         names = doc["objectives"]["names"]
         if args.maximize not in names:
-            raise SystemExit(f"--maximize: unknown objective {args.maximize!r}; known {names}")
+            raise UsageError(f"--maximize: unknown objective {args.maximize!r}; known {names}")
         guards = [_parse_guardrail(g, names) for g in args.guardrail]
         sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
         _print(json.dumps(sel, indent=1, default=str))
         if args.out:
             from puts_jax.action_set import atomic_write_text
             atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
+        if sel["index"] is None:
+            raise NothingSelected(sel["reason"])
+        # Mark the operating point on the frontier so frontier.json/png/html show it.
+        doc["operating_point"] = {"index": sel["index"], "reason": sel["reason"],
+                                  "lambda": sel["lambda"], "name": sel["name"]}
+        report.write_frontier(os.path.dirname(os.path.abspath(args.frontier)), doc)
         return
     if args.policy_cmd == "publish":
         from puts_jax import model_io
@@ -137,10 +170,11 @@ def cmd_policy(args) -> None:
                 sel = json.load(f)
             index = sel["index"]
             if index is None:
-                raise SystemExit(f"{args.selection}: no frontier point passed the guardrails; "
-                                 "nothing published (the current policy stays)")
-        if index is None:
-            raise SystemExit("policy publish: give --point or --selection")
+                raise NothingSelected(f"{args.selection}: no frontier point passed the guardrails; "
+                                      "nothing published (the current policy stays)")
+        if (args.point is None) == (args.selection is None):
+            raise UsageError("policy publish: give exactly one of --point and --selection")
+        _check_frontier_matches(doc, model, args.logs)
         point = report.frontier_point(doc, index)
         if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
             point["selection"] = {k: sel.get(k) for k in ("estimates", "estimates_from", "reason")}
@@ -349,8 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     from puts_jax.checks import InputError
     try:
         args.fn(args)
-    except InputError as e:
+    except (InputError, UsageError) as e:
         print(f"puts-jax: error: {e}", file=sys.stderr)
+        return 2
+    except NothingSelected as e:
+        print(f"puts-jax: nothing selected: {e}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -33,7 +33,7 @@ import numpy as np
 
 import puts_jax
 from puts_jax import model_io
-from puts_jax.action_set import ActionSet, atomic_write_text
+from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
 from puts_jax.checks import InputError, check_lambda
 from puts_jax.qnet import QNetwork
 
@@ -157,6 +157,7 @@ def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) 
     if model is not None:
         meta["params_version"] = version
     tmp = tempfile.mkdtemp(dir=registry_dir, prefix=f".tmp-{version}-")
+    os.chmod(tmp, default_mode(directory=True))
     try:
         if model is not None:
             model_io.save_params(os.path.join(tmp, "params"), model)

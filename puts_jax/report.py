@@ -34,7 +34,7 @@ import numpy as np
 
 import puts_jax
 from puts_jax import pareto, report_html
-from puts_jax.action_set import atomic_write_text
+from puts_jax.action_set import atomic_write_text, default_mode
 from puts_jax.checks import InputError
 
 SCHEMA = "puts_jax.frontier/1"
@@ -365,6 +365,7 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.chmod(tmp, default_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

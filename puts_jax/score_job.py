@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from puts_jax import engine, policy
+from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.config import ScoringConfig
 from puts_jax.data import logs
@@ -76,6 +77,7 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.chmod(tmp, default_mode())
     os.close(fd)
     counts = dict(rows=0, no_candidates=0, nonfinite_preds=0, fallback_rows=0)
     t0 = time.perf_counter()

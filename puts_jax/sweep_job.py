@@ -40,10 +40,15 @@ def with_auto(pe: report.PolicyEstimates) -> report.PolicyEstimates:
             for q in ("value", "lo", "hi")}
     # A normal interval of zero width (every matched reward equal, e.g. no matched successes
     # of a real-valued reward) is not a valid interval: report it as undefined, never [0, 0].
-    collapsed = ~use & (auto["hi"] - auto["lo"] <= 0) & (np.asarray(pe.n)[:, None] > 1)
-    for q in ("lo", "hi"):
-        auto[q] = np.where(collapsed, np.nan, auto[q])
-    return pe._replace(estimates={"auto": auto, **pe.estimates})
+    n = np.asarray(pe.n)[:, None]
+    out = {"auto": auto, **pe.estimates}
+    for name, block in out.items():
+        if name == "exact":
+            continue  # Clopper-Pearson never collapses: [0, hi > 0] with zero successes
+        keep = use if name == "auto" else np.zeros_like(use)
+        collapsed = ~keep & (block["hi"] - block["lo"] <= 0) & (n > 1)
+        out[name] = {**block, **{q: np.where(collapsed, np.nan, block[q]) for q in ("lo", "hi")}}
+    return pe._replace(estimates=out)
 
 
 def _take(pe: report.PolicyEstimates, rows, names: list[str]) -> report.PolicyEstimates:
@@ -72,7 +77,10 @@ def on_policy_estimates(n: int, s, s2, reward_kinds, confidence: float) -> repor
     stats = ope.EstimatorStats(one, one, one.astype(np.float64), one.astype(np.float64), s[None],
                                s[None], s2[None], s[None])  # every weight is 1 on-policy
     est = ope.finalize(stats, confidence, reward_kinds, 1.0)
-    return with_auto(report.from_ope(["logging policy (on-policy mean)"], est))
+    pe = report.from_ope(["logging policy (on-policy mean)"], est)
+    # On-policy, every weight is 1 and DR reduces to the sample mean: the same block as IPS.
+    pe = pe._replace(estimates={**pe.estimates, "dr": dict(pe.estimates["ips"])})
+    return with_auto(pe)
 
 
 def with_boot(pe: report.PolicyEstimates, est: ope.Estimates,

@@ -79,7 +79,31 @@ def test_sweep_without_bootstrap_uses_bonferroni(run):
     assert "snips_boot" not in doc["estimators"] and doc["bootstrap"]["n_resamples"] == 0
 
 
-def test_bad_guardrail_is_a_clear_error(run):
-    with pytest.raises(SystemExit, match="unknown objective 'nope'"):
-        cli.main(["policy", "select", "--frontier", str(run / "frontier" / "frontier.json"),
-                  "--maximize", "session_success", "--guardrail", "nope >= -1%"])
+def test_bad_guardrail_is_a_clear_error(run, capsys):
+    fr = str(run / "frontier" / "frontier.json")
+    assert cli.main(["policy", "select", "--frontier", fr, "--maximize", "session_success",
+                     "--guardrail", "nope >= -1%"]) == 2
+    assert "puts-jax: error: --guardrail: unknown objective 'nope'" in capsys.readouterr().err
+    # a bare number is ambiguous (ratio or percent?): rejected, never read as -1000%
+    assert cli.main(["policy", "select", "--frontier", fr, "--maximize", "session_success",
+                     "--guardrail", "clicks >= -10"]) == 2
+    assert "relative change in percent" in capsys.readouterr().err
+    # nothing passes: exit 3, and nothing is marked on the frontier
+    assert cli.main(["policy", "select", "--frontier", fr, "--maximize", "session_success",
+                     "--guardrail", "clicks >= +500%"]) == 3
+
+
+def test_publish_refuses_a_frontier_of_another_model(run, capsys):
+    other = QNetwork(QNetConfig.tiny(), 4, 10, ("binary", "count"), rngs=nnx.Rngs(9))
+    model_io.save_model(str(run / "other"), other)
+    assert cli.main(["policy", "publish", "--registry", str(run / "reg2"), "--model",
+                     str(run / "other"), "--frontier", str(run / "frontier" / "frontier.json"),
+                     "--logs", str(run / "data" / "logs.parquet"), "--point", "0",
+                     "--reason", "x"]) == 2
+    assert "evaluated a model with params hash" in capsys.readouterr().err
+    assert not (run / "reg2").exists() or policy.current_version(str(run / "reg2")) is None
+
+
+def test_missing_file_is_an_error_not_a_traceback(run, capsys):
+    assert cli.main(["report", "--frontier", str(run / "nope.json")]) == 2
+    assert capsys.readouterr().err.startswith("puts-jax: error: FileNotFoundError")

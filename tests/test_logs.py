@@ -104,3 +104,15 @@ def test_split_log_is_deterministic_disjoint_and_complete(tmp_path):
                                   np.isin(np.arange(1000), ids_b))
     with pytest.raises(InputError, match="share: must be in"):
         logs.split_share(np.arange(3), 1.0)
+
+
+def test_written_files_follow_the_umask_not_tempfile_0600(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "x.parquet")
+        logs.write_log(path, _meta(), **_log_arrays())
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    finally:
+        os.umask(old)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from puts_jax import checks
-from puts_jax.action_set import ActionSet
+from puts_jax.action_set import ActionSet, default_mode
 from puts_jax.checks import InputError
 from puts_jax.types import LoggedBatch, RequestBatch
 
@@ -107,6 +107,7 @@ def _atomic_write_table(table: pa.Table, path: str, row_group_size: int) -> None
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.chmod(tmp, default_mode())
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_size)

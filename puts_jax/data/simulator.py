@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from puts_jax import slates
-from puts_jax.action_set import ActionSet, simplex_grid
+from puts_jax.action_set import ActionSet, default_mode, simplex_grid
 from puts_jax.data import logs
 
 OBJECTIVES = ("click", "save", "closeup", "hide")  # K = 4 ranker heads
@@ -399,6 +399,7 @@ def _atomic_write_npz(path: str, arrays: dict) -> None:
     """Byte-reproducible .npz (fixed zip timestamps, sorted names) via temp file + os.replace."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    os.chmod(tmp, default_mode())
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
