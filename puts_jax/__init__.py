@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from puts_jax.action_set import ActionSet, around_production, simplex_grid
 from puts_jax.checks import InputError
 from puts_jax.config import QNetConfig, ScoringConfig, SweepConfig
-from puts_jax.engine import Scorer, build_serve, build_sweep
+from puts_jax.engine import Scorer, build_serve, build_sweep, compile_latency_serve, export_serve
 from puts_jax.evaluation import Evaluation, evaluate_fixed, evaluate_fixed_actions, evaluate_log
 from puts_jax.model_io import load_model, save_model
 from puts_jax.ope import Estimates, finalize
@@ -23,7 +23,7 @@ __all__ = [
     "ActionSet", "around_production", "simplex_grid",
     "InputError",
     "QNetConfig", "ScoringConfig", "SweepConfig",
-    "Scorer", "build_serve", "build_sweep",
+    "Scorer", "build_serve", "build_sweep", "compile_latency_serve", "export_serve",
     "Evaluation", "evaluate_fixed", "evaluate_fixed_actions", "evaluate_log",
     "load_model", "save_model",
     "Estimates", "finalize",

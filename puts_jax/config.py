@@ -79,7 +79,8 @@ class SweepConfig:
 
     n_lambdas: int = 21  # L: grid points on the J-simplex (for J = 2: alpha in [0, 1])
     chunk_rows: int = 65536  # log rows per streamed chunk (bounded memory)
-    lambda_chunk: int = 8  # lambdas evaluated together inside one compiled pass (lax.map)
+    lambda_chunk: int = 8  # lambdas per lax.map step in bench's per-lambda variants; the fused
+    # sweep (engine.build_sweep) evaluates every lambda at once on row blocks and ignores it
     confidence: float = 0.95  # interval level
 
     def __post_init__(self) -> None:
