@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import textwrap
 from typing import Mapping, NamedTuple, Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 
 import puts_jax
 from puts_jax import pareto, report_html
-from puts_jax.action_set import atomic_write_text, default_mode
+from puts_jax.action_set import atomic_write_bytes, atomic_write_text
 from puts_jax.checks import InputError
 
 SCHEMA = "puts_jax.frontier/1"
@@ -361,23 +360,6 @@ def frontier_point(doc: Mapping, index: int) -> dict:
             "frontier_created": doc["provenance"]["created"]}
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    os.chmod(tmp, default_mode())
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict:
     """Write ``frontier.json``, ``frontier.png`` and ``frontier.html`` atomically into
     ``out_dir``; returns their paths {"json": ..., "png": ..., "html": ...}. ``axes`` picks the
@@ -387,9 +369,9 @@ def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 
     paths = {k: os.path.join(out_dir, f"frontier.{k}") for k in ("json", "png", "html")}
     atomic_write_text(paths["json"], dumps(frontier))
     fig = frontier_figure(frontier, axes)
-    _atomic_write_bytes(paths["png"], _figure_png(fig))
+    atomic_write_bytes(paths["png"], _figure_png(fig))
     page = report_html.render_html(frontier, report_html.figure_svg(fig, "front-"), LOW_ESS)
-    _atomic_write_bytes(paths["html"], page.encode("utf-8"))
+    atomic_write_bytes(paths["html"], page.encode("utf-8"))
     return paths
 
 
