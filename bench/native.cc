@@ -12,6 +12,7 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <cstdint>
@@ -258,6 +259,35 @@ ffi::Error SweepSelectImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> lams,
   return ffi::Error::Success();
 }
 
+// The latency suite's in-program hand-off from the agent process: wait until the shared-memory
+// channel (bench/agent_worker.py: header i64[8] with REQ at 0 and RESP at 1, weights f32[B, K]
+// at weights_addr) has answered the request the server posted (RESP == REQ), then copy the
+// weights out. ``after`` (the ranker's predictions) is an operand only to order the wait after
+// the ranker inside one program: the ranker and the agent overlap, and the re-weighting reads
+// the agent's weights without a second program dispatch. Spins with pause; gives up with an
+// error after timeout_ms so a dead agent cannot hang the benchmark.
+ffi::Error AwaitWeightsImpl(ffi::AnyBuffer after, ffi::ResultBuffer<ffi::F32> w, int64_t hdr_addr,
+                            int64_t weights_addr, int64_t timeout_ms) {
+  (void)after;
+  const int64_t* hdr = reinterpret_cast<const int64_t*>(hdr_addr);
+  const int64_t req = __atomic_load_n(hdr + 0, __ATOMIC_ACQUIRE);
+  int64_t spins = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  while (__atomic_load_n(hdr + 1, __ATOMIC_ACQUIRE) != req) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    if ((++spins & 0xffff) == 0 &&
+        std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(timeout_ms))
+      return ffi::Error(ffi::ErrorCode::kDeadlineExceeded, "bench_await_weights: agent timed out");
+  }
+  auto d = w->dimensions();
+  int64_t n = 1;
+  for (auto x : d) n *= x;
+  std::memcpy(w->typed_data(), reinterpret_cast<const float*>(weights_addr), n * sizeof(float));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchSweepSelect, SweepSelectImpl,
@@ -285,3 +315,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchTopK, TopKImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<int64_t>("k"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchAwaitWeights, AwaitWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("hdr_addr")
+                                  .Attr<int64_t>("weights_addr")
+                                  .Attr<int64_t>("timeout_ms"));

@@ -160,3 +160,32 @@ def test_native_experiments_match_the_library():
     for f in ref._fields:
         np.testing.assert_allclose(np.asarray(getattr(ref, f)), np.asarray(getattr(got, f)),
                                    rtol=1e-5, atol=1e-5, err_msg=f)
+
+
+def test_native_await_weights_reads_the_answered_channel():
+    """The latency suite's in-program hand-off returns the agent's weights once RESP == REQ,
+    and fails (instead of hanging) when the agent never answers."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    import jax
+    import jax.numpy as jnp
+
+    from bench import native
+
+    if not native.available():
+        pytest.skip(f"native build failed: {native.error()}")
+    hdr = np.zeros(8, np.int64)
+    weights = np.arange(12, dtype=np.float32).reshape(4, 3)  # B_max = 4, K = 3
+    hdr[:2] = 7  # REQ == RESP: answered
+    after = jnp.ones((2, 5, 3), jnp.float32)  # stands for the ranker's predictions
+
+    def prog(timeout_ms):
+        return jax.jit(lambda x: native.await_weights(
+            x, (2, 3), hdr.ctypes.data, weights.ctypes.data, timeout_ms=timeout_ms) + x[:, 0, :])
+
+    np.testing.assert_array_equal(np.asarray(prog(1000)(after)), weights[:2] + 1.0)
+    hdr[0] = 8  # a request the agent never answers
+    with pytest.raises(Exception, match="timed out"):
+        jax.block_until_ready(prog(50)(after))
