@@ -17,13 +17,25 @@ def _parse_batches(text: str | None) -> tuple[int, ...] | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("suite", choices=SUITES + ("all",))
+    ap.add_argument("suite", choices=SUITES + ("all", "targets"),
+                    help="a suite, all of them, or 'targets': print the markdown table of every "
+                         "targeted ratio from the results JSON (for the README)")
     ap.add_argument("--quick", action="store_true",
                     help="fewer repetitions (about a minute a suite)")
     ap.add_argument("--batches", help="comma-separated batch sizes (override the suite's)")
     ap.add_argument("--out", default=None, help="results root (default bench/results)")
     ap.add_argument("--no-workers", action="store_true", help="skip multi-process runs")
+    ap.add_argument("--device", default="cpu-2core",
+                    help="targets: the results folder's device kind (default cpu-2core)")
     args = ap.parse_args(argv)
+    if args.suite == "targets":
+        import os
+
+        from bench import report
+
+        root = args.out or report.RESULTS_DIR
+        print(report.targets_markdown(os.path.join(root, args.device)), end="")
+        return 0
     single_thread_env()
     batches = _parse_batches(args.batches)
 

@@ -117,3 +117,39 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def targets_markdown(folder: str, suites: tuple[str, ...] = ("serve", "sweep", "latency",
+                                                                "train")) -> str:
+    """A markdown table of every ratio that has a target, from the suite JSONs in ``folder``
+    (``bench/results/<device-kind>``), with each suite's run (commit, time, load average,
+    quick or full), so the README can show the latest numbers with what made them.
+
+    Raises FileNotFoundError if ``folder`` holds none of the suites' JSON."""
+    import json
+
+    lines = ["| suite | ratio | measured | target | met |", "| --- | --- | --- | --- | --- |"]
+    runs, found = [], 0
+    for suite in suites:
+        path = os.path.join(folder, f"{suite}.json")
+        if not os.path.exists(path):
+            continue
+        found += 1
+        with open(path) as f:
+            d = json.load(f)
+        dev = d.get("device", {})
+        load = dev.get("load_avg") or []
+        runs.append(f"`{suite}`: commit {dev.get('git_commit')}, {dev.get('time')}, "
+                    f"{'--quick' if d.get('quick') else 'full'}, load average "
+                    f"{load[0]:.2f}" if load else f"`{suite}`: commit {dev.get('git_commit')}")
+        for r in d.get("ratios", []):
+            if r.get("target") is None:
+                continue
+            v = r["value"]
+            met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]
+            shown = "n/a" if v is None else f"{v:.3g}"
+            lines.append(f"| {suite} | {r['name']} | {shown} | {r['direction']} {r['target']:g} "
+                         f"| {met} |")
+    if not found:
+        raise FileNotFoundError(f"no suite JSON ({', '.join(suites)}) in {folder}")
+    return "\n".join(lines) + "\n\nRuns: " + "; ".join(runs) + "\n"

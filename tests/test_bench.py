@@ -82,6 +82,12 @@ def test_report_table_and_json(tmp_path):
     assert [r["met"] for r in data["ratios"]] == [True, False, None]
     assert data["ratios"][2]["value"] is None
     assert data["device"]["versions"]["jax"]
+    os.rename(path, os.path.join(os.path.dirname(path), "serve.json"))  # as a suite's JSON
+    md = report.targets_markdown(os.path.dirname(path))
+    assert "| serve | fused vs numpy | 2 | >= 1.5 | yes |" in md
+    assert "| serve | p50 us | 80 | <= 50 | **no** |" in md and "undefined" not in md
+    with pytest.raises(FileNotFoundError):
+        report.targets_markdown(str(tmp_path / "empty"))
 
 
 def test_quick_suite_writes_valid_json(tmp_path):
