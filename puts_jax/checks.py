@@ -13,15 +13,22 @@ _MAX_ROWS_SHOWN = 10
 
 
 class InputError(ValueError):
-    """Bad input: ``field`` names the column or argument, ``rows`` the offending row indices."""
+    """Bad input: ``field`` names the column or argument, ``rows`` the offending row indices,
+    ``source`` (optional) the file or flag the input came from; the message reads
+    ``[SOURCE: ]FIELD: MSG[ at rows [...]]``."""
 
-    def __init__(self, field: str, rows, msg: str):
-        self.field = field
+    def __init__(self, field: str, rows, msg: str, source: str | None = None):
+        self.field, self.msg, self.source = field, msg, source
         self.rows = [int(r) for r in rows]
         shown = self.rows[:_MAX_ROWS_SHOWN]
         more = "" if len(self.rows) <= _MAX_ROWS_SHOWN else f" (+{len(self.rows) - len(shown)} more)"
         where = f" at rows {shown}{more}" if self.rows else ""
-        super().__init__(f"{field}: {msg}{where}")
+        super().__init__(f"{source + ': ' if source else ''}{field}: {msg}{where}")
+
+    def in_source(self, source: str) -> "InputError":
+        """This error naming ``source`` (e.g. the file being read); one that already names a
+        source is returned as it is."""
+        return self if self.source else InputError(self.field, self.rows, self.msg, source)
 
 
 def bad_rows(bad: np.ndarray) -> np.ndarray:

@@ -1,3 +1,5 @@
+import sys
+
 from train.main import main
 
-main()
+sys.exit(main())

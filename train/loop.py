@@ -33,13 +33,15 @@ def _validate_shapes(cfg: TrainConfig, n_devices: int, n_processes: int) -> None
 
 
 def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
+    """Raise InputError naming ``heldout_path`` unless it has the training log's action set and
+    reward names."""
     hm = logs.read_meta(heldout_path)
     if hm.action_set.hash() != meta.action_set.hash():
-        raise ValueError(f"heldout: {heldout_path} has a different action set than the training "
-                         "log")
+        raise logs.InputError("action_set", [], f"{hm.action_set.hash()} differs from the "
+                              f"training log's {meta.action_set.hash()}", heldout_path)
     if tuple(hm.reward_names) != tuple(meta.reward_names):
-        raise ValueError(f"heldout: reward names {hm.reward_names} differ from the training "
-                         f"log's {meta.reward_names}")
+        raise logs.InputError("reward_names", [], f"{list(hm.reward_names)} differ from the "
+                              f"training log's {list(meta.reward_names)}", heldout_path)
 
 
 class _Run:
@@ -50,7 +52,10 @@ class _Run:
         meta, _, lb = logs.read_log(logs_path)
         _check_heldout(meta, heldout_path)
         self.meta = meta
-        arrays = input_lib.LogArrays.from_logged(lb)
+        try:
+            arrays = input_lib.LogArrays.from_logged(lb)
+        except logs.InputError as err:
+            raise err.in_source(logs_path) from err
         A, J = meta.action_set.n_actions, len(meta.reward_names)
         kinds = tuple(meta.reward_kinds)
         self.mesh = step_lib.make_mesh()
@@ -131,7 +136,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     interrupt_after: test hook simulating preemption: stop right after this step, without the
       final evaluation or save (saves already started are committed first).
     Returns the selected.json document (plus ``final_step``).
-    Raises NonFiniteLossError naming the step whose loss is NaN/inf.
+    Raises NonFiniteLossError naming the step whose loss is NaN/inf; InputError naming the file
+    (``source``: ``logs_path`` or ``heldout_path``), the field and the rows on bad input.
     """
     os.makedirs(workdir, exist_ok=True)
     run = _Run(config, workdir, logs_path, heldout_path)

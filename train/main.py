@@ -1,6 +1,9 @@
 """Command line: ``python -m train --config tiny|default --logs PATH --heldout PATH --workdir DIR``.
 
-Parses arguments and calls ``train_and_evaluate``; nothing else lives here (STYLE.md 7).
+Parses arguments and calls ``train_and_evaluate``; nothing else lives here (STYLE.md 7). Bad input
+stops with one line, ``python -m train: error: --logs FILE: FIELD: what is wrong at rows [...]``
+(the flag and file named where the error came from one of them), and exit status 2, like
+``puts-jax``.
 """
 
 from __future__ import annotations
@@ -8,15 +11,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
+from puts_jax.checks import InputError
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
 
 PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": TrainConfig.obd}
+PROG = "python -m train"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=sorted(PRESETS), default="default")
     p.add_argument("--logs", required=True, help="training exploration log (Parquet)")
     p.add_argument("--heldout", required=True, help="held-out exploration log (Parquet)")
@@ -26,12 +32,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def _flag(err: InputError, args: argparse.Namespace) -> str:
+    """'--logs ' or '--heldout ' when ``err`` came from that flag's file, else ''."""
+    for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
+        if err.source == path:
+            return flag + " "
+    return ""
+
+
+def main(argv=None) -> int:
+    """Train, print the selection summary as one JSON line; returns the exit status (0, or 2
+    after a one-line ``error:`` message on stderr for bad input or arguments)."""
     args = parse_args(argv)
-    cfg = PRESETS[args.config]()
-    overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    out = train_and_evaluate(cfg, args.workdir, args.logs, args.heldout)
+    try:
+        cfg = PRESETS[args.config]()
+        overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs))
+                     if v is not None}
+        cfg = dataclasses.replace(cfg, **overrides)
+        out = train_and_evaluate(cfg, args.workdir, args.logs, args.heldout)
+    except InputError as err:
+        print(f"{PROG}: error: {_flag(err, args)}{err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({k: out.get(k) for k in ("step", "value", "gain_over_global", "gain_shown",
                                                "global_action", "final_step")}))
-    return out
+    return 0

@@ -75,11 +75,52 @@ class LogMeta:
 
 
 def read_meta(path: str) -> LogMeta:
-    """LogMeta of a puts_jax Parquet file. Raises InputError when the key is missing."""
+    """LogMeta of a puts_jax Parquet file. Raises InputError naming ``path`` when the key is
+    missing or unreadable."""
     md = pq.read_schema(path).metadata or {}
     if META_KEY not in md:
-        raise InputError("metadata", [], f"{path} has no '{META_KEY.decode()}' schema metadata")
-    return LogMeta.from_json(md[META_KEY])
+        raise InputError("metadata", [], f"no '{META_KEY.decode()}' schema metadata", path)
+    try:
+        return LogMeta.from_json(md[META_KEY])
+    except InputError as err:
+        raise err.in_source(path) from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError("metadata", [], f"unreadable '{META_KEY.decode()}' schema metadata "
+                         f"({type(err).__name__}: {err})", path) from err
+
+
+# Columns of each file kind: name -> (required, accepted value kind, list depth). The readers
+# convert within a kind only: a string column, or floats where ids or indices belong, is an error
+# naming the column, never a silent cast.
+_KINDS = {"integer": pa.types.is_integer, "floating-point": pa.types.is_floating,
+          "numeric": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+          "boolean": pa.types.is_boolean}
+LOG_COLUMNS = {"request_id": (True, "integer", 0), "context": (True, "floating-point", 1),
+               "action": (True, "integer", 0), "propensity": (True, "floating-point", 0),
+               "rewards": (True, "numeric", 1), "context_ids": (False, "integer", 1),
+               "consistent": (False, "boolean", 1), "preds": (False, "numeric", 2)}
+REQUEST_COLUMNS = {"request_id": (True, "integer", 0), "context": (True, "floating-point", 1),
+                   "preds": (True, "numeric", 2), "context_ids": (False, "integer", 1),
+                   "candidate_ids": (False, "integer", 1)}
+
+
+def check_columns(schema: pa.Schema, spec: dict) -> None:
+    """Reject a missing required column or a column of the wrong Arrow type (``spec``:
+    ``LOG_COLUMNS`` or ``REQUEST_COLUMNS``). Raises InputError naming the column."""
+    for name, (required, kind, depth) in spec.items():
+        if name not in schema.names:
+            if required:
+                raise InputError(name, [], f"missing column (needed: "
+                                 f"{[c for c, v in spec.items() if v[0]]})")
+            continue
+        want = "list<" * depth + kind + ">" * depth
+        t = schema.field(name).type
+        for _ in range(depth):
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                raise InputError(name, [], f"expected {want}, got {schema.field(name).type}")
+            t = t.value_type
+        if not _KINDS[kind](t):
+            raise InputError(name, [], f"expected {want}, got {schema.field(name).type}")
 
 
 def _list_col(x: np.ndarray, dtype) -> pa.Array:
@@ -226,18 +267,23 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536,
 
     ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
     ``preds`` (slate matching) is not part of a LoggedBatch and is not read unless ``columns``
-    names it. Raises InputError naming the column and the absolute row of the first bad rows.
+    names it. Raises InputError naming ``path``, the column and the absolute bad rows (a missing
+    column or one of the wrong type before any row is read: ``LOG_COLUMNS``).
     """
     meta = read_meta(path)
     pf = pq.ParquetFile(path)
-    if columns is None:
-        columns = [c for c in pf.schema_arrow.names if c != "preds"]
-    offset = 0
-    for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
-        t = pa.Table.from_batches([rb])
-        rid, lb = _logged_from_table(t, meta, offset)
-        yield offset, rid, lb
-        offset += t.num_rows
+    try:
+        check_columns(pf.schema_arrow, LOG_COLUMNS)
+        if columns is None:
+            columns = [c for c in pf.schema_arrow.names if c != "preds"]
+        offset = 0
+        for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+            t = pa.Table.from_batches([rb])
+            rid, lb = _logged_from_table(t, meta, offset)
+            yield offset, rid, lb
+            offset += t.num_rows
+    except InputError as err:
+        raise err.in_source(path) from err
 
 
 def read_log(path: str) -> tuple[LogMeta, np.ndarray, LoggedBatch]:
@@ -245,7 +291,7 @@ def read_log(path: str) -> tuple[LogMeta, np.ndarray, LoggedBatch]:
     meta = read_meta(path)
     parts = [(rid, lb) for _, rid, lb in iter_log_chunks(path)]
     if not parts:
-        raise InputError("rows", [], f"{path} has no rows")
+        raise InputError("rows", [], "the log has no rows", path)
     rid = np.concatenate([p[0] for p in parts])
     fields = {}
     for name in LoggedBatch._fields:
@@ -315,10 +361,19 @@ def _pad_ragged(col: pa.Array, n_pad: int | None, K: int, row_offset: int):
 def iter_request_chunks(path: str, chunk_rows: int = 8192,
                         n_pad: int | None = None) -> Iterator[RequestChunk]:
     """Stream a request set in record batches, padded per chunk to ``n_pad`` (or the chunk's
-    longest list). Never reads the whole table. Raises InputError naming column and row."""
+    longest list). Never reads the whole table. Raises InputError naming ``path``, the column
+    and the rows (a missing column or one of the wrong type first: ``REQUEST_COLUMNS``)."""
     meta = read_meta(path)
-    K = meta.action_set.n_outcomes
     pf = pq.ParquetFile(path)
+    try:
+        check_columns(pf.schema_arrow, REQUEST_COLUMNS)
+        yield from _request_chunks(pf, meta.action_set.n_outcomes, chunk_rows, n_pad)
+    except InputError as err:
+        raise err.in_source(path) from err
+
+
+def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int,
+                    n_pad: int | None) -> Iterator[RequestChunk]:
     offset = 0
     for rb in pf.iter_batches(batch_size=chunk_rows):
         t = pa.Table.from_batches([rb])

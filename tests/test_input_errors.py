@@ -1,0 +1,98 @@
+"""Bad input gets a clear error naming the file, the field and the rows, never a silently wrong
+number, and nothing already written is lost: log contracts (DESIGN.md section 4), the train and
+puts-jax command lines."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from puts_jax.action_set import simplex_grid
+from puts_jax.checks import InputError
+from puts_jax.data import logs
+from train.main import main as train_main
+
+A = 3  # simplex_grid over 2 heads, 2 steps
+
+
+def _meta(kinds=("binary", "count"), logging=None):
+    names = ("h0", "h1")
+    return logs.LogMeta(simplex_grid(names, names, 2), tuple(f"r{j}" for j in range(len(kinds))),
+                        tuple(kinds), {"kind": "uniform"} if logging is None else logging)
+
+
+def _arrays(B=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(request_id=np.arange(B, dtype=np.int64),
+                context=rng.normal(size=(B, 4)).astype(np.float32),
+                action=rng.integers(0, A, B).astype(np.int32), propensity=np.full(B, 1 / A),
+                rewards=np.stack([rng.integers(0, 2, B), rng.integers(0, 4, B)], 1).astype(
+                    np.float32))
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = str(tmp_path / "good.parquet")
+    logs.write_log(path, _meta(), **_arrays())
+    return path
+
+
+def _rewrite(src: str, dst: str, drop=(), **columns) -> str:
+    """``src`` with columns replaced (or dropped), its metadata kept, written as ``dst`` without
+    any validation: the way a foreign writer produces a bad file."""
+    t = pq.read_table(src)
+    for name in drop:
+        t = t.drop([name])
+    for name, col in columns.items():
+        t = t.set_column(t.schema.get_field_index(name), name, col)
+    pq.write_table(t, dst)
+    return dst
+
+
+def _train(capsys, logs_path, heldout_path, workdir):
+    rc = train_main(["--config", "tiny", "--logs", logs_path, "--heldout", heldout_path,
+                     "--workdir", str(workdir), "--epochs", "1"])
+    return rc, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 1. train CLI
+
+@pytest.mark.parametrize("change, message", [
+    (dict(drop=["propensity"]), "propensity: missing column"),
+    (dict(propensity=pa.array(["0.33"] * 12)), "propensity: expected floating-point, got string"),
+    (dict(action=pa.array(np.full(12, 1.0))), "action: expected integer, got double"),
+    (dict(propensity=pa.array([1 / 3] * 3 + [1.5] + [1 / 3] * 7 + [0.0])),
+     r"propensity: propensity above 1 at rows [3]"),
+    (dict(rewards=pa.array([[0.0, 1.0]] * 7 + [[np.nan, 1.0]] + [[0.0, 1.0]] * 4,
+                           pa.list_(pa.float32()))), "rewards: non-finite value at rows [7]"),
+])
+def test_train_cli_bad_logs_is_one_error_line_naming_flag_file_field_rows(
+        good, tmp_path, capsys, change, message):
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"), **change)
+    rc, err = _train(capsys, bad, good, tmp_path / "wd")
+    assert rc == 2
+    assert err.startswith(f"python -m train: error: --logs {bad}: {message}")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # the held-out file is named as such
+    rc, err = _train(capsys, good, bad, tmp_path / "wd2")
+    assert rc == 2 and err.startswith(f"python -m train: error: --heldout {bad}: {message}")
+
+
+def test_train_cli_heldout_of_another_action_set_names_the_heldout_flag(good, tmp_path, capsys):
+    other = str(tmp_path / "other.parquet")
+    names = ("h0", "h1")
+    meta = logs.LogMeta(simplex_grid(names, names, 4), ("r0", "r1"), ("binary", "count"),
+                        {"kind": "uniform"})
+    logs.write_log(other, meta, **{**_arrays(), "propensity": np.full(12, 0.2)})
+    rc, err = _train(capsys, good, other, tmp_path / "wd")
+    assert rc == 2 and err.startswith(f"python -m train: error: --heldout {other}: action_set: ")
+
+
+def test_reader_errors_name_the_file(good, tmp_path):
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"), drop=["rewards"])
+    with pytest.raises(InputError, match=r"bad\.parquet: rewards: missing column") as e:
+        logs.read_log(bad)
+    assert e.value.source == bad and e.value.field == "rewards"
+    pq.write_table(pq.read_table(good).replace_schema_metadata({}), str(tmp_path / "nometa.parquet"))
+    with pytest.raises(InputError, match=r"nometa\.parquet: metadata: no 'puts_jax'"):
+        logs.read_log(str(tmp_path / "nometa.parquet"))
