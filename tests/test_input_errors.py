@@ -96,3 +96,62 @@ def test_reader_errors_name_the_file(good, tmp_path):
     pq.write_table(pq.read_table(good).replace_schema_metadata({}), str(tmp_path / "nometa.parquet"))
     with pytest.raises(InputError, match=r"nometa\.parquet: metadata: no 'puts_jax'"):
         logs.read_log(str(tmp_path / "nometa.parquet"))
+
+
+# ----------------------------------------------------------------------------- 2. nulls
+
+def _with_nulls(values, rows, type_):
+    out = list(values)
+    for r in rows:
+        out[r] = None
+    return pa.array(out, type_)
+
+
+@pytest.mark.parametrize("column, type_, rows", [
+    ("request_id", pa.int64(), [4]),
+    ("action", pa.int32(), [6, 9]),
+    ("propensity", pa.float64(), [0]),
+])
+def test_null_scalar_values_are_rejected_by_name(good, tmp_path, column, type_, rows):
+    values = pq.read_table(good)[column].to_pylist()
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"),
+                   **{column: _with_nulls(values, rows, type_)})
+    with pytest.raises(InputError, match=rf"bad\.parquet: {column}: null value at rows "
+                                         rf"\[{', '.join(map(str, rows))}\]$"):
+        logs.read_log(bad)
+    chunks = logs.iter_log_chunks(bad, chunk_rows=5)  # streamed: absolute rows
+    with pytest.raises(InputError, match=rf"{column}: null value at rows \[{rows[0]}"):
+        list(chunks)
+
+
+def test_null_entry_inside_a_list_is_rejected_not_read_as_nan_or_false(good, tmp_path):
+    ctx = pq.read_table(good)["context"].to_pylist()
+    ctx[2][1] = None
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"), context=pa.array(ctx, pa.list_(pa.float32())))
+    with pytest.raises(InputError, match=r"context: null entry in the list at rows \[2\]"):
+        logs.read_log(bad)
+    cons = np.eye(A, dtype=bool)[pq.read_table(good)["action"].to_numpy()].tolist()
+    cons[5][0] = None
+    bad = str(tmp_path / "bad2.parquet")
+    pq.write_table(pq.read_table(good).append_column("consistent",
+                                                     pa.array(cons, pa.list_(pa.bool_()))), bad)
+    with pytest.raises(InputError, match=r"consistent: null entry in the list at rows \[5\]"):
+        logs.read_log(bad)
+
+
+def test_null_request_id_in_a_request_set_is_rejected(tmp_path):
+    path = str(tmp_path / "req.parquet")
+    logs.write_requests(path, _meta(), request_id=np.arange(3), context=np.zeros((3, 2)),
+                        preds=np.zeros((3, 2, 2), np.float32))
+    bad = _rewrite(path, str(tmp_path / "bad.parquet"),
+                   request_id=pa.array([0, None, 2], pa.int64()))
+    with pytest.raises(InputError, match=r"bad\.parquet: request_id: null value at rows \[1\]"):
+        list(logs.iter_request_chunks(bad))
+
+
+def test_write_log_rejects_float_request_ids(tmp_path):
+    arr = _arrays()
+    arr["request_id"] = np.where(np.arange(12) == 3, np.nan, np.arange(12))
+    with pytest.raises(InputError, match=r"request_id: expected i64\[12\], got float64"):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+    assert not (tmp_path / "x.parquet").exists()

@@ -180,6 +180,10 @@ def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.n
                      None if consistent is None else np.asarray(consistent, bool),
                      np.ones(len(action), bool), context_ids)
     validate_logged(lb, A, len(meta.reward_names) or None)
+    request_id = np.asarray(request_id)
+    if request_id.dtype.kind not in "iu" or request_id.shape != (len(lb.action),):
+        raise InputError("request_id", [], f"expected i64[{len(lb.action)}], got "
+                         f"{request_id.dtype}{list(request_id.shape)}")
     cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
             "context": _list_col(lb.context, pa.float32()),
             "action": pa.array(lb.action), "propensity": pa.array(lb.propensity),
@@ -227,22 +231,34 @@ def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
                         row_offset)
 
 
+def _scalar(t: pa.Table, field: str, dtype, row_offset: int) -> np.ndarray:
+    """A scalar column as numpy ``dtype``; null entries raise InputError naming their rows."""
+    col = t[field]
+    checks.raise_if(col.is_null().to_numpy(), field, "null value", row_offset)
+    return np.asarray(col.to_numpy(), dtype)
+
+
 def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset: int,
                  width: int | None = None) -> np.ndarray:
-    """A list<...> column of equal-length rows as a 2-D numpy array; nulls/width errors name rows."""
+    """A list<...> column of equal-length rows as a 2-D numpy array; null lists, null entries
+    inside a list and width errors name rows."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     checks.raise_if(np.asarray(arr.is_null()), field, "null list", row_offset)
     lengths = np.asarray(arr.value_lengths().fill_null(0))
     w = int(lengths[0]) if width is None and len(lengths) else width
     checks.check_width(field, lengths, w, row_offset)
-    vals = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+    flat = arr.flatten()
+    if flat.null_count:
+        inner_null = np.asarray(flat.is_null()).reshape(len(arr), w)
+        checks.raise_if(inner_null, field, "null entry in the list", row_offset)
+    vals = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=dtype)
     return vals.reshape(len(arr), w)
 
 
 def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.ndarray, LoggedBatch]:
     A = meta.action_set.n_actions
     J = len(meta.reward_names) or None
-    action = np.asarray(t["action"].to_numpy(), np.int32)
+    action = _scalar(t, "action", np.int64, row_offset)  # range-checked before the int32 cast
     consistent = None
     if "consistent" in t.column_names:
         consistent = _fixed_width(t["consistent"], "consistent", bool, row_offset, A)
@@ -250,15 +266,16 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.
     if "context_ids" in t.column_names:
         ids = _fixed_width(t["context_ids"], "context_ids", np.int32, row_offset)
     lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset),
-                     action, np.asarray(t["propensity"].to_numpy(), np.float64),
+                     action, _scalar(t, "propensity", np.float64, row_offset),
                      _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
                      consistent, np.ones(len(action), bool), ids)
     validate_logged(lb, A, J, row_offset)
+    lb = lb._replace(action=action.astype(np.int32))
     if consistent is None:
         one_hot = np.zeros((len(action), A), bool)
         one_hot[np.arange(len(action)), action] = True
         lb = lb._replace(consistent=one_hot)
-    return np.asarray(t["request_id"].to_numpy(), np.int64), lb
+    return _scalar(t, "request_id", np.int64, row_offset), lb
 
 
 def iter_log_chunks(path: str, chunk_rows: int = 65536,
@@ -390,7 +407,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int,
         if "context_ids" in t.column_names:
             ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset)
         batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
-        yield RequestChunk(offset, np.asarray(t["request_id"].to_numpy(), np.int64), batch, cand,
+        yield RequestChunk(offset, _scalar(t, "request_id", np.int64, offset), batch, cand,
                            n_empty, n_null)
         offset += t.num_rows
 
