@@ -45,25 +45,58 @@ def param_shapes(model: QNetwork) -> dict:
 
 
 def save_params(path: str, model: QNetwork) -> None:
-    """Save the model's nnx.Param state (a pure dict) with orbax at ``path`` and wait for it."""
+    """Save the model's nnx.Param state (a pure dict) with orbax at ``path`` and wait for it.
+
+    Arrays may be sharded over any devices (a mesh); each is written once, whole. ``path`` must
+    not exist yet (orbax raises ValueError).
+    """
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         ckptr.wait_until_finished()
 
 
+def _keystr(path: tuple) -> str:
+    # orbax stores sequence indices (nnx.List) as string dict keys: write them as param_shapes
+    # does for the model's integer keys, so both sides name a parameter the same way.
+    keys = tuple(jax.tree_util.SequenceKey(int(k.key)) if isinstance(k, jax.tree_util.DictKey)
+                 and isinstance(k.key, str) and k.key.isdigit() else k for k in path)
+    return jax.tree_util.keystr(keys)
+
+
+def saved_param_shapes(path: str) -> dict:
+    """{parameter path: {"shape", "dtype"}} of the params saved at ``path``, read from the
+    checkpoint's metadata only (no array is read); keyed like ``param_shapes``."""
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.metadata(os.path.abspath(path)).item_metadata.tree
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_keystr(p): {"shape": [int(d) for d in x.shape], "dtype": str(np.dtype(x.dtype))}
+            for p, x in flat}
+
+
 def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None) -> None:
     """Restore parameters saved by ``save_params`` into ``model`` in place.
 
-    With ``saved_shapes`` (``param_shapes`` at save time) a mismatch raises ValueError naming
-    every differing path with saved and expected shapes, before anything is restored.
+    ``saved_shapes`` (``param_shapes`` at save time) defaults to the checkpoint's own metadata
+    (``saved_param_shapes``). Any path missing on either side, or with another shape or dtype,
+    raises ValueError naming every such path with its saved and expected {"shape", "dtype"}
+    (None where absent), before any array is read: the model is left unchanged, never zero-,
+    partly- or random-filled (PITFALLS P6a).
+
+    Each array is restored with the sharding of the model's current array (for a model built in
+    this process: its default device), whatever devices or mesh it was saved from; the shardings
+    recorded at save time are ignored, so params saved sharded over 8 devices restore in a
+    process with 1 or 2, bit for bit (PITFALLS P6b).
     """
-    if saved_shapes is not None:
-        got = param_shapes(model)
-        bad = [f"{p}: saved {saved_shapes.get(p)} expected {got.get(p)}"
-               for p in sorted(set(saved_shapes) | set(got)) if saved_shapes.get(p) != got.get(p)]
-        if bad:
-            raise ValueError("params: saved parameters do not fit the model: " + "; ".join(bad))
+    if saved_shapes is None:
+        saved_shapes = saved_param_shapes(path)
+    got = param_shapes(model)
+    bad = [f"{p}: saved {saved_shapes.get(p)} expected {got.get(p)}"
+           for p in sorted(set(saved_shapes) | set(got)) if saved_shapes.get(p) != got.get(p)]
+    if bad:
+        raise ValueError(f"params: saved parameters do not fit the model ({len(bad)} paths of "
+                         f"{path}); nothing restored: " + "; ".join(bad))
     state = nnx.state(model, nnx.Param)
+    # Target shapes, dtypes and shardings: the model's arrays on this process's devices.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.abspath(path), abstract)
