@@ -102,3 +102,17 @@ def check_index(field: str, idx: np.ndarray, size: int, row_offset: int = 0) -> 
 def check_width(field: str, lengths: np.ndarray, expected: int, row_offset: int = 0) -> None:
     """Reject list rows whose length differs from ``expected``."""
     raise_if(np.asarray(lengths) != expected, field, f"expected length {expected}", row_offset)
+
+
+def check_unique(field: str, ids: np.ndarray, what: str, row_offset: int = 0) -> None:
+    """Reject repeated entries of ``ids`` (i[B]), naming every row that holds a repeated one."""
+    ids = np.asarray(ids)
+    order = np.argsort(ids, kind="stable")
+    same = ids[order][1:] == ids[order][:-1]
+    if same.any():
+        mark = np.zeros(len(ids), bool)
+        mark[1:] |= same
+        mark[:-1] |= same
+        example = ids[order][1:][same][0]
+        raise InputError(field, np.sort(order[mark]) + row_offset,
+                         f"repeated {what} (e.g. {example})")

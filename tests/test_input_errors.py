@@ -2,6 +2,8 @@
 number, and nothing already written is lost: log contracts (DESIGN.md section 4), the train and
 puts-jax command lines."""
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -155,3 +157,47 @@ def test_write_log_rejects_float_request_ids(tmp_path):
     with pytest.raises(InputError, match=r"request_id: expected i64\[12\], got float64"):
         logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
     assert not (tmp_path / "x.parquet").exists()
+
+
+# ----------------------------------------------------------------------------- 3. kinds, repeats
+
+@pytest.mark.parametrize("j, value, message", [
+    (0, -1.0, r"rewards: objective 0 \(r0\) is declared 'binary': must be 0 or 1 at rows \[5\]"),
+    (0, 0.5, r"rewards: objective 0 \(r0\) is declared 'binary': must be 0 or 1 at rows \[5\]"),
+    (1, -2.0, r"rewards: objective 1 \(r1\) is declared 'count': must be a non-negative whole "
+              r"number at rows \[5\]"),
+    (1, 1.5, r"rewards: objective 1 \(r1\) is declared 'count': must be a non-negative whole "
+             r"number at rows \[5\]"),
+])
+def test_rewards_outside_their_declared_kind_are_rejected(tmp_path, j, value, message):
+    arr = _arrays()
+    arr["rewards"][5, j] = value
+    with pytest.raises(InputError, match=message):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+    assert not (tmp_path / "x.parquet").exists()
+    logs.write_log(str(tmp_path / "real.parquet"), _meta(("real", "real")), **arr)  # allowed
+    good = str(tmp_path / "good.parquet")
+    logs.write_log(good, _meta(), **_arrays())
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"),
+                   rewards=pa.array(arr["rewards"].tolist(), pa.list_(pa.float32())))
+    with pytest.raises(InputError, match=r"bad\.parquet: " + message):
+        list(logs.iter_log_chunks(bad, chunk_rows=4))
+
+
+def test_repeated_request_ids_are_rejected_naming_every_row(good, tmp_path):
+    arr = _arrays()
+    arr["request_id"][[7, 10]] = [2, 2]
+    with pytest.raises(InputError, match=r"request_id: repeated request id \(e\.g\. 2\) at rows "
+                                         r"\[2, 7, 10\]$"):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+    # in a file: ids not increasing (sorted fallback), and increasing but for a repeat at the
+    # boundary of two record batches
+    for ids, rows in ((arr["request_id"], "[2, 7, 10]"),
+                      (np.array([0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]), "[5, 6]")):
+        bad = _rewrite(good, str(tmp_path / "bad.parquet"), request_id=pa.array(ids))
+        with pytest.raises(InputError, match=rf"bad\.parquet: request_id: repeated request id "
+                                             rf"\(e\.g\. \d+\) at rows {re.escape(rows)}$"):
+            logs.read_log(bad)
+        with pytest.raises(InputError, match="repeated request id"):
+            logs.check_request_ids(bad, batch_rows=6)
+    logs.check_request_ids(good, batch_rows=5)  # increasing across batches: accepted

@@ -172,21 +172,25 @@ def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.n
       bool[B, A] (optional); context_ids i64[B, C] (optional); preds: optional list of
       f32[N_b, K] per row or a dense f32[B, N, K]; extra_columns: 1-D per-row columns kept as
       they are (e.g. OBD's item_id, position); readers ignore them.
-    Raises InputError naming the field and rows (bad propensity, action out of range, ...).
+    Raises InputError naming the field and rows (bad propensity, action out of range, a reward
+    outside its declared kind, a repeated request id, ...).
     """
-    A = meta.action_set.n_actions
-    lb = LoggedBatch(np.asarray(context, np.float32), np.asarray(action, np.int32),
+    action = np.asarray(action)
+    if action.dtype.kind not in "iu":
+        raise InputError("action", [], f"expected integer indices i32[B], got {action.dtype}")
+    lb = LoggedBatch(np.asarray(context, np.float32), action.astype(np.int64),  # no wrap-around
                      np.asarray(propensity, np.float64), np.asarray(rewards, np.float32),
                      None if consistent is None else np.asarray(consistent, bool),
                      np.ones(len(action), bool), context_ids)
-    validate_logged(lb, A, len(meta.reward_names) or None)
+    validate_logged(lb, meta)
     request_id = np.asarray(request_id)
     if request_id.dtype.kind not in "iu" or request_id.shape != (len(lb.action),):
         raise InputError("request_id", [], f"expected i64[{len(lb.action)}], got "
                          f"{request_id.dtype}{list(request_id.shape)}")
+    checks.check_unique("request_id", request_id, "request id")
     cols = {"request_id": pa.array(np.asarray(request_id, np.int64)),
             "context": _list_col(lb.context, pa.float32()),
-            "action": pa.array(lb.action), "propensity": pa.array(lb.propensity),
+            "action": pa.array(lb.action.astype(np.int32)), "propensity": pa.array(lb.propensity),
             "rewards": _list_col(lb.rewards, pa.float32())}
     if context_ids is not None:
         cols["context_ids"] = _list_col(np.asarray(context_ids, np.int64), pa.int64())
@@ -204,9 +208,26 @@ def write_log(path: str, meta: LogMeta, *, request_id: np.ndarray, context: np.n
     _atomic_write_table(table, path, row_group_size)
 
 
-def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
-                    row_offset: int = 0) -> None:
-    """Check a LoggedBatch (numpy) against the contract; errors name field and absolute rows."""
+def check_reward_kinds(rewards: np.ndarray, meta: LogMeta, row_offset: int = 0) -> None:
+    """Rewards f[B, J] against their declared kinds (``meta.reward_kinds``): a "binary"
+    objective's rewards are 0 or 1, a "count" objective's non-negative whole numbers; "real"
+    ones any finite value. Raises InputError("rewards") naming the objective and the rows."""
+    for j, (name, kind) in enumerate(zip(meta.reward_names, meta.reward_kinds)):
+        r = rewards[:, j]
+        if kind == "binary":
+            bad, what = (r != 0) & (r != 1), "must be 0 or 1"
+        elif kind == "count":
+            bad, what = (r < 0) | (r != np.floor(r)), "must be a non-negative whole number"
+        else:
+            continue
+        checks.raise_if(bad, "rewards", f"objective {j} ({name}) is declared {kind!r}: {what}",
+                        row_offset)
+
+
+def validate_logged(lb: LoggedBatch, meta: LogMeta, row_offset: int = 0) -> None:
+    """Check a LoggedBatch (numpy) against the contract and ``meta`` (A actions, J reward names
+    and kinds: ``check_reward_kinds``); errors name field and absolute rows."""
+    n_actions, n_rewards = meta.action_set.n_actions, len(meta.reward_names) or None
     if lb.context.ndim != 2:
         raise InputError("context", [], f"expected f32[B, D], got {lb.context.shape}")
     checks.check_finite("context", lb.context, row_offset)
@@ -219,6 +240,7 @@ def validate_logged(lb: LoggedBatch, n_actions: int, n_rewards: int | None,
     if lb.rewards.ndim != 2 or (n_rewards is not None and lb.rewards.shape[1] != n_rewards):
         raise InputError("rewards", [], f"expected f32[B, {n_rewards}], got {lb.rewards.shape}")
     checks.check_finite("rewards", lb.rewards, row_offset)
+    check_reward_kinds(lb.rewards, meta, row_offset)
     if lb.consistent is not None:
         c = lb.consistent
         if c.shape != (len(lb.action), n_actions):
@@ -269,7 +291,7 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.
                      action, _scalar(t, "propensity", np.float64, row_offset),
                      _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
                      consistent, np.ones(len(action), bool), ids)
-    validate_logged(lb, A, J, row_offset)
+    validate_logged(lb, meta, row_offset)
     lb = lb._replace(action=action.astype(np.int32))
     if consistent is None:
         one_hot = np.zeros((len(action), A), bool)
@@ -278,19 +300,41 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.
     return _scalar(t, "request_id", np.int64, row_offset), lb
 
 
+def check_request_ids(path: str, batch_rows: int = 1 << 20) -> None:
+    """Reject null or repeated request ids in a log file (one row a request, DESIGN.md section
+    4), naming every row that holds a repeated id. One streamed pass over the request_id column,
+    in constant memory while the ids increase (the simulator's and OBD's do); otherwise the
+    whole column (8 bytes a row) is sorted. Raises InputError("request_id", rows)."""
+    last, increasing, offset = None, True, 0
+    for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["request_id"]):
+        col = rb.column(0)
+        checks.raise_if(col.is_null().to_numpy(zero_copy_only=False), "request_id",
+                        "null value", offset)
+        ids = col.to_numpy()
+        if increasing and len(ids):
+            increasing = bool((ids[1:] > ids[:-1]).all()) and (last is None or ids[0] > last)
+            last = ids[-1]
+        offset += len(ids)
+    if not increasing:
+        ids = pq.read_table(path, columns=["request_id"])["request_id"].to_numpy()
+        checks.check_unique("request_id", ids, "request id")
+
+
 def iter_log_chunks(path: str, chunk_rows: int = 65536,
                     columns: list[str] | None = None) -> Iterator[tuple[int, np.ndarray, LoggedBatch]]:
     """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
 
     ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
     ``preds`` (slate matching) is not part of a LoggedBatch and is not read unless ``columns``
-    names it. Raises InputError naming ``path``, the column and the absolute bad rows (a missing
-    column or one of the wrong type before any row is read: ``LOG_COLUMNS``).
+    names it. Raises InputError naming ``path``, the column and the absolute bad rows (before any
+    row is read: a missing column or one of the wrong type, ``LOG_COLUMNS``; null or repeated
+    request ids, ``check_request_ids``).
     """
     meta = read_meta(path)
     pf = pq.ParquetFile(path)
     try:
         check_columns(pf.schema_arrow, LOG_COLUMNS)
+        check_request_ids(path)
         if columns is None:
             columns = [c for c in pf.schema_arrow.names if c != "preds"]
         offset = 0
