@@ -201,3 +201,54 @@ def test_repeated_request_ids_are_rejected_naming_every_row(good, tmp_path):
         with pytest.raises(InputError, match="repeated request id"):
             logs.check_request_ids(bad, batch_rows=6)
     logs.check_request_ids(good, batch_rows=5)  # increasing across batches: accepted
+
+
+# ----------------------------------------------------------------------------- 4. logging policy
+
+def test_propensity_contradicting_uniform_logging_is_rejected(good, tmp_path, capsys):
+    arr = _arrays()
+    arr["propensity"][[1, 2]] = 0.5  # uniform over A = 3 gives 1/3
+    with pytest.raises(InputError, match=r'propensity: contradicts the declared logging policy '
+                                         r'\{"kind": "uniform"\} \(e\.g\. 0\.5 where it gives the '
+                                         r'logged decision 0\.333333\) at rows \[1, 2\]$'):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), **arr)
+    p = pq.read_table(good)["propensity"].to_numpy().copy()
+    p[7] = 1 / 3 * (1 + 1e-5)  # beyond LOGGING_PROPENSITY_RTOL
+    p[8] = np.float32(1 / 3)  # a float32 round trip is within it
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"), propensity=pa.array(p))
+    rc, err = _train(capsys, bad, good, tmp_path / "wd")
+    assert rc == 2 and err.startswith(f"python -m train: error: --logs {bad}: propensity: "
+                                      "contradicts the declared logging policy")
+    assert err.rstrip().endswith("at rows [7]")
+
+
+def test_epsilon_greedy_and_slate_propensities_follow_the_declared_policy(tmp_path):
+    eg = {"kind": "epsilon_greedy", "epsilon": 0.3, "production": 1}
+    arr = _arrays()
+    probs = np.array([0.1, 0.8, 0.1])  # 0.3 / 3 each, production + 0.7
+    np.testing.assert_allclose(logs.logging_probs(_meta(logging=eg)), probs)
+    logs.write_log(str(tmp_path / "eg.parquet"), _meta(logging=eg),
+                   **{**arr, "propensity": probs[arr["action"]]})
+    with pytest.raises(InputError, match=r"propensity: contradicts .* at rows \[0, 1, "):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(logging=eg), **arr)  # 1/3 each
+    # slate matching: the logged decision's probability is the sum over its consistent actions
+    cons = np.eye(A, dtype=bool)[arr["action"]]
+    cons[:, 0] |= arr["action"] == 2  # action 2's decision equals action 0's
+    two = cons.sum(1) == 2
+    logs.write_log(str(tmp_path / "slate.parquet"), _meta(), consistent=cons,
+                   **{**arr, "propensity": np.where(two, 2 / 3, 1 / 3)})
+    with pytest.raises(InputError, match=r"where it gives the logged decision 0\.666667\) at rows "
+                                         rf"\[{', '.join(map(str, np.flatnonzero(two)))}\]$"):
+        logs.write_log(str(tmp_path / "x.parquet"), _meta(), consistent=cons, **arr)
+
+
+def test_policies_without_an_action_distribution_are_not_checked_but_malformed_ones_are(tmp_path):
+    arr = {**_arrays(), "propensity": np.full(12, 1 / 80)}
+    obd_like = {"kind": "uniform_random_slots", "n_items": 80}
+    assert logs.logging_probs(_meta(logging=obd_like)) is None
+    logs.write_log(str(tmp_path / "slots.parquet"), _meta(logging=obd_like), **arr)
+    with pytest.raises(InputError, match=r"logging_policy: epsilon_greedy needs epsilon in "
+                                         r"\(0, 1\], got 1\.5"):
+        logs.write_log(str(tmp_path / "x.parquet"),
+                       _meta(logging={"kind": "epsilon_greedy", "epsilon": 1.5, "production": 0}),
+                       **arr)

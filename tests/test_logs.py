@@ -77,6 +77,7 @@ def test_outside_action_rows(tmp_path):
     arr["action"] = np.array([0, -1, 2, -1])
     cons = np.zeros((4, 3), bool)
     cons[0, 0] = cons[2, 2] = cons[2, 1] = True
+    arr["propensity"][2] = 2 / 3  # uniform logging: the decision of actions 1 and 2
     path = str(tmp_path / "x.parquet")
     with pytest.raises(InputError, match=r"action: -1 \(outside the action set\) needs the consistent"):
         logs.write_log(path, _meta(), **arr)

@@ -33,6 +33,9 @@ from puts_jax.types import LoggedBatch, RequestBatch
 
 META_KEY = b"puts_jax"
 REWARD_KINDS = ("binary", "count", "real")
+# A logged propensity must equal the declared logging policy's probability of the logged decision
+# within this relative tolerance (room for 1/A rounded through float32, about 6e-8).
+LOGGING_PROPENSITY_RTOL = 1e-6
 # ``action`` value of a row whose logged decision matches no action of the action set (slot-level
 # logs such as the Open Bandit Dataset); such a row needs ``consistent`` and it is all False there.
 OUTSIDE_ACTION = -1
@@ -224,9 +227,54 @@ def check_reward_kinds(rewards: np.ndarray, meta: LogMeta, row_offset: int = 0) 
                         row_offset)
 
 
+def logging_probs(meta: LogMeta) -> np.ndarray | None:
+    """f64[A]: the declared logging policy's distribution over the action set, for the kinds that
+    define one: {"kind": "uniform"} (1/A each) and {"kind": "epsilon_greedy", "epsilon": e,
+    "production": p} (1 - e + e/A for p, e/A for the others; p defaults to the action set's
+    production index). None for any other kind (e.g. OBD's per-slot logging), whose propensities
+    are not checked against it. Raises InputError("logging_policy") for a malformed description.
+    """
+    desc, A = meta.logging_policy or {}, meta.action_set.n_actions
+    if desc.get("kind") == "uniform":
+        return np.full(A, 1.0 / A)
+    if desc.get("kind") != "epsilon_greedy":
+        return None
+    eps, prod = desc.get("epsilon"), desc.get("production", meta.action_set.production)
+    if not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
+        raise InputError("logging_policy", [], f"epsilon_greedy needs epsilon in (0, 1], got {eps}")
+    if not isinstance(prod, int) or not 0 <= prod < A:
+        raise InputError("logging_policy", [], f"epsilon_greedy needs a production action in "
+                         f"[0, {A}), got {prod}")
+    p = np.full(A, eps / A)
+    p[prod] += 1.0 - eps
+    return p
+
+
+def check_logging_propensity(propensity: np.ndarray, consistent: np.ndarray, meta: LogMeta,
+                             row_offset: int = 0) -> None:
+    """Logged propensities f64[B] against the declared logging policy (``logging_probs``): a row
+    whose decision is consistent with the actions ``consistent`` bool[B, A] was logged with
+    probability sum_a probs[a] over them (1/A for one action under uniform logging; the slate's
+    probability under slate matching). Rows consistent with no action, and policies that define
+    no distribution over the action set, are not checked. Raises InputError("propensity") naming
+    the rows that differ by more than LOGGING_PROPENSITY_RTOL."""
+    probs = logging_probs(meta)
+    if probs is None:
+        return
+    expected = np.where(consistent, probs[None, :], 0.0).sum(1)
+    bad = consistent.any(1) & ~np.isclose(propensity, expected, rtol=LOGGING_PROPENSITY_RTOL,
+                                          atol=0.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        checks.raise_if(bad, "propensity", f"contradicts the declared logging policy "
+                        f"{json.dumps(meta.logging_policy)} (e.g. {propensity[i]:.6g} where it "
+                        f"gives the logged decision {expected[i]:.6g})", row_offset)
+
+
 def validate_logged(lb: LoggedBatch, meta: LogMeta, row_offset: int = 0) -> None:
     """Check a LoggedBatch (numpy) against the contract and ``meta`` (A actions, J reward names
-    and kinds: ``check_reward_kinds``); errors name field and absolute rows."""
+    and kinds: ``check_reward_kinds``; propensities against the declared logging policy:
+    ``check_logging_propensity``); errors name field and absolute rows."""
     n_actions, n_rewards = meta.action_set.n_actions, len(meta.reward_names) or None
     if lb.context.ndim != 2:
         raise InputError("context", [], f"expected f32[B, D], got {lb.context.shape}")
@@ -251,6 +299,9 @@ def validate_logged(lb: LoggedBatch, meta: LogMeta, row_offset: int = 0) -> None
         checks.raise_if(outside & c.any(1), "consistent",
                         f"a row with action {OUTSIDE_ACTION} must have no consistent action",
                         row_offset)
+    consistent = lb.consistent if lb.consistent is not None else (
+        lb.action[:, None] == np.arange(n_actions)[None, :])
+    check_logging_propensity(lb.propensity, consistent, meta, row_offset)
 
 
 def _scalar(t: pa.Table, field: str, dtype, row_offset: int) -> np.ndarray:
