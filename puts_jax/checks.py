@@ -5,6 +5,8 @@ These run on numpy inputs before anything is compiled or written; kernels assume
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 # Rows of a probability table must sum to 1 within this absolute tolerance (PITFALLS P1).
@@ -116,3 +118,22 @@ def check_unique(field: str, ids: np.ndarray, what: str, row_offset: int = 0) ->
         example = ids[order][1:][same][0]
         raise InputError(field, np.sort(order[mark]) + row_offset,
                          f"repeated {what} (e.g. {example})")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def check_distinct_paths(outputs: dict[str, str], inputs: dict[str, str] | None = None) -> None:
+    """Reject an output path that names the same file as an input or another output, before
+    anything is written (its atomic rename would replace that file). Keys name the flags or
+    arguments, e.g. {"--out": path}; paths are compared resolved (symlinks, ``..``) and, where
+    both exist, as files (hard links). Raises InputError naming both keys."""
+    named = list(outputs.items())
+    for i, (out_name, out) in enumerate(named):
+        for other_name, other in [*named[i + 1:], *(inputs or {}).items()]:
+            if _same_file(out, other):
+                raise InputError(f"{out_name} and {other_name}", [], f"both name {out}; an output "
+                                 "must not replace an input or another output (nothing written)")

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from puts_jax.checks import check_distinct_paths
+
 
 def _print(msg: str = "") -> None:
     print(msg, flush=True)
@@ -65,6 +67,7 @@ def cmd_data_obd(args) -> None:
 def cmd_data_split(args) -> None:
     from puts_jax.data import logs
 
+    check_distinct_paths({"--out-a": args.out_a, "--out-b": args.out_b}, {"--logs": args.logs})
     na, nb = logs.split_log(args.logs, args.out_a, args.out_b, args.share, args.seed)
     _print(f"{na} rows -> {args.out_a}\n{nb} rows -> {args.out_b}")
 
@@ -143,6 +146,8 @@ def cmd_policy(args) -> None:
         return
     if args.policy_cmd == "select":
         from puts_jax import sweep_job
+        if args.out:  # the frontier is rewritten with the operating point marked
+            check_distinct_paths({"--out": args.out}, {"--frontier": args.frontier})
         doc = report.read_frontier(args.frontier)
         names = doc["objectives"]["names"]
         if args.maximize not in names:
@@ -204,6 +209,7 @@ def cmd_policy(args) -> None:
 def cmd_score(args) -> None:
     from puts_jax import score_job
 
+    check_distinct_paths({"--out": args.out}, {"--requests": args.requests})
     stats = score_job.score_file(args.policy, args.requests, args.out, chunk_rows=args.chunk_rows,
                                  top_k=args.top_k, version=args.version)
     _print(f"scored {stats['rows']} requests ({stats['no_candidates']} without candidates, "

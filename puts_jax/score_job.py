@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from puts_jax import engine, policy
+from puts_jax import checks, engine, policy
 from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.config import ScoringConfig
@@ -66,9 +66,11 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     """Score ``requests_path`` with the registry's CURRENT (or ``version``) policy.
 
     Returns {"rows", "no_candidates", "nonfinite_preds", "fallback_rows", "seconds",
-    "rows_per_second", "version"}. Raises InputError naming the column and row on bad input;
-    on any error the output path is left untouched (the temp file is removed).
+    "rows_per_second", "version"}. Raises InputError naming the column and row on bad input, and
+    before anything is written when ``out_path`` is ``requests_path``; on any error the output
+    path is left untouched (the temp file is removed).
     """
+    checks.check_distinct_paths({"out_path": out_path}, {"requests_path": requests_path})
     op = policy.load(registry, version)
     meta = logs.read_meta(requests_path)
     _check_compatible(meta, op, requests_path)

@@ -95,7 +95,8 @@ def test_reader_errors_name_the_file(good, tmp_path):
     with pytest.raises(InputError, match=r"bad\.parquet: rewards: missing column") as e:
         logs.read_log(bad)
     assert e.value.source == bad and e.value.field == "rewards"
-    pq.write_table(pq.read_table(good).replace_schema_metadata({}), str(tmp_path / "nometa.parquet"))
+    pq.write_table(pq.read_table(good).replace_schema_metadata({}),
+                   str(tmp_path / "nometa.parquet"))
     with pytest.raises(InputError, match=r"nometa\.parquet: metadata: no 'puts_jax'"):
         logs.read_log(str(tmp_path / "nometa.parquet"))
 
@@ -129,7 +130,8 @@ def test_null_scalar_values_are_rejected_by_name(good, tmp_path, column, type_, 
 def test_null_entry_inside_a_list_is_rejected_not_read_as_nan_or_false(good, tmp_path):
     ctx = pq.read_table(good)["context"].to_pylist()
     ctx[2][1] = None
-    bad = _rewrite(good, str(tmp_path / "bad.parquet"), context=pa.array(ctx, pa.list_(pa.float32())))
+    bad = _rewrite(good, str(tmp_path / "bad.parquet"),
+                   context=pa.array(ctx, pa.list_(pa.float32())))
     with pytest.raises(InputError, match=r"context: null entry in the list at rows \[2\]"):
         logs.read_log(bad)
     cons = np.eye(A, dtype=bool)[pq.read_table(good)["action"].to_numpy()].tolist()
@@ -252,3 +254,49 @@ def test_policies_without_an_action_distribution_are_not_checked_but_malformed_o
         logs.write_log(str(tmp_path / "x.parquet"),
                        _meta(logging={"kind": "epsilon_greedy", "epsilon": 1.5, "production": 0}),
                        **arr)
+
+
+# ----------------------------------------------------------------------------- 5. outputs
+
+def test_data_split_refuses_outputs_that_clash_before_writing(good, tmp_path, capsys):
+    from puts_jax import cli
+
+    before = (tmp_path / "good.parquet").read_bytes()
+    out = str(tmp_path / "part.parquet")
+    assert cli.main(["data", "split", "--logs", good, "--out-a", out, "--out-b", out]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"puts-jax: error: --out-a and --out-b: both name {out}; an output must not replace")
+    assert not (tmp_path / "part.parquet").exists()
+    (tmp_path / "sub").mkdir()
+    same = str(tmp_path / "sub" / ".." / "good.parquet")  # another spelling of --logs
+    assert cli.main(["data", "split", "--logs", good, "--out-a", str(tmp_path / "a.parquet"),
+                     "--out-b", same]) == 2
+    assert "error: --out-b and --logs: both name" in capsys.readouterr().err
+    assert (tmp_path / "good.parquet").read_bytes() == before
+    assert not (tmp_path / "a.parquet").exists()
+    with pytest.raises(InputError, match=r"out_a and path: both name"):
+        logs.split_log(good, good, out)
+    assert cli.main(["data", "split", "--logs", good, "--out-a", str(tmp_path / "a.parquet"),
+                     "--out-b", out]) == 0  # control: distinct files
+
+
+def test_score_and_select_refuse_an_output_that_is_an_input(tmp_path, capsys):
+    from puts_jax import cli, score_job
+
+    req = tmp_path / "requests.parquet"
+    logs.write_requests(str(req), _meta(), request_id=np.arange(3), context=np.zeros((3, 2)),
+                        preds=np.zeros((3, 2, 2), np.float32))
+    before = req.read_bytes()
+    link = tmp_path / "link.parquet"
+    link.symlink_to(req)
+    for out in (str(req), str(link)):
+        assert cli.main(["score", "--policy", str(tmp_path / "no-registry"), "--requests",
+                         str(req), "--out", out]) == 2
+        assert capsys.readouterr().err.startswith(
+            f"puts-jax: error: --out and --requests: both name {out}")
+    assert req.read_bytes() == before
+    with pytest.raises(InputError, match="out_path and requests_path: both name"):
+        score_job.score_file(str(tmp_path / "no-registry"), str(req), str(req))
+    fr = str(tmp_path / "frontier.json")
+    assert cli.main(["policy", "select", "--frontier", fr, "--maximize", "r0", "--out", fr]) == 2
+    assert "error: --out and --frontier: both name" in capsys.readouterr().err

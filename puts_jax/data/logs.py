@@ -527,7 +527,9 @@ def split_log(path: str, out_a: str, out_b: str, share: float = 0.5, seed: int =
     """Split a log (every column and the metadata kept) into two files by ``split_share`` of the
     request ids: ``share`` of the rows go to ``out_b``. Both files are written atomically.
     Returns the two row counts. Use it to keep a reward model (training) and the rows it
-    corrects (off-policy evaluation) apart."""
+    corrects (off-policy evaluation) apart. Raises InputError, before writing anything, when
+    ``out_a``, ``out_b`` and ``path`` are not three different files."""
+    checks.check_distinct_paths({"out_a": out_a, "out_b": out_b}, {"path": path})
     table = pq.read_table(path)
     to_b = split_share(table["request_id"].to_numpy(), share, seed)
     rg = max(1, pq.ParquetFile(path).metadata.row_group(0).num_rows) if table.num_rows else 65536
