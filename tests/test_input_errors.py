@@ -300,3 +300,34 @@ def test_score_and_select_refuse_an_output_that_is_an_input(tmp_path, capsys):
     fr = str(tmp_path / "frontier.json")
     assert cli.main(["policy", "select", "--frontier", fr, "--maximize", "r0", "--out", fr]) == 2
     assert "error: --out and --frontier: both name" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 6. resume inputs
+
+def test_resuming_on_another_log_is_refused_and_nothing_is_lost(good, tmp_path, capsys):
+    import json
+    import os
+    import shutil
+
+    wd = tmp_path / "wd"
+    assert _train(capsys, good, good, wd)[0] == 0
+    rec = json.loads((wd / "inputs.json").read_text())
+    assert rec["logs"]["path"] == os.path.abspath(good)
+    assert rec["logs"]["size"] == os.path.getsize(good) and len(rec["logs"]["sha256"]) == 64
+    kept = {p: (wd / p).read_bytes() for p in ("inputs.json", "selected.json")}
+    steps = sorted(os.listdir(wd / "checkpoints"))
+    other = str(tmp_path / "other.parquet")
+    logs.write_log(other, _meta(), **_arrays(seed=1))
+    for flags, flag in (((other, good), "--logs"), ((good, other), "--heldout")):
+        rc, err = _train(capsys, *flags, wd)
+        assert rc == 2
+        assert err.startswith(f"python -m train: error: {flag} {other}: {flag[2:]}: differs from "
+                              f"the file the run in {wd} was trained on ({good}: ")
+        assert "Train in a new --workdir" in err
+    assert {p: (wd / p).read_bytes() for p in kept} == kept
+    assert sorted(os.listdir(wd / "checkpoints")) == steps
+    copy = str(tmp_path / "copy.parquet")  # the same bytes elsewhere: the same input
+    shutil.copy(good, copy)
+    assert _train(capsys, copy, good, wd)[0] == 0
+    assert json.loads((wd / "inputs.json").read_text()) == rec  # the record stays the original
+    assert _train(capsys, other, good, tmp_path / "wd2")[0] == 0  # a new workdir trains on it

@@ -7,6 +7,8 @@ One checkpoint step holds three items:
   "progress": checkpoint selection so far (evaluations, best step and value), JSON.
 
 Restore order (big_vision / maxtext style), as ``train.loop`` does it:
+  0. compare this call's input files with those recorded in ``workdir/inputs.json`` when the run
+     started (``check_inputs``): resuming on another training or held-out log is refused;
   1. build the model and the optimizer from the config (``state.abstract_state``: shapes only);
   2. compare the saved "state" metadata with that target; any missing, unexpected or reshaped
      path raises ``CheckpointMismatchError`` naming each path with saved and expected shapes,
@@ -23,10 +25,18 @@ of that step replaces; older steps are deleted only after a newer one commits.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from puts_jax.action_set import atomic_write_text
+from puts_jax.checks import InputError
+from puts_jax.report import file_sha256
+
+INPUTS_FILE = "inputs.json"
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the target; ``mismatches`` lists one line per path."""
@@ -111,3 +121,39 @@ class Checkpointer:
             self.manager.wait_until_finished()
         finally:
             self.manager.close()
+
+
+def input_identity(path: str) -> dict:
+    """{"path" (absolute), "size", "mtime_ns", "sha256"} of an input file. Two files are the same
+    input when size and sha256 agree: a copy, a move or a touch of the same bytes is the same."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": int(st.st_size),
+            "mtime_ns": int(st.st_mtime_ns), "sha256": file_sha256(path)}
+
+
+def check_inputs(workdir: str, inputs: dict[str, dict], resuming: bool, write: bool = True) -> None:
+    """Refuse to resume a run on other data; record the inputs of a run that starts.
+
+    inputs: role -> ``input_identity``, e.g. {"logs": ..., "heldout": ...}. When ``resuming``
+    (a committed checkpoint exists) and ``workdir/inputs.json`` records a role whose size or sha256
+    differs, raises InputError(role, source=the new file's path) naming the recorded file; resuming
+    would otherwise continue (or return) the model trained on the recorded one. The record is
+    written (``write``: process 0) when the run starts fresh, and once for a workdir from before
+    records existed (its inputs cannot be checked).
+    """
+    path = os.path.join(workdir, INPUTS_FILE)
+    recorded = None
+    if resuming and os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        for role, now in inputs.items():
+            was = recorded.get(role)
+            if was is not None and (was["size"], was["sha256"]) != (now["size"], now["sha256"]):
+                raise InputError(role, [], f"differs from the file the run in {workdir} was "
+                                 f"trained on ({was['path']}: {was['size']} bytes, sha256 "
+                                 f"{was['sha256'][:12]}...; this one: {now['size']} bytes, sha256 "
+                                 f"{now['sha256'][:12]}...); resuming would continue that run's "
+                                 f"model. Train in a new --workdir, or move {workdir} away",
+                                 now["path"])
+    if write and recorded is None:
+        atomic_write_text(path, json.dumps(inputs, indent=1))

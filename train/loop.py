@@ -129,7 +129,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
                        interrupt_after: int | None = None) -> dict:
     """Train a QNetwork on ``logs_path``, select a checkpoint on ``heldout_path``, export it.
 
-    Resumes from ``workdir/checkpoints`` when it holds a committed step. Writes
+    Resumes from ``workdir/checkpoints`` when it holds a committed step, and only on the same
+    input files as the run that wrote it (``checkpointing.check_inputs``: ``workdir/inputs.json``
+    records their paths, sizes and sha256). Writes
     ``workdir/metrics.jsonl`` (train loss per objective one step late, held-out estimates at each
     evaluation), ``workdir/selected.json`` and ``workdir/selected_model`` (``load_selected``).
 
@@ -137,10 +139,19 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
       final evaluation or save (saves already started are committed first).
     Returns the selected.json document (plus ``final_step``).
     Raises NonFiniteLossError naming the step whose loss is NaN/inf; InputError naming the file
-    (``source``: ``logs_path`` or ``heldout_path``), the field and the rows on bad input.
+    (``source``: ``logs_path`` or ``heldout_path``), the field and the rows on bad input, or the
+    role ("logs", "heldout") whose file differs from the one a resumed run was trained on.
     """
     os.makedirs(workdir, exist_ok=True)
     run = _Run(config, workdir, logs_path, heldout_path)
+    try:
+        inputs = {"logs": checkpointing.input_identity(logs_path),
+                  "heldout": checkpointing.input_identity(heldout_path)}
+        checkpointing.check_inputs(workdir, inputs, resuming=run.ckpt.latest_step() is not None,
+                                   write=jax.process_index() == 0)
+    except BaseException:
+        run.ckpt.close()
+        raise
     start = run.restore_latest()
     fetcher = metrics_lib.LateFetcher(run.names)
     bar = tqdm.tqdm(total=run.total, initial=start, disable=(None if config.progress is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from puts_jax.checks import InputError
@@ -35,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _flag(err: InputError, args: argparse.Namespace) -> str:
     """'--logs ' or '--heldout ' when ``err`` came from that flag's file, else ''."""
     for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
-        if err.source == path:
+        if err.source is not None and os.path.abspath(err.source) == os.path.abspath(path):
             return flag + " "
     return ""
 
