@@ -132,8 +132,8 @@ def test_extract_top_k_matches_reference_ties_zeros_and_short_rows(N, k):
 def test_rerank_methods_match_per_example_kernels_and_reference(method):
     """rerank (re-weight + mask + top-k, blocked extraction or lax.top_k) equals reweight and
     masked_top_k vmapped and the numpy oracle, with ties, padding, NaN/inf and short rows;
-    B = 150 is not a multiple of the row block (padded rows are cut)."""
-    q, lam, W, preds, mask = _serve_inputs(B=150, N=21)
+    B = 300 runs as two blocks of 152 rows, 4 of them padding (padded rows are cut)."""
+    q, lam, W, preds, mask = _serve_inputs(B=300, N=21)
     preds[7, 2, :] = -0.0  # a -0.0 score ties with 0.0 scores
     action = np.asarray(jax.vmap(kernels.select_action, (0, None, None))(q, lam, 2))
     w = W[action]
