@@ -301,3 +301,19 @@ def to_json(obj: Any) -> str:
         return x
 
     return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
+def pin_process(cores: set[int]) -> None:
+    """Pin every thread of this process to ``cores`` (``os.sched_setaffinity(0, ...)`` pins only
+    the calling thread on Linux; XLA's worker threads, started at import, kept both cores and
+    ran next to the latency suite's agent on its core). New threads inherit the mask."""
+    os.sched_setaffinity(0, cores)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:  # a thread that ended meanwhile
+            pass

@@ -13,6 +13,8 @@ sized to cost several times the agent) scores every candidate. Per batch B in {1
              channel, ordered after the ranker) -> per-request re-weighting -> masked top-k.
              The deployment the paper describes: the utility layer reads the agent's answer
              when it needs it, with no extra program dispatch. Needs the native build (g++).
+  baseline_agent_busy  the baseline while the agent computes on core 1 (its answer unused): the
+             slowdown two busy cores cause each other, with no hand-off at all.
   parallel_2prog  the same hand-off with two programs (ranker; then re-weight -> top-k with the
              weights fetched in Python): what it costs without the in-program wait.
   fused      one program on core 0: ranker + agent -> per-request re-weighting -> top-k.
@@ -193,6 +195,15 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
                 return par.fn(rp, feats, mask)  # runs the ranker, then waits for its weights
 
             calls["parallel"] = parallel
+
+        def baseline_agent_busy():  # the fixed-weight program while the agent computes on
+            agent_proc.request(context)  # core 1 (answer unused): what the agent's work alone
+            out = comp["baseline"].fn(rp, feats, mask, w_fixed)  # costs the ranker's core
+            harness.block(out)
+            agent_proc.weights(B)  # drained (answered long before) so requests stay in step
+            return out
+
+        calls["baseline_agent_busy"] = baseline_agent_busy
     per_call = max(harness.probe(f) for f in calls.values())
     rounds = 3 if quick else 8
     lo = (10 if B < 64 else 3) if quick else (30 if B < 64 else 10)
@@ -203,7 +214,8 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
     for name, sm in summ.items():
         c = comp.get(name)
         fields = {}
-        if name in ("parallel", "parallel_2prog", "fused", "baseline_2prog"):
+        if name in ("parallel", "parallel_2prog", "fused", "baseline_2prog",
+                    "baseline_agent_busy"):
             fields = {"added_p50": sm.p50 / base.p50 - 1.0, "added_p99": sm.p99 / base.p99 - 1.0}
         rep.add(f"B={B}", name, sm, B=B, per_s=B / sm.median,
                 compile_s=None if c is None else round(c.compile_s, 3), **fields)
@@ -215,6 +227,9 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
                       higher_is_better=False)
             rep.ratio(f"B={B} {name} added p99", summ[name].p99 / base.p99 - 1.0, 0.05,
                       higher_is_better=False)
+    if "baseline_agent_busy" in summ:  # interference of two busy cores, no hand-off at all
+        rep.ratio(f"B={B} baseline while the agent computes, added p50",
+                  summ["baseline_agent_busy"].p50 / base.p50 - 1.0)
     if "parallel_2prog" in summ:  # two programs: the split's cost vs the agent's
         two, p2 = summ["baseline_2prog"], summ["parallel_2prog"]
         rep.ratio(f"B={B} parallel_2prog added p50", p2.p50 / base.p50 - 1.0)
@@ -230,7 +245,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     agent_proc, affinity = None, os.sched_getaffinity(0) if ncores >= 2 else None
     if workers and ncores >= 2:
-        os.sched_setaffinity(0, {0})  # the server (ranker) on core 0, the agent on core 1
+        harness.pin_process({0})  # the server (ranker) on core 0, the agent on core 1
         agent_proc = AgentProcess(s, batches, core=1)
     else:
         rep.note("parallel path skipped: needs 2 cores and workers enabled")
@@ -250,5 +265,5 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     finally:
         if agent_proc is not None:
             agent_proc.close()
-            os.sched_setaffinity(0, affinity)
+            harness.pin_process(affinity)
     return rep
