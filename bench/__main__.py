@@ -55,12 +55,31 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t0 = time.perf_counter()
         print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
-        rep = runner(name)(args.quick)
+        rep = _pinned(runner(name), args.quick) if name in ("serve", "sweep") else \
+            runner(name)(args.quick)
         path = rep.write(args.out)
         print(f"\n### {name}  ({time.perf_counter() - t0:.1f}s)\n{rep.table(rep_columns(name))}")
         print(f"-> {path}")
     print(f"\ntotal {time.perf_counter() - t_all:.1f}s", file=sys.stderr)
     return 0
+
+
+def _pinned(run, quick: bool):
+    """Run a suite with every thread of this process on one core, so its in-process variants
+    are measured per core (XLA's own threads could otherwise use the other core); its worker
+    processes pin themselves."""
+    import os
+
+    from bench import harness
+
+    if not hasattr(os, "sched_getaffinity"):
+        return run(quick)
+    mask = os.sched_getaffinity(0)
+    harness.pin_process({min(mask)})
+    try:
+        return run(quick)
+    finally:
+        harness.pin_process(mask)
 
 
 def rep_columns(name: str) -> list[str]:

@@ -253,7 +253,7 @@ def device_kind() -> str:
 
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = len(cores())
         return f"cpu-{n}core"
     return slug(dev.device_kind)
 
@@ -303,10 +303,26 @@ def to_json(obj: Any) -> str:
     return json.dumps(clean(obj), indent=1, allow_nan=False)
 
 
+_UNPINNED: set[int] | None = None  # this process's cores before pin_process first ran
+
+
+def cores() -> set[int]:
+    """The cores this process may use, as before any ``pin_process`` (the suites that pin
+    themselves to one core still start one worker per core of this set)."""
+    if _UNPINNED is not None:
+        return set(_UNPINNED)
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
 def pin_process(cores: set[int]) -> None:
     """Pin every thread of this process to ``cores`` (``os.sched_setaffinity(0, ...)`` pins only
     the calling thread on Linux; XLA's worker threads, started at import, kept both cores and
     ran next to the latency suite's agent on its core). New threads inherit the mask."""
+    global _UNPINNED
+    if _UNPINNED is None:
+        _UNPINNED = set(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cores)
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]

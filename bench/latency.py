@@ -242,7 +242,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
     rep = Report("latency", quick, {**s.as_dict(), "ranker_features": RANKER_FEATURES,
                                     "ranker_hidden": list(RANKER_HIDDEN)})
     graphdef, qparams = variants.split(workload.make_model(s))
-    ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    ncores = len(harness.cores())
     agent_proc, affinity = None, os.sched_getaffinity(0) if ncores >= 2 else None
     if workers and ncores >= 2:
         harness.pin_process({0})  # the server (ranker) on core 0, the agent on core 1

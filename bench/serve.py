@@ -232,7 +232,7 @@ def run_workers(cores: list[int], B: int, seconds: float) -> dict[str, Any]:
 
 
 def scaling(rep: Report, quick: bool, B: int = 8192) -> None:
-    ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    ncores = len(harness.cores())
     if ncores < 2:
         rep.note("worker scaling skipped: fewer than 2 cores available")
         return

@@ -193,17 +193,21 @@ def extract_top_k(s_BxN: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     x = x.reshape(B, G, g)
     M = jnp.max(x, axis=2).T  # f32[G, B]
     rows = jnp.arange(B)
-    g_iota = lax.broadcasted_iota(jnp.int32, (G, B), 0)
-    j_iota = lax.broadcasted_iota(jnp.int32, (B, g), 1)
+    # Positions as f32 (exact below 2**24): XLA:CPU vectorizes f32 min-reductions, while s32 ones
+    # became reduce-window loops that cost more than the rest of a step.
+    g_iota = lax.broadcasted_iota(jnp.float32, (G, B), 0)
+    j_iota = lax.broadcasted_iota(jnp.float32, (B, g), 1)
     vals, idxs = [], []
     for _ in range(k):
         m = jnp.max(M, axis=0)  # f32[B]: the best entry left
-        grp = jnp.min(jnp.where(M == m[None, :], g_iota, G), axis=0)  # lowest group holding it
+        grp_f = jnp.min(jnp.where(M == m[None, :], g_iota, float(G)), axis=0)  # lowest group
+        grp = grp_f.astype(jnp.int32)
         v = x[rows, grp]  # f32[B, g]: that group's entries
-        j = jnp.min(jnp.where(v == m[:, None], j_iota, g), axis=1)
+        j_f = jnp.min(jnp.where(v == m[:, None], j_iota, float(g)), axis=1)
+        j = j_f.astype(jnp.int32)
         x = x.at[rows, grp, j].set(-jnp.inf)
-        rest = jnp.max(jnp.where(j_iota == j[:, None], -jnp.inf, v), axis=1)
-        M = jnp.where(g_iota == grp[None, :], rest[None, :], M)
+        rest = jnp.max(jnp.where(j_iota == j_f[:, None], -jnp.inf, v), axis=1)
+        M = jnp.where(g_iota == grp_f[None, :], rest[None, :], M)
         vals.append(m)
         idxs.append(grp * g + j)
     return jnp.stack(vals, axis=1), jnp.stack(idxs, axis=1)
