@@ -53,7 +53,7 @@ class ScoringConfig:
 
     top_k: int = 10  # candidates returned per request
     batch_buckets: tuple[int, ...] = (1, 16, 128, 1024, 8192)  # B is padded up to one of these
-    candidate_buckets: tuple[int, ...] = (16, 64, 256, 1024)  # N is padded up to one of these
+    candidate_buckets: tuple[int, ...] = (16, 64, 256, 512, 1024)  # N is padded up to one of these
     fallback_action: int = 0  # action used when a request's Q is non-finite
 
     def __post_init__(self) -> None:

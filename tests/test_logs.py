@@ -70,6 +70,28 @@ def test_p10_empty_null_lists_streamed_across_row_groups(tmp_path):
     np.testing.assert_array_equal(whole.batch.preds[..., 0], vals)
 
 
+def test_dense_request_chunks_equal_the_ragged_path(tmp_path):
+    """Every row with the same number of candidates takes the no-copy path: the same preds and
+    mask as a ragged file whose extra row is padded (n_pad), ids by position."""
+    meta = _meta(K=2, J=2)
+    rng = np.random.default_rng(1)
+    dense = rng.random((5, 3, 2)).astype(np.float32)
+    path = str(tmp_path / "dense.parquet")
+    logs.write_requests(path, meta, request_id=np.arange(5), context=np.zeros((5, 2)), preds=dense)
+    (c,) = list(logs.iter_request_chunks(path, chunk_rows=8))
+    np.testing.assert_array_equal(c.batch.preds, dense)
+    assert c.batch.mask.all() and c.n_empty == 0 and c.n_null == 0
+    np.testing.assert_array_equal(c.candidate_ids, np.tile(np.arange(3), (5, 1)))
+    ragged = [dense[i] for i in range(5)] + [dense[0, :1]]
+    path2 = str(tmp_path / "ragged.parquet")
+    logs.write_requests(path2, meta, request_id=np.arange(6), context=np.zeros((6, 2)),
+                        preds=ragged)
+    (r,) = list(logs.iter_request_chunks(path2, chunk_rows=8))
+    np.testing.assert_array_equal(r.batch.preds[:5], dense)
+    np.testing.assert_array_equal(r.batch.mask[5], [True, False, False])
+    np.testing.assert_array_equal(r.candidate_ids[5], [0, -1, -1])
+
+
 def test_outside_action_rows(tmp_path):
     """Slot-level logs: action -1 means the logged decision matches no action (PITFALLS-style
     contract check): needs ``consistent``, which must be all False on that row."""

@@ -457,12 +457,15 @@ def _pad_ragged(col: pa.Array, n_pad: int | None, K: int, row_offset: int):
     checks.raise_if(n_per > n, "preds", f"more than {n} candidates", row_offset)
     inner = col.flatten()  # list<f32> per candidate, nulls skipped
     k_len = np.asarray(inner.value_lengths().fill_null(-1))
-    if k_len.size:
+    wrong_k = k_len != K
+    if wrong_k.any():
         owner = np.repeat(np.arange(len(col)), n_per)
-        checks.raise_if(np.isin(np.arange(len(col)), owner[k_len != K]), "preds",
+        checks.raise_if(np.isin(np.arange(len(col)), owner[wrong_k]), "preds",
                         f"each candidate needs K = {K} predictions", row_offset)
     vals = np.asarray(inner.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, K)
     b = len(col)
+    if b and (n_per == n).all():  # every row has n candidates: a view of Arrow's buffer
+        return vals.reshape(b, n, K), np.ones((b, n), bool), 0, 0, n_per
     preds = np.zeros((b, n, K), np.float32)
     mask = np.arange(n)[None, :] < n_per[:, None]
     preds[mask] = vals
@@ -492,7 +495,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int,
         ctx = _fixed_width(t["context"], "context", np.float32, offset)
         checks.check_finite("context", ctx, offset)
         preds, mask, n_empty, n_null, n_per = _pad_ragged(t["preds"].combine_chunks(), n_pad, K, offset)
-        cand = np.where(mask, np.arange(mask.shape[1])[None, :], -1).astype(np.int64)
+        cand = np.where(mask, np.arange(mask.shape[1], dtype=np.int64)[None, :], np.int64(-1))
         if "candidate_ids" in t.column_names:
             ids_col = t["candidate_ids"].combine_chunks()
             ids_len = np.asarray(ids_col.value_lengths().fill_null(0))
