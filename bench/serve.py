@@ -169,7 +169,7 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
         jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "extract")), tail_args)
     stages["tail: kernels.rerank (lax.top_k)"] = (
         jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "lax")), tail_args)
-    stages["kernels.extract_top_k alone (64-row blocks)"] = (jax.jit(
+    stages[f"kernels.extract_top_k alone ({kernels.TAIL_BLOCK}-row blocks)"] = (jax.jit(
         lambda u: kernels._blocked(lambda x: kernels.extract_top_k(x, k), kernels.TAIL_BLOCK, u)),
         (u,))
     stages["tail: reweight+mask+top_k (fast.py, XLA)"] = (
