@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-workers", action="store_true", help="skip multi-process runs")
     ap.add_argument("--device", default="cpu-2core",
                     help="targets: the results folder's device kind (default cpu-2core)")
+    ap.add_argument("--readme", default=None,
+                    help="targets: also replace the table between the bench-targets markers in "
+                         "this markdown file (README.md)")
+    ap.add_argument("--all-variants", action="store_true",
+                    help="targets: include the experimental variants (fused_exp*, fused_native)")
     args = ap.parse_args(argv)
     if args.suite == "targets":
         import os
@@ -34,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import report
 
         root = args.out or report.RESULTS_DIR
-        print(report.targets_markdown(os.path.join(root, args.device)), end="")
+        table = report.targets_markdown(os.path.join(root, args.device),
+                                        library_only=not args.all_variants)
+        print(table, end="")
+        if args.readme:
+            report.replace_between_markers(args.readme, "bench-targets", table)
         return 0
     single_thread_env()
     batches = _parse_batches(args.batches)

@@ -119,11 +119,16 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(out)
 
 
+EXPERIMENTAL = ("fused_exp", "fused_native")  # bench-only variants (bench/fast.py, native.cc)
+
+
 def targets_markdown(folder: str, suites: tuple[str, ...] = ("serve", "sweep", "latency",
-                                                                "train")) -> str:
+                                                                "train"),
+                     library_only: bool = True) -> str:
     """A markdown table of every ratio that has a target, from the suite JSONs in ``folder``
     (``bench/results/<device-kind>``), with each suite's run (commit, time, load average,
     quick or full), so the README can show the latest numbers with what made them.
+    ``library_only`` leaves out the experimental variants' ratios (``EXPERIMENTAL``).
 
     Raises FileNotFoundError if ``folder`` holds none of the suites' JSON."""
     import json
@@ -143,7 +148,8 @@ def targets_markdown(folder: str, suites: tuple[str, ...] = ("serve", "sweep", "
                     f"{'--quick' if d.get('quick') else 'full'}, load average "
                     f"{load[0]:.2f}" if load else f"`{suite}`: commit {dev.get('git_commit')}")
         for r in d.get("ratios", []):
-            if r.get("target") is None:
+            if r.get("target") is None or (
+                    library_only and any(e in r["name"] for e in EXPERIMENTAL)):
                 continue
             v = r["value"]
             met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]
@@ -153,3 +159,19 @@ def targets_markdown(folder: str, suites: tuple[str, ...] = ("serve", "sweep", "
     if not found:
         raise FileNotFoundError(f"no suite JSON ({', '.join(suites)}) in {folder}")
     return "\n".join(lines) + "\n\nRuns: " + "; ".join(runs) + "\n"
+
+
+def replace_between_markers(path: str, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the file
+    at ``path`` with ``text`` (written atomically). Raises ValueError if a marker is missing."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    with open(path) as f:
+        doc = f.read()
+    i, j = doc.find(begin), doc.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: markers {begin} ... {end} not found")
+    doc = doc[:i + len(begin)] + "\n" + text.rstrip("\n") + "\n" + doc[j:]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(doc)
+    os.replace(tmp, path)

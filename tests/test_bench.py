@@ -88,6 +88,14 @@ def test_report_table_and_json(tmp_path):
     assert "| serve | p50 us | 80 | <= 50 | **no** |" in md and "undefined" not in md
     with pytest.raises(FileNotFoundError):
         report.targets_markdown(str(tmp_path / "empty"))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- bench-targets:begin -->\nold\n<!-- bench-targets:end -->\nb\n")
+    report.replace_between_markers(str(readme), "bench-targets", md)
+    text = readme.read_text()
+    assert "old" not in text and md.strip() in text and text.startswith("a\n")
+    assert text.endswith("<!-- bench-targets:end -->\nb\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.replace_between_markers(str(readme), "nope", md)
 
 
 def test_quick_suite_writes_valid_json(tmp_path):
