@@ -155,11 +155,12 @@ def cmd_policy(args) -> None:
         guards = [_parse_guardrail(g, names) for g in args.guardrail]
         sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
         _print(json.dumps(sel, indent=1, default=str))
+        if sel["index"] is None:  # --out is never replaced by a null selection
+            raise NothingSelected(sel["reason"] + (f"; --out {args.out} not written (an existing "
+                                                   "file is kept)" if args.out else ""))
         if args.out:
             from puts_jax.action_set import atomic_write_text
             atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
-        if sel["index"] is None:
-            raise NothingSelected(sel["reason"])
         # Mark the operating point on the frontier so frontier.json/png/html show it.
         doc["operating_point"] = {"index": sel["index"], "reason": sel["reason"],
                                   "lambda": sel["lambda"], "name": sel["name"]}
@@ -327,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--maximize", required=True, help="objective name")
     x.add_argument("--guardrail", action="append", default=[], help="e.g. 'clicks >= -1%%'")
     x.add_argument("--baseline", default="production", choices=("production", "logging"))
-    x.add_argument("--out", default=None, help="write the selection JSON here")
+    x.add_argument("--out", default=None,
+                   help="write the selection JSON here (only when a point is selected)")
     x = ps.add_parser("publish")
     x.add_argument("--registry", required=True)
     x.add_argument("--model", required=True)

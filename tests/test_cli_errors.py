@@ -1,0 +1,57 @@
+"""CLI input errors: each is one line ``puts-jax: error: ...`` naming the flag, exit status 2 (3
+when nothing is selected), no traceback, and nothing already written is lost or replaced."""
+
+import json
+
+import pytest
+from flax import nnx
+
+from puts_jax import cli, model_io, policy
+from puts_jax.config import QNetConfig
+from puts_jax.data import logs
+from puts_jax.qnet import QNetwork
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny simulated world, an untrained model and a 3-point frontier (with halves)."""
+    d = tmp_path_factory.mktemp("cli_errors")
+    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "300",
+                     "--n-heldout", "100", "--n-evaluation", "1000", "--n-eval", "100",
+                     "--n-requests", "40"]) == 0
+    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
+    q = QNetwork(QNetConfig.tiny(), 4, meta.action_set.n_actions, meta.reward_kinds,
+                 rngs=nnx.Rngs(0))
+    model_io.save_model(str(d / "model"), q, extra={"step": 0})
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
+                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
+                     "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    return d
+
+
+def _err(capsys) -> str:
+    """The captured stderr, checked to be exactly one line."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _select(d, *extra):
+    return cli.main(["policy", "select", "--frontier", str(d / "frontier" / "frontier.json"),
+                     "--maximize", "session_success", *extra])
+
+
+def test_select_that_selects_nothing_keeps_an_existing_out(run, capsys):
+    out = run / "sel_keep.json"
+    assert _select(run, "--out", str(out)) == 0
+    before = out.read_text()
+    assert json.loads(before)["index"] is not None
+    capsys.readouterr()
+    assert _select(run, "--guardrail", "clicks >= +50%", "--out", str(out)) == 3
+    err = _err(capsys)
+    assert err.startswith("puts-jax: nothing selected: ")
+    assert f"--out {out} not written (an existing file is kept)" in err
+    assert out.read_text() == before
+    # and no file appears where there was none
+    assert _select(run, "--guardrail", "clicks >= +50%", "--out", str(run / "sel_new.json")) == 3
+    assert not (run / "sel_new.json").exists()
