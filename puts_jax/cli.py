@@ -180,6 +180,11 @@ def cmd_policy(args) -> None:
                                       "nothing published (the current policy stays)")
         if (args.point is None) == (args.selection is None):
             raise UsageError("policy publish: give exactly one of --point and --selection")
+        n_points = len(doc["lambdas"])
+        if not isinstance(index, int) or not 0 <= index < n_points:  # no negative indexing
+            flag = "--point" if args.selection is None else f"--selection: {args.selection}: index"
+            raise UsageError(f"{flag}: {index!r} is not a point of --frontier (it has {n_points}:"
+                             f" 0 to {n_points - 1})")
         _check_frontier_matches(doc, model, args.logs)
         point = report.frontier_point(doc, index)
         if sel is not None:  # the published estimate (the report half's, when the sweep had halves)

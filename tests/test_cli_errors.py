@@ -55,3 +55,26 @@ def test_select_that_selects_nothing_keeps_an_existing_out(run, capsys):
     # and no file appears where there was none
     assert _select(run, "--guardrail", "clicks >= +50%", "--out", str(run / "sel_new.json")) == 3
     assert not (run / "sel_new.json").exists()
+
+
+def _publish(d, registry, *extra):
+    return cli.main(["policy", "publish", "--registry", str(registry), "--model", str(d / "model"),
+                     "--frontier", str(d / "frontier" / "frontier.json"), "--logs",
+                     str(d / "data" / "logs.parquet"), "--reason", "test", *extra])
+
+
+@pytest.mark.parametrize("point", ["-1", "3", "99"])
+def test_publish_point_outside_the_frontier(run, capsys, point):
+    reg = run / f"reg_point{point}"
+    assert _publish(run, reg, "--point", point) == 2
+    assert _err(capsys) == (f"puts-jax: error: --point: {point} is not a point of --frontier "
+                            "(it has 3: 0 to 2)")
+    assert policy.current_version(str(reg)) is None  # -1 is not the last point
+
+
+def test_publish_selection_index_outside_the_frontier(run, capsys):
+    sel = run / "sel_bad_index.json"
+    sel.write_text(json.dumps({"index": 7}))
+    assert _publish(run, run / "reg_sel7", "--selection", str(sel)) == 2
+    assert _err(capsys) == (f"puts-jax: error: --selection: {sel}: index: 7 is not a point of "
+                            "--frontier (it has 3: 0 to 2)")
