@@ -18,6 +18,7 @@ with the parameters as constants (B = 1 latency); ``export_serve`` writes it as 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Callable
 
@@ -221,6 +222,7 @@ class Scorer:
         self.graphdef, self.params, self.cfg = graphdef, p, cfg
         self.action_weights = np.asarray(action_weights, np.float32)
         self._serve = build_serve(graphdef, self.action_weights, cfg)
+        self._serves = {cfg.top_k: self._serve}  # by effective k (k > N bucket: k = N bucket)
         self._buffers: dict = {}
 
     def set_params(self, params) -> None:
@@ -253,8 +255,21 @@ class Scorer:
             valid=self._padded("valid", batch.valid, (b_pad,)),
             context_ids=None if batch.context_ids is None else self._padded(
                 "context_ids", batch.context_ids, (b_pad, batch.context_ids.shape[1])))
-        out = jax.device_get(self._serve(self.params, lam, padded))
-        return ServeOutput(*(np.asarray(x)[:b] for x in out))
+        # top-k beyond the candidate bucket cannot rank more candidates, only cost more (a
+        # k = 100000 request scored 100x slower): rank min(k, n_pad), pad the slots after
+        k = min(self.cfg.top_k, n_pad)
+        if k not in self._serves:
+            self._serves[k] = build_serve(self.graphdef, self.action_weights,
+                                          dataclasses.replace(self.cfg, top_k=k))
+        out = ServeOutput(*(np.asarray(x)[:b] for x in
+                            jax.device_get(self._serves[k](self.params, lam, padded))))
+        if k < self.cfg.top_k:
+            extra = self.cfg.top_k - k
+            out = out._replace(
+                topk_index=np.pad(out.topk_index, ((0, 0), (0, extra)), constant_values=-1),
+                topk_score=np.pad(out.topk_score, ((0, 0), (0, extra)),
+                                  constant_values=-np.inf))
+        return out
 
     def score(self, lam, batch: RequestBatch) -> ServeOutput:
         """Score host numpy requests: lam f32[J] (validated: non-negative, sums to 1); returns a

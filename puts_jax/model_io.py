@@ -143,3 +143,11 @@ def load_model(directory: str) -> tuple[QNetwork, dict]:
         raise ValueError(f"{directory}: params hash {params_hash(model)} != recorded "
                          f"{info['params_hash']}")
     return model, info
+
+
+def model_widths(model) -> dict:
+    """The context widths a QNetwork reads, as ``iter_log_chunks`` / ``iter_request_chunks``
+    keyword arguments (rows of another width are rejected by name instead of failing in the
+    network)."""
+    ids = len(getattr(getattr(model, "cfg", None), "id_vocab_sizes", ()) or ())
+    return {"context_dim": getattr(model, "context_dim", None), "n_context_ids": ids or None}

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from puts_jax import checks, engine, policy
+from puts_jax import checks, engine, model_io, policy
 from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.config import ScoringConfig
@@ -86,7 +86,8 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     try:
         with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=total, unit="req",
                                                            disable=not progress) as bar:
-            for chunk in logs.iter_request_chunks(requests_path, chunk_rows):
+            widths = model_io.model_widths(op.model)
+            for chunk in logs.iter_request_chunks(requests_path, chunk_rows, **widths):
                 out = scorer.score(op.lam, chunk.batch)
                 writer.write_table(output_table(chunk.request_id, out, op.action_set.weights,
                                                 chunk.candidate_ids))

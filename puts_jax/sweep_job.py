@@ -149,7 +149,8 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                       f"the log has A={A}, J={J}")
     cfg = SweepConfig(n_lambdas=n_lambdas, chunk_rows=chunk_rows)
     lams = lambda_grid(J, n_lambdas)
-    ev = evaluation.evaluate_log(model, lams, logs.iter_log_chunks(logs_path, chunk_rows), cfg,
+    chunks = logs.iter_log_chunks(logs_path, chunk_rows, **model_io.model_widths(model))
+    ev = evaluation.evaluate_log(model, lams, chunks, cfg,
                                  reward_kinds=meta.reward_kinds,
                                  baselines=evaluation.fixed_action_probs(np.arange(A), A),
                                  n_actions=A, bootstrap=bootstrap,
@@ -192,9 +193,10 @@ def evaluate_halves(model, lams, names: list[str], logs_path: str, meta: logs.Lo
     key as the full pass)."""
     A = meta.action_set.n_actions
     out = {"rule": halves_lib.RULE}
+    widths = model_io.model_widths(model)
     for h, half in enumerate(halves_lib.HALF_NAMES):
-        stream = halves_lib.HalfChunks(lambda: logs.iter_log_chunks(logs_path, cfg.chunk_rows),
-                                       h, cfg.chunk_rows)
+        stream = halves_lib.HalfChunks(
+            lambda: logs.iter_log_chunks(logs_path, cfg.chunk_rows, **widths), h, cfg.chunk_rows)
         ev = evaluation.evaluate_log(model, lams, stream, cfg, reward_kinds=meta.reward_kinds,
                                      baselines=evaluation.fixed_action_probs(np.arange(A), A),
                                      n_actions=A, bootstrap=bootstrap,
@@ -287,10 +289,11 @@ def _row(name: str, truth_J: np.ndarray, est: dict | None) -> list[str]:
     return cells + [str(est["n"]), str(est["matched"])]
 
 
-def _estimate_actions(path: str, actions_fn, A: int, confidence: float, chunk_rows: int) -> dict:
+def _estimate_actions(path: str, actions_fn, A: int, confidence: float, chunk_rows: int,
+                      widths: dict | None = None) -> dict:
     """SNIPS of a deterministic per-row policy (actions_fn(context) -> i32[b]) on a log."""
     total = None
-    for _, _, lb in logs.iter_log_chunks(path, chunk_rows):
+    for _, _, lb in logs.iter_log_chunks(path, chunk_rows, **(widths or {})):
         a = actions_fn(lb.context)
         pi = lb.consistent[np.arange(len(a)), a].astype(np.float32)
         s = ope.to_host(ope.chunk_stats(pi, lb.propensity.astype(np.float32), lb.rewards,
@@ -343,7 +346,17 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
         return actions
 
     tv = truth["true_values"]
+    widths = model_io.model_widths(model)
+    if widths["context_dim"] is not None and truth["context"].shape[1] != widths["context_dim"]:
+        raise InputError("context", [], f"{data_dir} has {truth['context'].shape[1]}-wide "
+                                        f"contexts; the model reads {widths['context_dim']}")
     doc = report.read_frontier(frontier_path)
+    files = doc.get("provenance", {}).get("data_files", {})
+    if report.file_sha256(ev_path) not in files.values():
+        raise InputError("--frontier", [], f"{frontier_path} was estimated on "
+                                           f"{sorted(files) or 'unknown data'}, not on {ev_path}; "
+                                           f"its logging-policy estimate would not be this "
+                                           f"world's")
     conf = doc["confidence"]
     A = meta.action_set.n_actions
     g, prod = (int(np.ravel(truth[k])[0]) for k in ("best_global_action", "production_action"))
@@ -351,7 +364,7 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
 
     def policy_row(name, act):
         return _row(name, simulator.policy_value(tv, act(ctx)),
-                    _estimate_actions(ev_path, act, A, conf, chunk_rows))
+                    _estimate_actions(ev_path, act, A, conf, chunk_rows, widths))
 
     rows = [policy_row(f"learned, lam={lam_0.tolist()}", greedy(lam_0))]
     if lam_op is not None:

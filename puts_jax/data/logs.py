@@ -328,7 +328,8 @@ def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset:
     return vals.reshape(len(arr), w)
 
 
-def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.ndarray, LoggedBatch]:
+def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int, context_dim: int | None = None,
+                       n_context_ids: int | None = None) -> tuple[np.ndarray, LoggedBatch]:
     A = meta.action_set.n_actions
     J = len(meta.reward_names) or None
     action = _scalar(t, "action", np.int64, row_offset)  # range-checked before the int32 cast
@@ -337,8 +338,8 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int) -> tuple[np.
         consistent = _fixed_width(t["consistent"], "consistent", bool, row_offset, A)
     ids = None
     if "context_ids" in t.column_names:
-        ids = _fixed_width(t["context_ids"], "context_ids", np.int32, row_offset)
-    lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset),
+        ids = _fixed_width(t["context_ids"], "context_ids", np.int32, row_offset, n_context_ids)
+    lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset, context_dim),
                      action, _scalar(t, "propensity", np.float64, row_offset),
                      _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
                      consistent, np.ones(len(action), bool), ids)
@@ -371,9 +372,13 @@ def check_request_ids(path: str, batch_rows: int = 1 << 20) -> None:
         checks.check_unique("request_id", ids, "request id")
 
 
-def iter_log_chunks(path: str, chunk_rows: int = 65536,
-                    columns: list[str] | None = None) -> Iterator[tuple[int, np.ndarray, LoggedBatch]]:
+def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | None = None,
+                    context_dim: int | None = None, n_context_ids: int | None = None
+                    ) -> Iterator[tuple[int, np.ndarray, LoggedBatch]]:
     """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
+
+    ``context_dim`` / ``n_context_ids``: the widths the model reads (``QNetwork.context_dim``,
+    ``len(cfg.id_vocab_sizes)``); rows of another width are rejected by name.
 
     ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
     ``preds`` (slate matching) is not part of a LoggedBatch and is not read unless ``columns``
@@ -391,7 +396,7 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536,
         offset = 0
         for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
             t = pa.Table.from_batches([rb])
-            rid, lb = _logged_from_table(t, meta, offset)
+            rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids)
             yield offset, rid, lb
             offset += t.num_rows
     except InputError as err:
@@ -473,26 +478,31 @@ def _pad_ragged(col: pa.Array, n_pad: int | None, K: int, row_offset: int):
     return preds, mask, n_empty, int(is_null.sum()), n_per
 
 
-def iter_request_chunks(path: str, chunk_rows: int = 8192,
-                        n_pad: int | None = None) -> Iterator[RequestChunk]:
+def iter_request_chunks(path: str, chunk_rows: int = 8192, n_pad: int | None = None,
+                        context_dim: int | None = None,
+                        n_context_ids: int | None = None) -> Iterator[RequestChunk]:
     """Stream a request set in record batches, padded per chunk to ``n_pad`` (or the chunk's
-    longest list). Never reads the whole table. Raises InputError naming ``path``, the column
-    and the rows (a missing column or one of the wrong type first: ``REQUEST_COLUMNS``)."""
+    longest list). Never reads the whole table. ``context_dim`` / ``n_context_ids``: the widths
+    the model reads; rows of another width are rejected by name. Raises InputError naming
+    ``path``, the column and the rows (a missing column or one of the wrong type first:
+    ``REQUEST_COLUMNS``)."""
     meta = read_meta(path)
     pf = pq.ParquetFile(path)
     try:
         check_columns(pf.schema_arrow, REQUEST_COLUMNS)
-        yield from _request_chunks(pf, meta.action_set.n_outcomes, chunk_rows, n_pad)
+        yield from _request_chunks(pf, meta.action_set.n_outcomes, chunk_rows, n_pad,
+                                   context_dim, n_context_ids)
     except InputError as err:
         raise err.in_source(path) from err
 
 
-def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int,
-                    n_pad: int | None) -> Iterator[RequestChunk]:
+def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | None,
+                    context_dim: int | None = None,
+                    n_context_ids: int | None = None) -> Iterator[RequestChunk]:
     offset = 0
     for rb in pf.iter_batches(batch_size=chunk_rows):
         t = pa.Table.from_batches([rb])
-        ctx = _fixed_width(t["context"], "context", np.float32, offset)
+        ctx = _fixed_width(t["context"], "context", np.float32, offset, context_dim)
         checks.check_finite("context", ctx, offset)
         preds, mask, n_empty, n_null, n_per = _pad_ragged(t["preds"].combine_chunks(), n_pad, K, offset)
         cand = np.where(mask, np.arange(mask.shape[1], dtype=np.int64)[None, :], np.int64(-1))
@@ -503,7 +513,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int,
             cand[mask] = np.asarray(ids_col.flatten().to_numpy(zero_copy_only=False), np.int64)
         ids = None
         if "context_ids" in t.column_names:
-            ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset)
+            ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset, n_context_ids)
         batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
         yield RequestChunk(offset, _scalar(t, "request_id", np.int64, offset), batch, cand,
                            n_empty, n_null)

@@ -1,0 +1,93 @@
+"""Inputs that do not fit the model or the data are refused by name (fresh-user review):
+context width != the model's D (score, sweep, truth), a frontier from other data (truth), and a
+top-k beyond the candidates (ranked as the candidates, not paid for)."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from flax import nnx
+
+from puts_jax import cli, engine, model_io
+from puts_jax.config import QNetConfig, ScoringConfig
+from puts_jax.data import logs
+from puts_jax.qnet import QNetwork
+from puts_jax.types import RequestBatch
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fit")
+    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "500",
+                     "--n-heldout", "200", "--n-evaluation", "1500", "--n-eval", "200",
+                     "--n-requests", "50"]) == 0
+    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
+    D = len(pq.read_table(str(d / "data" / "logs.parquet"), columns=["context"])["context"][0])
+    for name, width in (("model", D), ("wide_model", D + 3)):
+        q = QNetwork(QNetConfig.tiny(), width, meta.action_set.n_actions, meta.reward_kinds,
+                     rngs=nnx.Rngs(0))
+        model_io.save_model(str(d / name), q, extra={"step": 0})
+    return d, D
+
+
+def test_sweep_refuses_a_log_of_another_context_width(world, capsys):
+    d, D = world
+    assert cli.main(["sweep", "--model", str(d / "wide_model"), "--logs",
+                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "f_wide"),
+                     "--n-lambdas", "3", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"context: expected length {D + 3} at rows [0, 1, 2" in err and "Traceback" not in err
+    assert "evaluation.parquet" in err and not (d / "f_wide").exists()
+
+
+def test_score_and_truth_refuse_other_widths_and_other_data(world, capsys):
+    d, D = world
+    data = str(d / "data")
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs", f"{data}/evaluation.parquet",
+                     "--out", str(d / "f"), "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs", f"{data}/heldout.parquet",
+                     "--out", str(d / "f_other"), "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    assert cli.main(["truth", "--data", data, "--model", str(d / "wide_model"), "--frontier",
+                     str(d / "f" / "frontier.json")]) == 2
+    assert f"has {D}-wide contexts; the model reads {D + 3}" in capsys.readouterr().err
+    assert cli.main(["truth", "--data", data, "--model", str(d / "model"), "--frontier",
+                     str(d / "f_other" / "frontier.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--frontier" in err and "heldout.parquet" in err and "evaluation.parquet" in err
+    assert cli.main(["truth", "--data", data, "--model", str(d / "model"), "--frontier",
+                     str(d / "f" / "frontier.json")]) == 0
+    # a request set of another width, scored through the registry's model
+    assert cli.main(["policy", "publish", "--registry", str(d / "reg"), "--model",
+                     str(d / "model"), "--frontier", str(d / "f" / "frontier.json"), "--logs",
+                     f"{data}/logs.parquet", "--point", "1", "--reason", "test"]) == 0
+    meta = logs.read_meta(f"{data}/requests.parquet")
+    K = meta.action_set.n_outcomes
+    logs.write_requests(str(d / "wide_req.parquet"), meta, request_id=np.arange(3),
+                        context=np.zeros((3, D + 1)), preds=np.ones((3, 4, K), np.float32))
+    capsys.readouterr()
+    assert cli.main(["score", "--policy", str(d / "reg"), "--requests",
+                     str(d / "wide_req.parquet"), "--out", str(d / "s.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"context: expected length {D} at rows [0, 1, 2]" in err
+    assert not (d / "s.parquet").exists()
+
+
+def test_top_k_beyond_the_candidates_ranks_them_all_and_pads(world):
+    d, D = world
+    model, _ = model_io.load_model(str(d / "model"))
+    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
+    W = meta.action_set.weights
+    rng = np.random.default_rng(0)
+    B, N, K = 5, 7, W.shape[1]
+    batch = RequestBatch(rng.normal(size=(B, D)).astype(np.float32),
+                         rng.random((B, N, K), dtype=np.float32), np.ones((B, N), bool), None)
+    lam = np.array([0.5, 0.5], np.float32)
+    small = engine.Scorer(model, W, ScoringConfig(top_k=N, candidate_buckets=(8, 64)))(lam, batch)
+    huge = engine.Scorer(model, W, ScoringConfig(top_k=5000, candidate_buckets=(8, 64)))
+    out = huge(lam, batch)
+    assert out.topk_index.shape == (B, 5000) and out.topk_score.shape == (B, 5000)
+    np.testing.assert_array_equal(out.topk_index[:, :N], small.topk_index)
+    np.testing.assert_array_equal(out.topk_score[:, :N], small.topk_score)
+    assert (out.topk_index[:, N:] == -1).all() and np.isneginf(out.topk_score[:, N:]).all()
+    np.testing.assert_array_equal(out.action, small.action)
+    assert sorted(huge._serves) == [8, 5000]  # ranked with k = the candidate bucket
