@@ -99,19 +99,29 @@ def cmd_report(args) -> None:
 
 # ----------------------------------------------------------------------------- policy
 
-def _parse_guardrail(text: str, names: list[str]) -> tuple[int, float]:
-    """'clicks >= -1%' -> (index of clicks, -0.01)."""
+def _parse_guardrail(text: str, names: list[str],
+                     directions: list[str] | None = None) -> tuple[int, float]:
+    """'clicks >= -1%' -> (index of clicks, -0.01). The percentage must be finite (nan% and inf%
+    are malformed) and, for a "max" objective (the default), at least -100%: a drop of more
+    than 100% of the baseline means nothing. (For a "min" objective -200% reads "may grow by up
+    to 200%".)"""
     try:
         name, rhs = (s.strip() for s in text.split(">="))
         if not rhs.endswith("%"):
             raise ValueError("no %")
         value = float(rhs[:-1]) / 100.0
+        if not np.isfinite(value):
+            raise ValueError("not finite")
     except ValueError:
-        raise UsageError(f"--guardrail: expected a relative change in percent such as "
+        raise UsageError(f"--guardrail: expected a finite relative change in percent such as "
                          f"'clicks >= -1%', got {text!r}")
     if name not in names:
         raise UsageError(f"--guardrail: unknown objective {name!r}; known {names}")
-    return names.index(name), value
+    j = names.index(name)
+    if value < -1.0 and (directions or ["max"] * len(names))[j] == "max":
+        raise UsageError(f"--guardrail: {text!r}: a relative change below -100% means nothing "
+                         f"(-100% already allows {name} to drop to 0)")
+    return j, value
 
 
 class UsageError(ValueError):
@@ -152,7 +162,8 @@ def cmd_policy(args) -> None:
         names = doc["objectives"]["names"]
         if args.maximize not in names:
             raise UsageError(f"--maximize: unknown objective {args.maximize!r}; known {names}")
-        guards = [_parse_guardrail(g, names) for g in args.guardrail]
+        guards = [_parse_guardrail(g, names, doc["objectives"].get("directions"))
+                  for g in args.guardrail]
         sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
         _print(json.dumps(sel, indent=1, default=str))
         if sel["index"] is None:  # --out is never replaced by a null selection

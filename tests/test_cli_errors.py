@@ -78,3 +78,18 @@ def test_publish_selection_index_outside_the_frontier(run, capsys):
     assert _publish(run, run / "reg_sel7", "--selection", str(sel)) == 2
     assert _err(capsys) == (f"puts-jax: error: --selection: {sel}: index: 7 is not a point of "
                             "--frontier (it has 3: 0 to 2)")
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "inf", "+nan"])
+def test_guardrail_non_finite_is_malformed(run, capsys, value):
+    assert _select(run, "--guardrail", f"clicks >= {value}%") == 2
+    assert _err(capsys) == ("puts-jax: error: --guardrail: expected a finite relative change in "
+                            f"percent such as 'clicks >= -1%', got 'clicks >= {value}%'")
+
+
+def test_guardrail_below_minus_100_percent(run, capsys):
+    assert _select(run, "--guardrail", "clicks >= -200%") == 2
+    assert _err(capsys) == ("puts-jax: error: --guardrail: 'clicks >= -200%': a relative change "
+                            "below -100% means nothing (-100% already allows clicks to drop to 0)")
+    capsys.readouterr()
+    assert _select(run, "--guardrail", "clicks >= -100%") == 0  # the limit itself is legal
