@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -11,8 +12,15 @@ from bench import single_thread_env
 SUITES = ("serve", "sweep", "latency", "train")
 
 
-def _parse_batches(text: str | None) -> tuple[int, ...] | None:
-    return None if not text else tuple(int(x) for x in text.split(","))
+def _parse_batches(text: str) -> tuple[int, ...]:
+    """argparse type of --batches: positive integers separated by commas."""
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,8192, got {text!r}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                          "targeted ratio from the results JSON (for the README)")
     ap.add_argument("--quick", action="store_true",
                     help="fewer repetitions (about a minute a suite)")
-    ap.add_argument("--batches", help="comma-separated batch sizes (override the suite's)")
+    ap.add_argument("--batches", type=_parse_batches,
+                    help="comma-separated batch sizes (override the suite's)")
     ap.add_argument("--out", default=None, help="results root (default bench/results)")
     ap.add_argument("--no-workers", action="store_true", help="skip multi-process runs")
     ap.add_argument("--device", default="cpu-2core",
@@ -34,19 +43,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="targets: include the experimental variants (fused_exp*, fused_native)")
     args = ap.parse_args(argv)
     if args.suite == "targets":
-        import os
-
         from bench import report
 
         root = args.out or report.RESULTS_DIR
-        table = report.targets_markdown(os.path.join(root, args.device),
-                                        library_only=not args.all_variants)
+        try:
+            table = report.targets_markdown(os.path.join(root, args.device),
+                                            library_only=not args.all_variants)
+        except FileNotFoundError as e:
+            ap.error(str(e))
         print(table, end="")
         if args.readme:
             report.replace_between_markers(args.readme, "bench-targets", table)
         return 0
     single_thread_env()
-    batches = _parse_batches(args.batches)
+    batches = args.batches
 
     import importlib
 
@@ -59,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             kw["multi"] = not args.no_workers
         return lambda quick: mod.run(quick, **kw)
 
+    out_root = args.out
+    if out_root is None and (batches or args.no_workers):
+        # a partial run must not replace the committed results of the full suite
+        from bench import report
+
+        out_root = os.path.join(report.RESULTS_DIR, "partial")
+        print(f"(partial run: results go to {out_root}, not the committed bench/results)",
+              file=sys.stderr)
     names = SUITES if args.suite == "all" else (args.suite,)
     t_all = time.perf_counter()
     for name in names:
@@ -66,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
         rep = _pinned(runner(name), args.quick) if name in ("serve", "sweep") else \
             runner(name)(args.quick)
-        path = rep.write(args.out)
+        path = rep.write(out_root)
         print(f"\n### {name}  ({time.perf_counter() - t0:.1f}s)\n{rep.table(rep_columns(name))}")
         print(f"-> {path}")
     print(f"\ntotal {time.perf_counter() - t_all:.1f}s", file=sys.stderr)
@@ -77,8 +95,6 @@ def _pinned(run, quick: bool):
     """Run a suite with every thread of this process on one core, so its in-process variants
     are measured per core (XLA's own threads could otherwise use the other core); its worker
     processes pin themselves."""
-    import os
-
     from bench import harness
 
     if not hasattr(os, "sched_getaffinity"):
