@@ -7,8 +7,9 @@ One checkpoint step holds three items:
   "progress": checkpoint selection so far (evaluations, best step and value), JSON.
 
 Restore order (big_vision / maxtext style), as ``train.loop`` does it:
-  0. compare this call's input files with those recorded in ``workdir/inputs.json`` when the run
-     started (``check_inputs``): resuming on another training or held-out log is refused;
+  0. compare this call's input files and config with those recorded in ``workdir/inputs.json`` and
+     ``workdir/config.json`` when the run started (``check_inputs``, ``check_config``): resuming
+     on another training or held-out log, or with other settings, is refused;
   1. build the model and the optimizer from the config (``state.abstract_state``: shapes only);
   2. compare the saved "state" metadata with that target; any missing, unexpected or reshaped
      path raises ``CheckpointMismatchError`` naming each path with saved and expected shapes,
@@ -36,6 +37,9 @@ from puts_jax.checks import InputError
 from puts_jax.report import file_sha256
 
 INPUTS_FILE = "inputs.json"
+CONFIG_FILE = "config.json"
+# TrainConfig fields that change how a run is shown or saved, not what it computes.
+UNCHECKED_FIELDS = ("progress", "async_checkpointing")
 
 
 class CheckpointMismatchError(ValueError):
@@ -157,3 +161,46 @@ def check_inputs(workdir: str, inputs: dict[str, dict], resuming: bool, write: b
                                  now["path"])
     if write and recorded is None:
         atomic_write_text(path, json.dumps(inputs, indent=1))
+
+
+def _flat(doc: dict, prefix: str = "") -> dict:
+    """{"qnet.hidden": [64, 64], "seed": 0, ...}: nested dicts as dotted names."""
+    out = {}
+    for k, v in doc.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_config(workdir: str, config: dict, resuming: bool, write: bool = True) -> None:
+    """Refuse to resume a run with another config; record the config of a run that starts.
+
+    config: ``TrainConfig.to_dict()`` of this call. When ``resuming`` and ``workdir/config.json``
+    (or, for a workdir from before it existed, the "config" of ``selected.json``) records a field
+    whose value differs (``UNCHECKED_FIELDS`` aside), raises InputError("config", source=workdir)
+    naming each field with its saved and given values: another seed would return the recorded
+    run's model, more epochs would continue it on another learning-rate schedule, fewer would
+    point past the data, another model would not fit the checkpoint. A field the record lacks (a
+    field added since) is not checked. ``config.json`` is written (``write``: process 0, atomically)
+    when the run starts fresh, and once for a workdir without it.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    legacy = os.path.join(workdir, "selected.json")
+    recorded = None
+    if resuming:
+        for p in (path, legacy):
+            if os.path.exists(p):
+                with open(p) as f:
+                    recorded = json.load(f) if p == path else json.load(f).get("config")
+                break
+    if recorded is not None:
+        was, now = _flat(recorded), _flat(config)
+        diff = [f"{k}: saved {json.dumps(v)}, given {json.dumps(now.get(k))}"
+                for k, v in was.items() if k.split(".")[0] not in UNCHECKED_FIELDS
+                and now.get(k) != v]
+        if diff:
+            raise InputError("config", [], f"differs from the config the run in {workdir} was "
+                             f"trained with ({'; '.join(diff)}); resuming would continue or "
+                             f"return that run. Train in a new --workdir, or move {workdir} "
+                             "away", workdir)
+    if write and (not resuming or not os.path.exists(path)):
+        atomic_write_text(path, json.dumps(config, indent=1))

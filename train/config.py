@@ -7,6 +7,7 @@ the config is what makes two runs on the same data comparable.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from puts_jax.config import QNetConfig
 
@@ -64,6 +65,11 @@ class TrainConfig:
                  "select_lambda", f"must be non-negative and sum to 1, got {self.select_lambda}")
         _require(not self.action_features or self.qnet.head == "mixture", "action_features",
                  "only the mixture head uses action features")
+
+    def to_dict(self) -> dict:
+        """Every field as JSON values (tuples as lists, ``qnet`` as a nested dict): the record of
+        a run's effective config (``workdir/config.json``, ``selected.json``)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def loss_weights(self, n_objectives: int) -> tuple[float, ...]:
         """Per-objective loss weights for J objectives (validated against J)."""

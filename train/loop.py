@@ -8,8 +8,6 @@ its last committed checkpoint to the same parameters, bit for bit, as an uninter
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import jax
@@ -116,7 +114,7 @@ class _Run:
     def summary(self) -> dict:
         doc = selection.summary(self.progress, self.evaluator, self.select_lambda,
                                 self.names[self.cfg.select_objective])
-        doc["config"] = json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list))
+        doc["config"] = self.cfg.to_dict()
         doc["total_steps"] = self.total
         return doc
 
@@ -130,8 +128,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     """Train a QNetwork on ``logs_path``, select a checkpoint on ``heldout_path``, export it.
 
     Resumes from ``workdir/checkpoints`` when it holds a committed step, and only on the same
-    input files as the run that wrote it (``checkpointing.check_inputs``: ``workdir/inputs.json``
-    records their paths, sizes and sha256). Writes
+    input files and config as the run that wrote it (``checkpointing.check_inputs``,
+    ``check_config``: ``workdir/inputs.json`` records the files' paths, sizes and sha256,
+    ``workdir/config.json`` the config). Writes
     ``workdir/metrics.jsonl`` (train loss per objective one step late, held-out estimates at each
     evaluation), ``workdir/selected.json`` and ``workdir/selected_model`` (``load_selected``).
 
@@ -140,15 +139,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     Returns the selected.json document (plus ``final_step``).
     Raises NonFiniteLossError naming the step whose loss is NaN/inf; InputError naming the file
     (``source``: ``logs_path`` or ``heldout_path``), the field and the rows on bad input, or the
-    role ("logs", "heldout") whose file differs from the one a resumed run was trained on.
+    role ("logs", "heldout") whose file differs from the one a resumed run was trained on, or
+    "config" (``source``: ``workdir``) naming the fields that differ from the resumed run's.
     """
     os.makedirs(workdir, exist_ok=True)
     run = _Run(config, workdir, logs_path, heldout_path)
     try:
         inputs = {"logs": checkpointing.input_identity(logs_path),
                   "heldout": checkpointing.input_identity(heldout_path)}
-        checkpointing.check_inputs(workdir, inputs, resuming=run.ckpt.latest_step() is not None,
-                                   write=jax.process_index() == 0)
+        resuming, write = run.ckpt.latest_step() is not None, jax.process_index() == 0
+        checkpointing.check_config(workdir, config.to_dict(), resuming, write)
+        checkpointing.check_inputs(workdir, inputs, resuming, write)
     except BaseException:
         run.ckpt.close()
         raise

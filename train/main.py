@@ -34,8 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _flag(err: InputError, args: argparse.Namespace) -> str:
-    """'--logs ' or '--heldout ' when ``err`` came from that flag's file, else ''."""
-    for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
+    """'--logs ', '--heldout ' or '--workdir ' when ``err`` came from that flag's path, else ''."""
+    for flag, path in (("--logs", args.logs), ("--heldout", args.heldout),
+                       ("--workdir", args.workdir)):
         if err.source is not None and os.path.abspath(err.source) == os.path.abspath(path):
             return flag + " "
     return ""

@@ -1,0 +1,96 @@
+"""python -m train on a workdir or inputs it cannot use: resuming with another config, a workdir
+that is a file, missing input files, a held-out log of another context width, Ctrl-C. Each stops
+with one 'error:' line (or the interrupt line) and nothing already written is lost."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from puts_jax.data import logs, simulator as sim
+from train import TrainConfig
+from train.main import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def sim_logs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logs")
+    world = sim.make_world(sim.SimConfig.tiny())
+    paths = {}
+    for name, n, seed in (("train", 600, 1), ("heldout", 400, 2)):
+        paths[name] = str(d / f"{name}.parquet")
+        logs.write_log(paths[name], **sim.simulate_log(world, n, seed))
+    return paths
+
+
+def _cli(capsys, sim_logs, workdir, *flags, logs_path=None, heldout=None):
+    rc = cli_main(["--logs", logs_path or sim_logs["train"], "--heldout",
+                   heldout or sim_logs["heldout"], "--workdir", str(workdir), *flags])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _snapshot(wd) -> dict:
+    """Every file under ``wd`` -> its bytes."""
+    out = {}
+    for root, _, files in os.walk(wd):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, wd)] = open(p, "rb").read()
+    return out
+
+
+# ----------------------------------------------------------------------------- 1. config on resume
+
+@pytest.fixture(scope="module")
+def finished(sim_logs, tmp_path_factory):
+    """A finished tiny run (seed 0, 1 epoch = 10 steps) and its printed result."""
+    wd = tmp_path_factory.mktemp("finished") / "wd"
+    rc = cli_main(["--config", "tiny", "--epochs", "1", "--logs", sim_logs["train"],
+                   "--heldout", sim_logs["heldout"], "--workdir", str(wd)])
+    assert rc == 0
+    return wd
+
+
+def test_the_effective_config_is_recorded_at_the_start(finished):
+    rec = json.loads((finished / "config.json").read_text())
+    assert rec == TrainConfig.tiny().to_dict() | {"epochs": 1}
+    assert rec["qnet"]["hidden"] == [16] and rec["seed"] == 0
+    assert json.loads((finished / "selected.json").read_text())["config"] == rec
+
+
+@pytest.mark.parametrize("flags, diff", [
+    (["--config", "tiny", "--epochs", "1", "--seed", "7"], "(seed: saved 0, given 7)"),
+    (["--config", "tiny", "--epochs", "2"], "(epochs: saved 1, given 2)"),
+    (["--config", "tiny"], "(epochs: saved 1, given 2)"),  # the preset's 2 epochs
+    (["--config", "default", "--epochs", "1"],
+     "(qnet.hidden: saved [16], given [64, 64]; batch_size: saved 64, given 4096; "
+     "learning_rate: saved 0.01, given 0.03; "),
+])
+def test_resuming_with_another_config_is_refused_naming_the_fields(
+        finished, sim_logs, capsys, flags, diff):
+    before = _snapshot(finished)
+    rc, out, err = _cli(capsys, sim_logs, finished, *flags)
+    assert rc == 2 and out == ""
+    assert err.startswith(f"python -m train: error: --workdir {finished}: config: differs from "
+                          f"the config the run in {finished} was trained with {diff}")
+    assert "Train in a new --workdir" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(finished) == before  # nothing written, nothing lost
+
+
+def test_the_same_config_resumes_and_an_old_workdir_is_checked_then_recorded(
+        finished, sim_logs, capsys, tmp_path):
+    same = ["--config", "tiny", "--epochs", "1"]
+    rc, out, _ = _cli(capsys, sim_logs, finished, *same)
+    assert rc == 0 and json.loads(out)["final_step"] == 10
+    # A workdir from before config.json: checked against selected.json's config, then recorded.
+    old = tmp_path / "old"
+    shutil.copytree(finished, old)
+    rec = (old / "config.json").read_bytes()
+    (old / "config.json").unlink()
+    rc, _, err = _cli(capsys, sim_logs, old, *same, "--seed", "3")
+    assert rc == 2 and "(seed: saved 0, given 3)" in err
+    assert not (old / "config.json").exists()
+    assert _cli(capsys, sim_logs, old, *same)[0] == 0
+    assert (old / "config.json").read_bytes() == rec
