@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -402,12 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _as_flag(field: str, args) -> str:
+    """A library field named like this command's argument ('requests_per_day',
+    'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
+    name = field.rsplit(".", 1)[-1] if re.fullmatch(r"\w+Config\.\w+", field) else field
+    return "--" + name.replace("_", "-") if name in vars(args) and name != "fn" else field
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from puts_jax.checks import InputError
     try:
         args.fn(args)
-    except (InputError, UsageError) as e:
+    except InputError as e:  # a library field that came from a flag is named as the flag
+        e = e if e.source else InputError(_as_flag(e.field, args), e.rows, e.msg)
+        print(f"puts-jax: error: {e}", file=sys.stderr)
+        return 2
+    except UsageError as e:
         print(f"puts-jax: error: {e}", file=sys.stderr)
         return 2
     except NothingSelected as e:

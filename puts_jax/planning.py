@@ -81,6 +81,11 @@ def _second_moment(value, reward_var):
 def ips_variance(value, n_actions: int, reward_var: float | None = None) -> np.ndarray:
     """Per-row variance of the IPS term (divide by n for the estimate): A E[r^2] - V^2."""
     _check(n_actions, value, reward_var, 0.0)
+    return _ips_variance(value, n_actions, reward_var)
+
+
+def _ips_variance(value, n_actions, reward_var):
+    """``ips_variance`` unchecked: also at a binary rate of exactly 1 (a saturated gap)."""
     value = np.asarray(value, np.float64)
     return n_actions * _second_moment(value, reward_var) - value * value
 
@@ -146,8 +151,8 @@ def _separable_gap(n, delta, base, n_actions, agreement, reward_var, confidence,
     """z_conf (se_1 + se_0) + z_power se_D at a gap ``delta`` (all se on n rows)."""
     z, zb = z_quantile(0.5 + confidence / 2), z_quantile(power)
     se0 = np.sqrt(ips_variance(base, n_actions, reward_var) / n)
-    se1 = np.sqrt(ips_variance(np.minimum(base + delta, 1.0) if reward_var is None
-                               else base + delta, n_actions, reward_var) / n)
+    se1 = np.sqrt(_ips_variance(np.minimum(base + delta, 1.0) if reward_var is None
+                                else base + delta, n_actions, reward_var) / n)
     sed = np.sqrt(np.maximum(paired_variance(delta, base, n_actions, agreement, reward_var), 0) / n)
     return z * (se0 + se1) + zb * sed
 
@@ -225,6 +230,10 @@ def plan(n_actions: int, share: float, requests_per_day: float, base_rate: float
         raise InputError("days", np.flatnonzero(~(d > 0)), "every day count must be > 0")
     _check(n_actions, base_rate, reward_var, agreement)
     n = d * requests_per_day * share
+    if not (n >= 1).all():
+        raise InputError("requests_per_day", [], f"{requests_per_day:g} requests/day x share "
+                         f"{share:g} x {d.min():g} day(s) = {n.min():.3g} logged rows; every day "
+                         "count needs at least 1 logged row")
     kw = dict(n_actions=n_actions, agreement=agreement, reward_var=reward_var, power=power)
     return Plan(d, n, n / n_actions,
                 half_width(n, base_rate, n_actions, "ips", reward_var, 1 - alpha),

@@ -6,7 +6,10 @@ import json
 import pytest
 from flax import nnx
 
-from puts_jax import cli, model_io, policy
+import numpy as np
+
+from puts_jax import cli, model_io, planning, policy
+from puts_jax.checks import InputError
 from puts_jax.config import QNetConfig
 from puts_jax.data import logs
 from puts_jax.qnet import QNetwork
@@ -93,3 +96,27 @@ def test_guardrail_below_minus_100_percent(run, capsys):
                             "below -100% means nothing (-100% already allows clicks to drop to 0)")
     capsys.readouterr()
     assert _select(run, "--guardrail", "clicks >= -100%") == 0  # the limit itself is legal
+
+
+def test_plan_with_too_few_rows_names_requests_per_day(capsys):
+    assert cli.main(["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "1e-3",
+                     "--base-rate", "0.4"]) == 2
+    assert _err(capsys) == ("puts-jax: error: --requests-per-day: 0.001 requests/day x share 0.05 "
+                            "x 1 day(s) = 5e-05 logged rows; every day count needs at least 1 "
+                            "logged row")
+    with pytest.raises(InputError, match="^requests_per_day: 1 requests/day"):
+        planning.plan(36, 0.05, 1.0, 0.4, [1, 7])
+
+
+def test_plan_with_undetectable_lifts_is_not_a_base_rate_error(capsys):
+    # 1000 x 0.05 = 50 rows/day: the disjoint-interval lift saturates (rate 1) -> not detectable
+    p = planning.plan(36, 0.05, 1000.0, 0.4, [1, 28])
+    np.testing.assert_array_equal(p.rows, [50, 1400])
+    assert np.isinf(p.lift_disjoint).all() and np.isinf(p.lift[0])
+    # paired: n = c^2 Var Z(d) / d^2 at the reported d (the quadratic's root), A = 36, p = 0.4
+    c2 = (planning.z_quantile(0.975) + planning.z_quantile(0.8)) ** 2
+    d = p.lift[1]
+    np.testing.assert_allclose(c2 * (2 * 36 * 0.4 + 36 * d - d * d) / d ** 2, 1400, rtol=1e-9)
+    assert cli.main(["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "1000",
+                     "--base-rate", "0.4", "--days", "1,28"]) == 0
+    assert "not detectable" in capsys.readouterr().out
