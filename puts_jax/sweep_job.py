@@ -111,6 +111,13 @@ def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, se
         reps = boot_lib.replicates(ev.boot_stats, "snips")
         reps_se = boot_lib.replicate_se(ev.boot_stats, "snips")
     fe = boot_lib.frontier_evidence(est.snips, est.snips_se, reps, confidence, directions, reps_se)
+    # a point whose own SNIPS interval is undefined or collapsed (zero width: every matched
+    # reward equal, e.g. no matched successes; ``with_auto`` shows it as n/a) is not ranked by
+    # the band either: its zero-width band would call every such point nondominated
+    se = np.asarray(est.snips_se, np.float64)
+    defined = (np.isfinite(se) & (se > 0)).reshape(len(fe.verdicts), -1)
+    fe = fe._replace(verdicts=[v if ok else pareto.NOT_ESTIMABLE
+                               for v, ok in zip(fe.verdicts, defined.all(axis=1))])
     per = fe.band_per_objective
     band = {"estimator": "snips", "method": fe.band.method, "confidence": confidence,
             "simultaneous_over": "points and objectives", "critical": float(fe.band.critical[0]),

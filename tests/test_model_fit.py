@@ -91,3 +91,17 @@ def test_top_k_beyond_the_candidates_ranks_them_all_and_pads(world):
     assert (out.topk_index[:, N:] == -1).all() and np.isneginf(out.topk_score[:, N:]).all()
     np.testing.assert_array_equal(out.action, small.action)
     assert sorted(huge._serves) == [8, 5000]  # ranked with k = the candidate bucket
+
+
+def test_band_does_not_rank_points_whose_interval_collapsed():
+    """OBD-like: no matched successes on an objective gives SNIPS 0 with zero SE; the band must
+    call those points not estimable (as the primary table shows n/a), not nondominated."""
+    from types import SimpleNamespace
+
+    from puts_jax import sweep_job
+
+    snips = np.array([[0.30, 0.0], [0.20, 0.0], [0.25, 0.10]])
+    se = np.array([[0.01, 0.0], [0.01, 0.0], [0.01, 0.02]])
+    ev = SimpleNamespace(estimates=SimpleNamespace(snips=snips, snips_se=se), boot_stats=None)
+    band = sweep_job.evidence_blocks(ev, 0.95, ["max", "max"], 0)["band"]
+    assert band["verdicts"] == ["not estimable", "not estimable", "nondominated"]
