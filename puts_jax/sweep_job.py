@@ -146,11 +146,19 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     split by request-id hash) into ``doc["halves"]``, so that ``select`` chooses on one half and
     publishes the other's estimate (no winner's curse); one more streamed pass per half.
     Returns (frontier document, written paths). Raises InputError when the model and the log
-    disagree on the action set size or the number of objectives.
+    disagree on the action set size or the number of objectives, or when ``primary`` is
+    "exact" and an objective is not binary (Clopper-Pearson needs 0/1 rewards; "auto" uses it
+    where it is valid).
     """
     model, info = model_io.load_model(model_dir)
     meta = logs.read_meta(logs_path)
     A, J = meta.action_set.n_actions, len(meta.reward_names)
+    if primary == "exact" and any(k != "binary" for k in meta.reward_kinds):
+        other = [f"{n} ({k})" for n, k in zip(meta.reward_names, meta.reward_kinds)
+                 if k != "binary"]
+        raise InputError("--estimator", [], f"exact (Clopper-Pearson) intervals need binary "
+                                            f"rewards; {', '.join(other)} is not: use auto "
+                                            f"(exact where valid, SNIPS elsewhere)")
     if model.n_actions != A or len(model.reward_kinds) != J:
         raise InputError("model", [], f"scores A={model.n_actions}, J={len(model.reward_kinds)}; "
                                       f"the log has A={A}, J={J}")

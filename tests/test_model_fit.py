@@ -105,3 +105,17 @@ def test_band_does_not_rank_points_whose_interval_collapsed():
     ev = SimpleNamespace(estimates=SimpleNamespace(snips=snips, snips_se=se), boot_stats=None)
     band = sweep_job.evidence_blocks(ev, 0.95, ["max", "max"], 0)["band"]
     assert band["verdicts"] == ["not estimable", "not estimable", "nondominated"]
+
+
+def test_exact_estimator_is_refused_for_a_count_objective(world, capsys):
+    d, _ = world
+    meta = logs.read_meta(str(d / "data" / "evaluation.parquet"))
+    kinds = dict(zip(meta.reward_names, meta.reward_kinds))
+    if all(k == "binary" for k in kinds.values()):
+        pytest.skip("the tiny world has only binary objectives")
+    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
+                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "f_exact"),
+                     "--estimator", "exact", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--estimator: exact (Clopper-Pearson) intervals need binary rewards" in err
+    assert not (d / "f_exact").exists()
