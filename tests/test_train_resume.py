@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 
 from puts_jax.data import logs, simulator as sim
 from train import TrainConfig
+import train.main as main_mod
 from train.main import main as cli_main
 
 
@@ -94,3 +96,36 @@ def test_the_same_config_resumes_and_an_old_workdir_is_checked_then_recorded(
     assert not (old / "config.json").exists()
     assert _cli(capsys, sim_logs, old, *same)[0] == 0
     assert (old / "config.json").read_bytes() == rec
+
+
+# ----------------------------------------------------------------------------- 2. paths
+
+def test_a_workdir_that_is_a_file_is_refused_before_anything_else(sim_logs, tmp_path, capsys,
+                                                                  monkeypatch):
+    path = tmp_path / "wd"
+    path.write_text("keep me")
+    monkeypatch.setattr(main_mod, "train_and_evaluate", lambda *a, **k: pytest.fail("ran"))
+    rc, out, err = _cli(capsys, sim_logs, path, "--config", "tiny")
+    assert rc == 2 and out == ""
+    assert err == f"python -m train: error: --workdir: {path} is a file\n"
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("role", ["logs", "heldout"])
+def test_bad_input_files_are_named_and_leave_no_workdir_behind(sim_logs, tmp_path, capsys, role):
+    wd = tmp_path / "new" / "wd"
+    kw = "logs_path" if role == "logs" else "heldout"
+    missing = str(tmp_path / "nope.parquet")
+    rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", **{kw: missing})
+    assert rc == 2 and err == f"python -m train: error: --{role}: no such file {missing}\n"
+    text = tmp_path / "text.parquet"
+    text.write_text("request_id,context\n")
+    rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", **{kw: str(text)})
+    assert rc == 2 and err.startswith(f"python -m train: error: --{role} {text}: file: not a "
+                                      "readable Parquet file (")
+    assert len(err.strip().splitlines()) == 1
+    nocol = str(tmp_path / "nocol.parquet")  # Parquet, but without the rewards column
+    pq.write_table(pq.read_table(sim_logs["train"]).drop(["rewards"]), nocol)
+    rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", **{kw: nocol})
+    assert rc == 2 and err.startswith(f"python -m train: error: --{role} {nocol}: ")
+    assert not (tmp_path / "new").exists()  # nothing created for a run that cannot start

@@ -12,6 +12,8 @@ import os
 
 import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import tqdm
 from flax import nnx
 
@@ -28,6 +30,15 @@ def _validate_shapes(cfg: TrainConfig, n_devices: int, n_processes: int) -> None
     if cfg.batch_size % n_processes:
         raise ValueError(f"TrainConfig.batch_size: {cfg.batch_size} is not divisible by the "
                          f"{n_processes} processes")
+
+
+def _check_parquet(path: str) -> None:
+    """Raise InputError naming ``path`` unless it reads as a Parquet file (not a text file or a
+    truncated copy)."""
+    try:
+        pq.read_schema(path)
+    except pa.ArrowException as err:
+        raise logs.InputError("file", [], f"not a readable Parquet file ({err})", path) from err
 
 
 def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
@@ -47,6 +58,8 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, workdir: str, logs_path: str, heldout_path: str):
         self.cfg, self.workdir = cfg, workdir
+        _check_parquet(logs_path)
+        _check_parquet(heldout_path)
         meta, _, lb = logs.read_log(logs_path)
         _check_heldout(meta, heldout_path)
         self.meta = meta
@@ -77,6 +90,7 @@ class _Run:
             input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows), self.names, kinds, A,
             self.select_lambda, cfg.select_objective, cfg.report_lambdas, g,
             cfg.heldout_chunk_rows)
+        os.makedirs(workdir, exist_ok=True)  # only once both logs have been read and checked
         self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep,
                                                cfg.async_checkpointing)
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
@@ -142,7 +156,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     role ("logs", "heldout") whose file differs from the one a resumed run was trained on, or
     "config" (``source``: ``workdir``) naming the fields that differ from the resumed run's.
     """
-    os.makedirs(workdir, exist_ok=True)
     run = _Run(config, workdir, logs_path, heldout_path)
     try:
         inputs = {"logs": checkpointing.input_identity(logs_path),

@@ -42,10 +42,27 @@ def _flag(err: InputError, args: argparse.Namespace) -> str:
     return ""
 
 
+def _check_paths(args: argparse.Namespace) -> str | None:
+    """'--flag: what is wrong' for the first path flag that cannot be used, checked before
+    anything is read or created; None when all can."""
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        return f"--workdir: {args.workdir} is a file"
+    for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
+        if not os.path.exists(path):
+            return f"{flag}: no such file {path}"
+        if os.path.isdir(path):
+            return f"{flag}: {path} is a directory"
+    return None
+
+
 def main(argv=None) -> int:
     """Train, print the selection summary as one JSON line; returns the exit status (0, or 2
     after a one-line ``error:`` message on stderr for bad input or arguments)."""
     args = parse_args(argv)
+    problem = _check_paths(args)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = PRESETS[args.config]()
         overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs))
