@@ -152,8 +152,14 @@ def _check_frontier_matches(doc: dict, model, logs_path: str) -> None:
 def cmd_policy(args) -> None:
     from puts_jax import policy, report
 
+    if args.policy_cmd != "publish":  # the others need an existing registry and create none
+        policy.check_registry(args.registry)
     if args.policy_cmd == "show":
-        _print(json.dumps(policy.show(args.registry), indent=1, default=str))
+        shown = policy.show(args.registry)
+        _print(json.dumps(shown, indent=1, default=str))
+        if shown["current_problem"]:
+            raise UsageError(f"--registry: CURRENT {shown['current_problem']}; the versions are "
+                             "listed above ('policy rollback --version V' makes one current)")
         return
     if args.policy_cmd == "select":
         from puts_jax import sweep_job

@@ -97,9 +97,25 @@ def _check_reason(reason) -> str:
     return reason
 
 
+def check_registry(registry_dir: str) -> None:
+    """Raise InputError("registry") unless ``registry_dir`` is an existing registry (a directory
+    holding CURRENT, audit.jsonl or a version). For callers that read or extend a registry: a
+    mistyped path is then an error, not an empty registry, and nothing is created there."""
+    if not os.path.isdir(registry_dir):
+        raise InputError("registry", [], f"no registry at {registry_dir}")
+    if not (versions(registry_dir) or any(os.path.exists(os.path.join(registry_dir, f))
+                                          for f in ("CURRENT", "audit.jsonl"))):
+        raise InputError("registry", [], f"{registry_dir} is not a registry (no CURRENT, "
+                                         "audit.jsonl or versions)")
+
+
 @contextlib.contextmanager
-def _locked(registry_dir: str):
-    os.makedirs(registry_dir, exist_ok=True)
+def _locked(registry_dir: str, create: bool = False):
+    """Hold the registry's writer lock; only ``create`` (publish) makes a missing directory."""
+    if create:
+        os.makedirs(registry_dir, exist_ok=True)
+    elif not os.path.isdir(registry_dir):
+        raise InputError("registry", [], f"no registry at {registry_dir}")
     with open(os.path.join(registry_dir, ".lock"), "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
@@ -203,13 +219,16 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
             "model_spec": model.spec(), "params_hash": params_hash(model),
             "param_shapes": model_io.param_shapes(model), "action_set": action_set.to_dict(),
             "action_set_hash": action_set.hash(), "package_version": puts_jax.__version__}
-    with _locked(registry_dir):
+    with _locked(registry_dir, create=True):
         return _commit(registry_dir, meta, model, "publish")
 
 
 def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | None = None) -> str:
     """New version with the current version's parameters and action set and a new lambda; it
-    references the parent's params (no copy) and becomes current. Returns its version."""
+    references the parent's params (no copy) and becomes current. Returns its version. Creates
+    nothing when the registry has no current policy."""
+    if current_version(registry_dir) is None:  # checked again under the lock
+        raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
     with _locked(registry_dir):
         parent = current_version(registry_dir)
         if parent is None:
@@ -227,6 +246,7 @@ def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | No
 def rollback(registry_dir: str, version: str, reason: str) -> str:
     """Make an existing ``version`` current again (no new version); audited. Returns it."""
     reason = _check_reason(reason)
+    _read_meta(registry_dir, version)  # an unknown version creates nothing (read again locked)
     with _locked(registry_dir):
         meta = _read_meta(registry_dir, version)
         cur = current_version(registry_dir)
@@ -247,13 +267,31 @@ def read_audit(registry_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _current_problem(registry_dir: str, found: list[str]) -> tuple[str | None, str | None]:
+    """(CURRENT's version, None), or (None, what is wrong with CURRENT: "names 'x', not a
+    version ...") when it is unreadable, names no complete version, or is missing or empty while
+    versions exist."""
+    try:
+        cur = current_version(registry_dir)
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({e})"
+    if cur is None:
+        return None, f"missing or empty but there are versions {found}" if found else None
+    if cur not in found:
+        return None, f"names {cur[:40]!r}, not a version of {registry_dir} (known {found})"
+    return cur, None
+
+
 def show(registry_dir: str) -> dict:
     """The registry at a glance: current version and its policy.json, every version's summary,
     the audit log, whether the audit's last switch matches CURRENT, and stale temp directories
-    (left by a crash; never visible as versions)."""
-    cur = current_version(registry_dir)
+    (left by a crash; never visible as versions). A broken CURRENT does not hide the versions:
+    ``current`` and ``policy`` are then None and ``current_problem`` says what is wrong (else
+    None)."""
+    found = versions(registry_dir)
+    cur, problem = _current_problem(registry_dir, found)
     summary = []
-    for v in versions(registry_dir):
+    for v in found:
         m = _read_meta(registry_dir, v)
         summary.append({k: m.get(k) for k in ("version", "parent", "action", "created", "lambda",
                                               "reason", "params_version", "params_hash",
@@ -262,6 +300,7 @@ def show(registry_dir: str) -> dict:
     stale = sorted(d for d in os.listdir(registry_dir) if d.startswith(".tmp-")) \
         if os.path.isdir(registry_dir) else []
     return {"registry": os.path.abspath(registry_dir), "current": cur,
+            "current_problem": problem,
             "policy": _read_meta(registry_dir, cur) if cur else None, "versions": summary,
             "audit": audit,
             "audit_consistent": (audit[-1]["current_after"] if audit else None) == cur,
@@ -271,7 +310,10 @@ def show(registry_dir: str) -> dict:
 def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
     """Load ``version`` (default: CURRENT): rebuild the QNetwork from its spec, restore the
     parameters with orbax into that target, and verify the params and action-set hashes."""
-    version = version or current_version(registry_dir)
+    if version is None:
+        version, problem = _current_problem(registry_dir, versions(registry_dir))
+        if problem:
+            raise InputError("CURRENT", [], problem)
     if version is None:
         raise InputError("CURRENT", [], f"{registry_dir} has no published policy")
     meta = _read_meta(registry_dir, version)

@@ -120,3 +120,48 @@ def test_plan_with_undetectable_lifts_is_not_a_base_rate_error(capsys):
     assert cli.main(["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "1000",
                      "--base-rate", "0.4", "--days", "1,28"]) == 0
     assert "not detectable" in capsys.readouterr().out
+
+
+def test_registry_commands_need_an_existing_registry_and_create_nothing(run, capsys, tmp_path):
+    missing = tmp_path / "nope"
+    for cmd in (["show"], ["set-lambda", "--lam", "0.5,0.5", "--reason", "r"],
+                ["rollback", "--version", "v0001", "--reason", "r"]):
+        assert cli.main(["policy", cmd[0], "--registry", str(missing), *cmd[1:]]) == 2, cmd
+        assert _err(capsys) == f"puts-jax: error: --registry: no registry at {missing}"
+        assert not missing.exists()
+    # an existing directory that is not a registry: named, and no .lock left in it
+    assert cli.main(["policy", "set-lambda", "--registry", str(run / "data"), "--lam", "0.5,0.5",
+                     "--reason", "r"]) == 2
+    assert _err(capsys) == (f"puts-jax: error: --registry: {run / 'data'} is not a registry (no "
+                            "CURRENT, audit.jsonl or versions)")
+    assert not (run / "data" / ".lock").exists()
+    # the library call creates nothing either
+    with pytest.raises(InputError, match="^CURRENT: .* has no current policy"):
+        policy.set_lambda(str(missing), [0.5, 0.5], "r")
+    with pytest.raises(InputError, match="^version: 'v0001' is not a version"):
+        policy.rollback(str(missing), "v0001", "r")
+    assert not missing.exists()
+
+
+def test_show_with_a_broken_current_lists_the_versions(run, capsys):
+    reg = run / "reg_broken"
+    assert _publish(run, reg, "--point", "0") == 0 and _publish(run, reg, "--point", "1") == 0
+    (reg / "CURRENT").write_text("garbage\n")
+    capsys.readouterr()
+    assert cli.main(["policy", "show", "--registry", str(reg)]) == 2
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert [v["version"] for v in shown["versions"]] == ["v0001", "v0002"]
+    assert shown["current"] is None and shown["policy"] is None
+    problem = f"names 'garbage', not a version of {reg} (known ['v0001', 'v0002'])"
+    assert shown["current_problem"] == problem
+    assert err == (f"puts-jax: error: --registry: CURRENT {problem}; the versions are listed "
+                   "above ('policy rollback --version V' makes one current)\n")
+    with pytest.raises(InputError, match="^CURRENT: names 'garbage'"):
+        policy.load(str(reg))
+    assert cli.main(["policy", "rollback", "--registry", str(reg), "--version", "v0001",
+                     "--reason", "repair"]) == 0
+    assert policy.show(str(reg))["current"] == "v0001"
+    (reg / "CURRENT").write_text("")
+    assert policy.show(str(reg))["current_problem"] == ("missing or empty but there are versions "
+                                                        "['v0001', 'v0002']")
