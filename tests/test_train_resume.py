@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -129,3 +130,25 @@ def test_bad_input_files_are_named_and_leave_no_workdir_behind(sim_logs, tmp_pat
     rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", **{kw: nocol})
     assert rc == 2 and err.startswith(f"python -m train: error: --{role} {nocol}: ")
     assert not (tmp_path / "new").exists()  # nothing created for a run that cannot start
+
+
+# ----------------------------------------------------------------------------- 3. context widths
+
+@pytest.mark.parametrize("change, message", [
+    (lambda log: {"context": log["context"][:, :2].copy()},
+     "context: expected length 4 (as in --logs), got length 2"),
+    (lambda log: {"context_ids": np.zeros((len(log["action"]), 3), np.int64)},
+     "context_ids: expected none (as in --logs), got length 3"),
+])
+def test_a_heldout_log_of_another_context_width_is_refused(sim_logs, tmp_path, capsys, change,
+                                                          message):
+    world = sim.make_world(sim.SimConfig.tiny())
+    log = sim.simulate_log(world, 300, 3)
+    assert log["context"].shape[1] == 4
+    other = str(tmp_path / "other.parquet")
+    logs.write_log(other, **{**log, **change(log)})
+    wd = tmp_path / "wd"
+    rc, out, err = _cli(capsys, sim_logs, wd, "--config", "tiny", heldout=other)
+    assert rc == 2 and out == ""
+    assert err == f"python -m train: error: --heldout {other}: {message}\n"
+    assert not wd.exists()

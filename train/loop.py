@@ -53,6 +53,18 @@ def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
                               f"training log's {list(meta.reward_names)}", heldout_path)
 
 
+def _check_widths(arrays: input_lib.LogArrays, chunks: list, heldout_path: str) -> None:
+    """Raise InputError naming ``heldout_path`` unless its context (and context id) rows have the
+    training log's widths: the Q-network reads the training log's D features."""
+    width = lambda x: "none" if x is None else f"length {x.shape[1]}"  # noqa: E731
+    for field in ("context", "context_ids"):
+        want = width(getattr(arrays, field))
+        got = sorted({width(getattr(lb, field)) for lb in chunks} - {want})
+        if got:
+            raise logs.InputError(field, [], f"expected {want} (as in --logs), got "
+                                  f"{', '.join(got)}", heldout_path)
+
+
 class _Run:
     """Everything built once per call: data, model structure, step, checkpointer, evaluator."""
 
@@ -86,10 +98,11 @@ class _Run:
         self.select_lambda = cfg.selection_lambda(J)
         g = selection.best_global_action(lb.consistent, lb.rewards, lb.propensity,
                                          cfg.select_objective)
+        chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows)
+        _check_widths(arrays, chunks, heldout_path)
         self.evaluator = selection.HeldoutEvaluator(
-            input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows), self.names, kinds, A,
-            self.select_lambda, cfg.select_objective, cfg.report_lambdas, g,
-            cfg.heldout_chunk_rows)
+            chunks, self.names, kinds, A, self.select_lambda, cfg.select_objective,
+            cfg.report_lambdas, g, cfg.heldout_chunk_rows)
         os.makedirs(workdir, exist_ok=True)  # only once both logs have been read and checked
         self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep,
                                                cfg.async_checkpointing)
