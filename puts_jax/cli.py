@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from puts_jax.checks import check_distinct_paths
+from puts_jax.checks import InputError, check_distinct_paths
 
 
 def _print(msg: str = "") -> None:
@@ -152,7 +152,7 @@ def _check_frontier_matches(doc: dict, model, logs_path: str) -> None:
 def cmd_policy(args) -> None:
     from puts_jax import policy, report
 
-    if args.policy_cmd != "publish":  # the others need an existing registry and create none
+    if args.policy_cmd in ("show", "set-lambda", "rollback"):  # need one, create nothing
         policy.check_registry(args.registry)
     if args.policy_cmd == "show":
         shown = policy.show(args.registry)
@@ -164,6 +164,7 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "select":
         from puts_jax import sweep_job
         if args.out:  # the frontier is rewritten with the operating point marked
+            _check_out_file("--out", args.out)
             check_distinct_paths({"--out": args.out}, {"--frontier": args.frontier})
         doc = report.read_frontier(args.frontier)
         names = doc["objectives"]["names"]
@@ -230,10 +231,28 @@ def cmd_policy(args) -> None:
 
 # ----------------------------------------------------------------------------- score / truth
 
-def cmd_score(args) -> None:
-    from puts_jax import score_job
+def _check_out_file(flag: str, path: str) -> None:
+    """Before any work: an output file path is not a directory, and its folder exists or can be
+    made (the nearest existing ancestor is a directory)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}: cannot create the folder {folder}: {parent} is not a directory")
 
+
+def cmd_score(args) -> None:
+    from puts_jax import policy, score_job
+
+    _check_out_file("--out", args.out)
     check_distinct_paths({"--out": args.out}, {"--requests": args.requests})
+    try:
+        policy.check_registry(args.policy)
+    except InputError as e:
+        raise InputError("--policy", [], e.msg) from None
     stats = score_job.score_file(args.policy, args.requests, args.out, chunk_rows=args.chunk_rows,
                                  top_k=args.top_k, version=args.version)
     _print(f"scored {stats['rows']} requests ({stats['no_candidates']} without candidates, "
@@ -418,7 +437,6 @@ def _as_flag(field: str, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from puts_jax.checks import InputError
     try:
         args.fn(args)
     except InputError as e:  # a library field that came from a flag is named as the flag

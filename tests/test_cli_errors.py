@@ -165,3 +165,26 @@ def test_show_with_a_broken_current_lists_the_versions(run, capsys):
     (reg / "CURRENT").write_text("")
     assert policy.show(str(reg))["current_problem"] == ("missing or empty but there are versions "
                                                         "['v0001', 'v0002']")
+
+
+def test_score_out_is_checked_before_scoring(run, capsys):
+    reg = run / "reg_score"
+    assert _publish(run, reg, "--point", "0") == 0
+    (run / "outdir").mkdir()
+    score = ["score", "--policy", str(reg), "--requests", str(run / "data" / "requests.parquet")]
+    capsys.readouterr()
+    assert cli.main([*score, "--out", str(run / "outdir")]) == 2
+    assert _err(capsys) == (f"puts-jax: error: --out: {run / 'outdir'} is a directory; give a "
+                            "file path (nothing written)")
+    assert list((run / "outdir").iterdir()) == []
+    bad = run / "data" / "requests.parquet" / "sub" / "s.parquet"
+    assert cli.main([*score, "--out", str(bad)]) == 2
+    assert _err(capsys) == (f"puts-jax: error: --out: cannot create the folder {bad.parent}: "
+                            f"{run / 'data' / 'requests.parquet'} is not a directory")
+    assert cli.main(["score", "--policy", str(run / "noreg"), "--requests",
+                     str(run / "data" / "requests.parquet"), "--out", str(run / "s.parquet")]) == 2
+    assert _err(capsys) == f"puts-jax: error: --policy: no registry at {run / 'noreg'}"
+    assert not (run / "s.parquet").exists()
+    # select --out too, before the frontier is marked
+    assert _select(run, "--out", str(run / "outdir")) == 2
+    assert "--out: " in _err(capsys)
