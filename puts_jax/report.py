@@ -497,8 +497,10 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     names = doc["objectives"]["names"]
     J, pts = len(names), doc["points"]
     op = (doc.get("operating_point") or {}).get("index")
-    head = ["", "lambda"] + [f"{n} ({est}, {doc['confidence']:.0%} CI)" for n in names] + \
-        ["n", "matched", "matched rewards", "ESS", "verdict"]
+    auto = doc.get("auto_estimator") if est == "auto" else None  # what auto resolved to
+    head = ["", "lambda"] + [
+        f"{n} ({est}{': ' + auto[j] if auto else ''}, {doc['confidence']:.0%} CI)"
+        for j, n in enumerate(names)] + ["n", "matched", "matched rewards", "ESS", "verdict"]
 
     def summed(block, i):  # sum of rewards over matched rows, per objective, when recorded
         m = block.get("matched_rewards")

@@ -28,14 +28,22 @@ from puts_jax.config import SweepConfig
 from puts_jax.data import logs
 from puts_jax.scalarization import lambda_grid
 
+
+def auto_uses_exact(pe: report.PolicyEstimates) -> np.ndarray:
+    """bool[J]: where "auto" is the exact interval (valid for every policy), else SNIPS."""
+    ex, sn = pe.estimates.get("exact"), pe.estimates["snips"]
+    if ex is None:
+        return np.zeros(sn["value"].shape[1], bool)
+    return np.isfinite(ex["lo"]).all(0) & np.isfinite(ex["hi"]).all(0)
+
+
 def with_auto(pe: report.PolicyEstimates) -> report.PolicyEstimates:
     """Add the "auto" estimator: per objective, the exact Clopper-Pearson interval (around IPS)
     where it is valid for every policy (binary reward, constant propensity, deterministic
     target), else SNIPS with its delta-method interval. Normal intervals collapse to [0, 0] with
     no matched successes; the exact one stays honest there (DESIGN.md section 8)."""
     ex, sn = pe.estimates.get("exact"), pe.estimates["snips"]
-    use = np.zeros(sn["value"].shape[1], bool) if ex is None else \
-        np.isfinite(ex["lo"]).all(0) & np.isfinite(ex["hi"]).all(0)
+    use = auto_uses_exact(pe)
     auto = {q: np.where(use, ex[q], sn[q]) if ex is not None else sn[q].copy()
             for q in ("value", "lo", "hi")}
     # A normal interval of zero width (every matched reward equal, e.g. no matched successes
@@ -171,7 +179,8 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                  n_actions=A, bootstrap=bootstrap,
                                  key=jax.random.key(seed) if bootstrap else None)
     names = [f"lambda=({', '.join(f'{x:.2f}' for x in lam)})" for lam in lams]
-    points = with_boot(with_auto(report.from_ope(names, ev.estimates)), ev.estimates, ev.boot)
+    raw_points = report.from_ope(names, ev.estimates)
+    points = with_boot(with_auto(raw_points), ev.estimates, ev.boot)
     actions = with_boot(with_auto(report.from_ope([f"action {a}" for a in range(A)], ev.baselines)),
                         ev.baselines, ev.baseline_boot)
     base = {"logging": logging_baseline(logs_path, meta, chunk_rows, cfg.confidence),
@@ -194,6 +203,7 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     if "production" in doc["baselines"]:
         doc["baselines"]["production"]["matched_rewards"] = \
             per_action[[meta.action_set.production]].tolist()
+    doc["auto_estimator"] = ["exact" if u else "snips" for u in auto_uses_exact(raw_points)]
     doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
     if halves:
         doc["halves"] = evaluate_halves(model, lams, names, logs_path, meta, cfg, bootstrap, seed)

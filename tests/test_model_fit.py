@@ -56,6 +56,12 @@ def test_score_and_truth_refuse_other_widths_and_other_data(world, capsys):
     assert "--frontier" in err and "heldout.parquet" in err and "evaluation.parquet" in err
     assert cli.main(["truth", "--data", data, "--model", str(d / "model"), "--frontier",
                      str(d / "f" / "frontier.json")]) == 0
+    # the sweep table says what "auto" became per objective (exact for binary rewards)
+    assert cli.main(["report", "--frontier", str(d / "f" / "frontier.json")]) == 0
+    meta = logs.read_meta(f"{data}/evaluation.parquet")
+    out = capsys.readouterr().out
+    for name, kind in zip(meta.reward_names, meta.reward_kinds):
+        assert f"{name} (auto: {'exact' if kind == 'binary' else 'snips'}, 95% CI)" in out
     # a request set of another width, scored through the registry's model
     assert cli.main(["policy", "publish", "--registry", str(d / "reg"), "--model",
                      str(d / "model"), "--frontier", str(d / "f" / "frontier.json"), "--logs",
