@@ -5,13 +5,15 @@ with one 'error:' line (or the interrupt line) and nothing already written is lo
 import json
 import os
 import shutil
+import signal
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from puts_jax import model_io
 from puts_jax.data import logs, simulator as sim
-from train import TrainConfig
+from train import TrainConfig, input as input_lib, load_selected, selection
 import train.main as main_mod
 from train.main import main as cli_main
 
@@ -152,3 +154,48 @@ def test_a_heldout_log_of_another_context_width_is_refused(sim_logs, tmp_path, c
     assert rc == 2 and out == ""
     assert err == f"python -m train: error: --heldout {other}: {message}\n"
     assert not wd.exists()
+
+
+# ----------------------------------------------------------------------------- 4. Ctrl-C
+
+def _ctrl_c_at(monkeypatch, module, name, n):
+    """Wrap ``module.name`` so that its n-th call first sends this process a real SIGINT."""
+    real, calls = getattr(module, name), []
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def _leftovers(wd) -> list[str]:
+    return [os.path.join(r, f) for r, dirs, files in os.walk(wd) for f in dirs + files
+            if "tmp" in f]
+
+
+def test_ctrl_c_during_training_is_one_line_and_the_same_command_resumes(
+        finished, sim_logs, tmp_path, capsys, monkeypatch):
+    wd = tmp_path / "wd"
+    flags = ["--config", "tiny", "--epochs", "1"]
+    _ctrl_c_at(monkeypatch, input_lib, "to_train_batch", 7)  # during step 7 (saved: 4)
+    rc, out, err = _cli(capsys, sim_logs, wd, *flags)
+    assert rc == 130 and out == ""
+    assert err == "python -m train: interrupted (resume with the same command)\n"
+    assert os.listdir(wd / "checkpoints") == ["4"] and not _leftovers(wd)
+    monkeypatch.undo()
+    rc, out, _ = _cli(capsys, sim_logs, wd, *flags)
+    assert rc == 0 and json.loads(out)["final_step"] == 10
+    # the resumed run selected and exported what the uninterrupted one did
+    assert (wd / "selected.json").read_text() == (finished / "selected.json").read_text()
+
+
+def test_ctrl_c_during_the_export_lets_it_complete(sim_logs, tmp_path, capsys, monkeypatch):
+    wd = tmp_path / "wd"
+    _ctrl_c_at(monkeypatch, selection.model_io, "save_model", 1)  # the first evaluation, step 4
+    rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", "--epochs", "1")
+    assert rc == 130 and err == "python -m train: interrupted (resume with the same command)\n"
+    model, info = load_selected(str(wd))  # model and selected.json written together
+    assert info["step"] == 4 and info["params_hash"] == model_io.params_hash(model)
+    assert not _leftovers(wd) and os.listdir(wd / "checkpoints") == []

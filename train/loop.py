@@ -135,7 +135,8 @@ class _Run:
             if jax.process_index() == 0:
                 model = nnx.merge(self.defs.model, self.state.params)
                 doc = self.summary()
-                entry["params_hash"] = selection.export(self.workdir, model, doc)
+                with checkpointing.deferred_interrupt():  # model and selected.json together
+                    entry["params_hash"] = selection.export(self.workdir, model, doc)
         return entry
 
     def summary(self) -> dict:
@@ -201,15 +202,17 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
                     run.writer.write(rec)
                 run.writer.write({"step": step, "heldout": run.evaluate(step)})
             if step % config.checkpoint_every == 0 or last:
-                run.save(step)
+                with checkpointing.deferred_interrupt():
+                    run.save(step)
             if interrupt_after is not None and step >= interrupt_after:
                 break
         rec = fetcher.flush()
         if rec is not None:
             run.writer.write(rec)
-    finally:
+    finally:  # also on Ctrl-C: a save already started commits before the process ends
         bar.close()
-        run.ckpt.close()
+        with checkpointing.deferred_interrupt():
+            run.ckpt.close()
     doc = run.summary()
     best = run.progress.get("best") or {}
     if jax.process_index() == 0 and best and interrupt_after is None:

@@ -57,7 +57,8 @@ def _check_paths(args: argparse.Namespace) -> str | None:
 
 def main(argv=None) -> int:
     """Train, print the selection summary as one JSON line; returns the exit status (0, or 2
-    after a one-line ``error:`` message on stderr for bad input or arguments)."""
+    after a one-line ``error:`` message on stderr for bad input or arguments, or 130 after one
+    line on Ctrl-C)."""
     args = parse_args(argv)
     problem = _check_paths(args)
     if problem:
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError, IndexError) as err:
         print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # committed checkpoints and exports stay; the next run resumes
+        print(f"{PROG}: interrupted (resume with the same command)", file=sys.stderr)
+        return 130
     print(json.dumps({k: out.get(k) for k in ("step", "value", "gain_over_global", "gain_shown",
                                                "global_action", "final_step")}))
     return 0
