@@ -6,6 +6,9 @@ CLI := $(VENV)/bin/puts-jax
 STAMP := $(VENV)/.installed-stamp
 RUN ?= runs/demo
 export OPENBLAS_NUM_THREADS ?= 1
+# bash's `time` keyword (sh has none and fell back to GNU time's verbose output)
+SHELL := /bin/bash
+export TIMEFORMAT := stage wall time %1Rs
 
 .PHONY: venv demo demo-obd test test-slow bench obp-agreement clean
 
