@@ -139,3 +139,22 @@ def test_written_files_follow_the_umask_not_tempfile_0600(tmp_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+def test_context_width_must_not_change_between_chunks(tmp_path):
+    """Each chunk's width used to come from its own first row: a file whose rows 0-3 have D = 3
+    and rows 4-5 D = 2 streamed without an error in chunks of 4."""
+    import pyarrow as pa
+
+    meta = _meta()
+    arr = _log_arrays(B=6)
+    path = str(tmp_path / "log.parquet")
+    logs.write_log(path, meta, row_group_size=4, **arr)
+    t = pq.read_table(path)
+    ctx = t["context"].to_pylist()
+    ctx[4], ctx[5] = ctx[4][:2], ctx[5][:2]
+    field = t.schema.field("context")
+    bad = t.set_column(t.schema.get_field_index("context"), field, pa.array(ctx, field.type))
+    pq.write_table(bad, path, row_group_size=4)
+    with pytest.raises(InputError, match=r"context: expected length 3 at rows \[4, 5\]"):
+        list(logs.iter_log_chunks(path, chunk_rows=4))

@@ -397,6 +397,10 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
         for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
             t = pa.Table.from_batches([rb])
             rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids)
+            # every later chunk must have the first chunk's widths (one file, one D)
+            context_dim = lb.context.shape[1]
+            if lb.context_ids is not None:
+                n_context_ids = lb.context_ids.shape[1]
             yield offset, rid, lb
             offset += t.num_rows
     except InputError as err:
@@ -503,6 +507,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | No
     for rb in pf.iter_batches(batch_size=chunk_rows):
         t = pa.Table.from_batches([rb])
         ctx = _fixed_width(t["context"], "context", np.float32, offset, context_dim)
+        context_dim = ctx.shape[1]  # later chunks must match the first (one file, one D)
         checks.check_finite("context", ctx, offset)
         preds, mask, n_empty, n_null, n_per = _pad_ragged(t["preds"].combine_chunks(), n_pad, K, offset)
         cand = np.where(mask, np.arange(mask.shape[1], dtype=np.int64)[None, :], np.int64(-1))
@@ -514,6 +519,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | No
         ids = None
         if "context_ids" in t.column_names:
             ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset, n_context_ids)
+            n_context_ids = ids.shape[1]
         batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
         yield RequestChunk(offset, _scalar(t, "request_id", np.int64, offset), batch, cand,
                            n_empty, n_null)
