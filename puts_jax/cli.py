@@ -91,7 +91,7 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from puts_jax import report
 
-    doc = report.read_frontier(args.frontier)
+    doc = _read_frontier(args.frontier)
     paths = report.write_frontier(args.out or os.path.dirname(os.path.abspath(args.frontier)), doc)
     _print(report.format_table(doc))
     for k, p in paths.items():
@@ -149,6 +149,27 @@ def _check_frontier_matches(doc: dict, model, logs_path: str) -> None:
                          f"{aset.hash()}")
 
 
+def _floats(flag: str, text: str, example: str) -> list[float]:
+    """'0.7,0.3' -> [0.7, 0.3]; anything else is a UsageError naming ``flag``."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated numbers such as {example}, got "
+                         f"{text!r}") from None
+
+
+def _read_frontier(path: str) -> dict:
+    """``report.read_frontier``; a file that is not a frontier.json is named as --frontier."""
+    from puts_jax import report
+
+    try:
+        return report.read_frontier(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, InputError, shape
+        why = e.msg if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise UsageError(f"--frontier: not a frontier.json ({path}: {why})") from None
+
+
 def cmd_policy(args) -> None:
     from puts_jax import policy, report
 
@@ -166,7 +187,7 @@ def cmd_policy(args) -> None:
         if args.out:  # the frontier is rewritten with the operating point marked
             _check_out_file("--out", args.out)
             check_distinct_paths({"--out": args.out}, {"--frontier": args.frontier})
-        doc = report.read_frontier(args.frontier)
+        doc = _read_frontier(args.frontier)
         names = doc["objectives"]["names"]
         if args.maximize not in names:
             raise UsageError(f"--maximize: unknown objective {args.maximize!r}; known {names}")
@@ -188,12 +209,16 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "publish":
         from puts_jax import model_io
         model, info = model_io.load_model(args.model)
-        doc = report.read_frontier(args.frontier)
+        doc = _read_frontier(args.frontier)
         index, sel = args.point, None
         if args.selection:
-            with open(args.selection) as f:
-                sel = json.load(f)
-            index = sel["index"]
+            try:
+                with open(args.selection) as f:
+                    sel = json.load(f)
+                index = sel["index"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise UsageError(f"--selection: not a selection of 'policy select --out' "
+                                 f"({args.selection}: {type(e).__name__}: {e})") from None
             if index is None:
                 raise NothingSelected(f"{args.selection}: no frontier point passed the guardrails; "
                                       "nothing published (the current policy stays)")
@@ -216,7 +241,7 @@ def cmd_policy(args) -> None:
                                                 "train": info.get("extra", {})})
         _print(f"published {v}")
     elif args.policy_cmd == "set-lambda":
-        lam = np.asarray([float(x) for x in args.lam.split(",")], np.float64)
+        lam = np.asarray(_floats("--lam", args.lam, "0.7,0.3"), np.float64)
         v = policy.set_lambda(args.registry, lam, args.reason)
         _print(f"published {v} (parameters reused)")
     elif args.policy_cmd == "rollback":
@@ -263,6 +288,7 @@ def cmd_score(args) -> None:
 def cmd_truth(args) -> None:
     from puts_jax import sweep_job
 
+    _read_frontier(args.frontier)  # a wrong file is named before any work
     table = sweep_job.truth_table(args.data, args.model, args.frontier, args.registry)
     _print(table)
 
@@ -272,7 +298,7 @@ def cmd_truth(args) -> None:
 def cmd_plan(args) -> None:
     from puts_jax import planning
 
-    days = ([float(x) for x in args.days.split(",")] if args.days
+    days = (_floats("--days", args.days, "1,7,28") if args.days
             else planning.day_grid(args.max_days))
     kw = dict(agreement=args.agreement, reward_var=args.reward_var)
     p = planning.plan(args.actions, args.share, args.requests_per_day, args.base_rate, days,
@@ -428,6 +454,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an existing file
+
+
+def _check_inputs(args) -> None:
+    """Before any work: --out names no input file, input files exist, --model is a saved model
+    (spec.json), --data a directory, --chunk-rows >= 1; each failure an error naming its flag."""
+    out = getattr(args, "out", None)
+    for name in _INPUT_FILES:
+        path = getattr(args, name, None)
+        if path is not None and out is not None:  # --out naming an input: the clearer error
+            check_distinct_paths({"--out": out}, {f"--{name}": path})
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{name}: {path} is a directory, not a file" if os.path.isdir(path)
+                             else f"--{name}: no such file {path}")
+    if getattr(args, "data", None) is not None and not os.path.isdir(args.data):
+        raise UsageError(f"--data: no such directory {args.data}")
+    model = getattr(args, "model", None)
+    if model is not None and not os.path.isfile(os.path.join(model, "spec.json")):
+        if not os.path.exists(model):
+            raise UsageError(f"--model: no such directory {model}")
+        hint = os.path.join(model, "selected_model")
+        tip = f"; did you mean {hint}?" if os.path.isfile(os.path.join(hint, "spec.json")) else ""
+        raise UsageError(f"--model: {model} is not a saved model (no spec.json){tip}")
+    if getattr(args, "chunk_rows", 1) < 1:
+        raise UsageError(f"--chunk-rows: must be >= 1, got {args.chunk_rows}")
+
+
 def _as_flag(field: str, args) -> str:
     """A library field named like this command's argument ('requests_per_day',
     'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
@@ -436,8 +489,12 @@ def _as_flag(field: str, args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status 0; 2 for bad input (one line ``puts-jax: error: ...`` naming
+    the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
+    Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
+        _check_inputs(args)
         args.fn(args)
     except InputError as e:  # a library field that came from a flag is named as the flag
         e = e if e.source else InputError(_as_flag(e.field, args), e.rows, e.msg)
@@ -449,8 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     except NothingSelected as e:
         print(f"puts-jax: nothing selected: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("puts-jax: interrupted", file=sys.stderr)
+        return 130
     except (OSError, ValueError, KeyError, IndexError) as e:
-        print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)
+        config = re.fullmatch(r"(\w+Config\.\w+): (.*)", str(e), re.S)  # config dataclasses
+        if isinstance(e, ValueError) and config and _as_flag(config[1], args) != config[1]:
+            print(f"puts-jax: error: {_as_flag(config[1], args)}: {config[2]}", file=sys.stderr)
+        else:
+            print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
 

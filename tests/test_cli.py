@@ -106,4 +106,5 @@ def test_publish_refuses_a_frontier_of_another_model(run, capsys):
 
 def test_missing_file_is_an_error_not_a_traceback(run, capsys):
     assert cli.main(["report", "--frontier", str(run / "nope.json")]) == 2
-    assert capsys.readouterr().err.startswith("puts-jax: error: FileNotFoundError")
+    err = capsys.readouterr().err
+    assert err == f"puts-jax: error: --frontier: no such file {run / 'nope.json'}\n"

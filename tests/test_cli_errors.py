@@ -188,3 +188,85 @@ def test_score_out_is_checked_before_scoring(run, capsys):
     # select --out too, before the frontier is marked
     assert _select(run, "--out", str(run / "outdir")) == 2
     assert "--out: " in _err(capsys)
+
+
+def _sweep(d, *extra, model="model", logs="evaluation.parquet"):
+    return cli.main(["sweep", "--model", str(d / model), "--logs", str(d / "data" / logs),
+                     "--out", str(d / "frontier_err"), *extra])
+
+
+def test_sweep_inputs_are_named(run, capsys):
+    assert _sweep(run, logs="nope.parquet") == 2
+    assert _err(capsys) == f"puts-jax: error: --logs: no such file {run / 'data' / 'nope.parquet'}"
+    train = run / "train"  # a training run directory holding the exported model
+    (train / "selected_model").mkdir(parents=True)
+    (train / "selected_model" / "spec.json").write_text((run / "model" / "spec.json").read_text())
+    assert _sweep(run, model="train") == 2
+    assert _err(capsys) == (f"puts-jax: error: --model: {train} is not a saved model (no "
+                            f"spec.json); did you mean {train / 'selected_model'}?")
+    assert _sweep(run, model="data") == 2
+    assert _err(capsys) == (f"puts-jax: error: --model: {run / 'data'} is not a saved model (no "
+                            "spec.json)")
+    for flag, value, msg in (("--chunk-rows", "0", "must be >= 1, got 0"),
+                             ("--n-lambdas", "1", "must be >= 2")):
+        assert _sweep(run, flag, value) == 2
+        assert _err(capsys) == f"puts-jax: error: {flag}: {msg}"
+    assert not (run / "frontier_err").exists()
+
+
+def test_score_flags_are_named(run, capsys):
+    reg = run / "reg_flags"
+    assert _publish(run, reg, "--point", "0") == 0
+    score = ["score", "--policy", str(reg), "--requests", str(run / "data" / "requests.parquet"),
+             "--out", str(run / "scored_flags.parquet")]
+    capsys.readouterr()
+    assert cli.main([*score, "--chunk-rows", "0"]) == 2
+    assert _err(capsys) == "puts-jax: error: --chunk-rows: must be >= 1, got 0"
+    assert cli.main([*score, "--top-k", "0"]) == 2
+    assert _err(capsys) == "puts-jax: error: --top-k: must be >= 1"
+    assert not (run / "scored_flags.parquet").exists()
+
+
+def test_number_lists_name_their_flag(run, capsys):
+    assert cli.main(["policy", "set-lambda", "--registry", str(run / "reg_flags"), "--lam", "a,b",
+                     "--reason", "r"]) == 2
+    assert _err(capsys) == ("puts-jax: error: --lam: expected comma-separated numbers such as "
+                            "0.7,0.3, got 'a,b'")
+    assert cli.main(["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "1e4",
+                     "--base-rate", "0.4", "--days", "1,x"]) == 2
+    assert _err(capsys) == ("puts-jax: error: --days: expected comma-separated numbers such as "
+                            "1,7,28, got '1,x'")
+
+
+@pytest.mark.parametrize("text, why", [
+    ("not json", "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"),
+    ('{"a": 1}', "missing keys ['schema', 'objectives', "),
+    ("[1, 2]", "")])
+def test_a_file_that_is_not_a_frontier(run, capsys, tmp_path, text, why):
+    bad = tmp_path / "frontier.json"
+    bad.write_text(text)
+    for cmd in (["report", "--frontier", str(bad)],
+                ["policy", "select", "--frontier", str(bad), "--maximize", "clicks"]):
+        assert cli.main(cmd) == 2
+        assert _err(capsys).startswith(f"puts-jax: error: --frontier: not a frontier.json ({bad}: "
+                                       f"{why}")
+    assert bad.read_text() == text
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planning, "plan", interrupted)
+    assert cli.main(["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "1e4",
+                     "--base-rate", "0.4"]) == 130
+    assert capsys.readouterr().err == "puts-jax: interrupted\n"
+
+
+def test_a_file_that_is_not_a_selection(run, capsys, tmp_path):
+    bad = tmp_path / "sel.json"
+    bad.write_text("{}")
+    assert _publish(run, tmp_path / "reg", "--selection", str(bad)) == 2
+    assert _err(capsys) == (f"puts-jax: error: --selection: not a selection of 'policy select "
+                            f"--out' ({bad}: KeyError: 'index')")
+    assert not (tmp_path / "reg").exists()
