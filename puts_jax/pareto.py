@@ -182,7 +182,8 @@ class Selection(NamedTuple):
 def select_operating_point(values, lo, hi, maximize: int,
                            guardrails: Sequence[tuple[int, float, float]] = (),
                            directions: Sequence[str] | None = None,
-                           names: Sequence[str] | None = None) -> Selection:
+                           names: Sequence[str] | None = None,
+                           objective_names: Sequence[str] | None = None) -> Selection:
     """Choose the point best on objective ``maximize`` among those passing every guardrail.
 
     A guardrail ``(j, min_relative_change, baseline_value)`` passes when the pessimistic end of
@@ -191,12 +192,15 @@ def select_operating_point(values, lo, hi, maximize: int,
     min_relative_change * |baseline|`` for "max". E.g. ``(1, -0.01, b)`` allows at most a 1%
     drop of objective 1 below b, at the interval's lower bound. Points with a non-finite value
     never pass. Ties on the objective go to a nondominated point, then the lowest index.
+    ``names`` label the points and ``objective_names`` the objectives in the reason.
     Returns Selection(index, reason); index is None (with the reason) when no point passes.
     """
     v, l, h = _check_intervals(values, lo, hi)
     P, J = v.shape
     s = direction_signs(directions, J)
     label = (lambda i: names[i]) if names is not None else (lambda i: f"point {i}")
+    obj = ((lambda j: objective_names[j]) if objective_names is not None
+           else (lambda j: f"objective {j}"))
     if not 0 <= maximize < J:
         raise InputError("maximize", [], f"objective {maximize} outside [0, {J})")
     ok = np.isfinite(v).all(1)
@@ -210,17 +214,20 @@ def select_operating_point(values, lo, hi, maximize: int,
         failed.append((j, min_rel, base, int((ok & ~passes).sum())))
         ok &= passes
     rules = "; ".join(
-        f"objective {j} {'lower' if s[j] < 0 else 'upper'} bound {'>=' if s[j] < 0 else '<='} "
+        f"{obj(j)} {'lower' if s[j] < 0 else 'upper'} bound {'>=' if s[j] < 0 else '<='} "
         f"{b - s[j] * m * abs(b):.6g} ({m:+.1%} vs baseline {b:.6g})"
-        for j, m, b, _ in failed) or "no guardrails"
+        for j, m, b, _ in failed)
     if not ok.any():
-        detail = ", ".join(f"objective {j} rejects {n}" for j, _, _, n in failed)
-        return Selection(None, f"no point passes the guardrails ({rules}); {detail or 'no finite point'}")
+        if not failed:
+            return Selection(None, "no point has a finite estimate on every objective")
+        detail = ", ".join(f"{obj(j)} rejects {n}" for j, _, _, n in failed)
+        return Selection(None, f"no point passes the guardrails ({rules}); {detail}")
     score = np.where(ok, v[:, maximize] * -s[maximize], -np.inf)
     top = np.flatnonzero(score == score.max())
     nd = nondominated(np.where(ok[:, None], v, np.nan), directions)
     pick = int(top[nd[top]][0]) if nd[top].any() else int(top[0])
     word = "highest" if s[maximize] < 0 else "lowest"
-    return Selection(pick, f"{label(pick)} has the {word} objective {maximize} "
-                           f"({v[pick, maximize]:.6g}) among {int(ok.sum())} of {P} points passing "
-                           f"the guardrails ({rules})")
+    among = (f"among {int(ok.sum())} of {P} points passing the guardrails ({rules})" if failed
+             else f"among {int(ok.sum())} of {P} points (no guardrails)")
+    return Selection(pick, f"{label(pick)} has the {word} {obj(maximize)} "
+                           f"({v[pick, maximize]:.6g}) {among}")

@@ -277,24 +277,27 @@ def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
         rep, rep_base, n_rep = halves_lib.estimates_of(doc, "report", primary, baseline)
     v, lo, hi = (np.asarray(est[k], np.float64) for k in ("value", "lo", "hi"))
     dirs, names = doc["objectives"]["directions"], doc["points"]["names"]
-    sel = pareto.select_operating_point(v, lo, hi, maximize, _guards(base, guardrails), dirs, names)
+    sel = pareto.select_operating_point(v, lo, hi, maximize, _guards(base, guardrails), dirs, names,
+                                        doc["objectives"]["names"])
     i = sel.index
     out = {"index": i, "lambda": None if i is None else doc["lambdas"][i],
            "name": None if i is None else names[i]}
     if split is None:
         return {**out, "estimates": None if i is None else _point(est, i),
                 "estimates_from": "full data (also used for the choice)",
-                "reason": sel.reason + "; warning: chosen and estimated on the same data, so the "
-                          "estimate of the chosen point is biased upward (winner's curse); rerun "
-                          "the sweep with halves for an unbiased published estimate"}
-    reason = (f"{sel.reason}; chosen on the select half ({n_sel} rows); the published estimate is "
+                "reason": sel.reason if i is None else sel.reason + "; warning: chosen and "
+                          "estimated on the same data, so the estimate of the chosen point is "
+                          "biased upward (winner's curse); rerun the sweep with halves for an "
+                          "unbiased published estimate"}
+    reason = (f"{sel.reason} (on the select half, {n_sel} rows)" if i is None else
+              f"{sel.reason}; chosen on the select half ({n_sel} rows); the published estimate is "
               f"the report half's ({n_rep} rows), which played no part in the choice")
     passes = None
     if i is not None:
         r = {k: np.asarray(rep[k], np.float64) for k in ("value", "lo", "hi")}
         check = pareto.select_operating_point(
             r["value"][[i]], r["lo"][[i]], r["hi"][[i]], maximize,
-            _guards(rep_base, guardrails), dirs, [names[i]])
+            _guards(rep_base, guardrails), dirs, [names[i]], doc["objectives"]["names"])
         passes = check.index is not None
         if not passes:
             reason += f"; note: on the report half it fails a guardrail ({check.reason})"
