@@ -22,6 +22,9 @@ import time
 import numpy as np
 
 from puts_jax.checks import InputError, check_distinct_paths
+from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_frontier_matches,
+                                 check_inputs, check_out_file, floats, parse_guardrail,
+                                 read_frontier)
 
 
 def _print(msg: str = "") -> None:
@@ -91,7 +94,7 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from puts_jax import report
 
-    doc = _read_frontier(args.frontier)
+    doc = read_frontier(args.frontier)
     paths = report.write_frontier(args.out or os.path.dirname(os.path.abspath(args.frontier)), doc)
     _print(report.format_table(doc))
     for k, p in paths.items():
@@ -99,75 +102,6 @@ def cmd_report(args) -> None:
 
 
 # ----------------------------------------------------------------------------- policy
-
-def _parse_guardrail(text: str, names: list[str],
-                     directions: list[str] | None = None) -> tuple[int, float]:
-    """'clicks >= -1%' -> (index of clicks, -0.01). The percentage must be finite (nan% and inf%
-    are malformed) and, for a "max" objective (the default), at least -100%: a drop of more
-    than 100% of the baseline means nothing. (For a "min" objective -200% reads "may grow by up
-    to 200%".)"""
-    try:
-        name, rhs = (s.strip() for s in text.split(">="))
-        if not rhs.endswith("%"):
-            raise ValueError("no %")
-        value = float(rhs[:-1]) / 100.0
-        if not np.isfinite(value):
-            raise ValueError("not finite")
-    except ValueError:
-        raise UsageError(f"--guardrail: expected a finite relative change in percent such as "
-                         f"'clicks >= -1%', got {text!r}")
-    if name not in names:
-        raise UsageError(f"--guardrail: unknown objective {name!r}; known {names}")
-    j = names.index(name)
-    if value < -1.0 and (directions or ["max"] * len(names))[j] == "max":
-        raise UsageError(f"--guardrail: {text!r}: a relative change below -100% means nothing "
-                         f"(-100% already allows {name} to drop to 0)")
-    return j, value
-
-
-class UsageError(ValueError):
-    """A command-line argument that cannot be used (exit status 2)."""
-
-
-class NothingSelected(RuntimeError):
-    """No frontier point passed the guardrails (exit status 3)."""
-
-
-def _check_frontier_matches(doc: dict, model, logs_path: str) -> None:
-    """Refuse to publish evidence from another model or action set."""
-    from puts_jax import model_io
-    from puts_jax.data import logs
-
-    prov = doc.get("provenance", {})
-    want = prov.get("model_params_hash")
-    if want is not None and want != model_io.params_hash(model):
-        raise UsageError(f"--frontier: evaluated a model with params hash {want}; --model has "
-                         f"{model_io.params_hash(model)}")
-    aset = logs.read_meta(logs_path).action_set
-    if prov.get("action_set_hash") not in (None, aset.hash()):
-        raise UsageError(f"--frontier: action set {prov.get('action_set_hash')}; --logs has "
-                         f"{aset.hash()}")
-
-
-def _floats(flag: str, text: str, example: str) -> list[float]:
-    """'0.7,0.3' -> [0.7, 0.3]; anything else is a UsageError naming ``flag``."""
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{flag}: expected comma-separated numbers such as {example}, got "
-                         f"{text!r}") from None
-
-
-def _read_frontier(path: str) -> dict:
-    """``report.read_frontier``; a file that is not a frontier.json is named as --frontier."""
-    from puts_jax import report
-
-    try:
-        return report.read_frontier(path)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, InputError, shape
-        why = e.msg if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-        why = why if len(why) <= 120 else why[:117] + "..."
-        raise UsageError(f"--frontier: not a frontier.json ({path}: {why})") from None
 
 
 def cmd_policy(args) -> None:
@@ -185,13 +119,13 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "select":
         from puts_jax import sweep_job
         if args.out:  # the frontier is rewritten with the operating point marked
-            _check_out_file("--out", args.out)
+            check_out_file("--out", args.out)
             check_distinct_paths({"--out": args.out}, {"--frontier": args.frontier})
-        doc = _read_frontier(args.frontier)
+        doc = read_frontier(args.frontier)
         names = doc["objectives"]["names"]
         if args.maximize not in names:
             raise UsageError(f"--maximize: unknown objective {args.maximize!r}; known {names}")
-        guards = [_parse_guardrail(g, names, doc["objectives"].get("directions"))
+        guards = [parse_guardrail(g, names, doc["objectives"].get("directions"))
                   for g in args.guardrail]
         sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
         _print(json.dumps(sel, indent=1, default=str))
@@ -209,7 +143,7 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "publish":
         from puts_jax import model_io
         model, info = model_io.load_model(args.model)
-        doc = _read_frontier(args.frontier)
+        doc = read_frontier(args.frontier)
         index, sel = args.point, None
         if args.selection:
             try:
@@ -229,7 +163,7 @@ def cmd_policy(args) -> None:
             flag = "--point" if args.selection is None else f"--selection: {args.selection}: index"
             raise UsageError(f"{flag}: {index!r} is not a point of --frontier (it has {n_points}:"
                              f" 0 to {n_points - 1})")
-        _check_frontier_matches(doc, model, args.logs)
+        check_frontier_matches(doc, model, args.logs)
         point = report.frontier_point(doc, index)
         if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
             point["selection"] = {k: sel.get(k) for k in ("estimates", "estimates_from", "reason")}
@@ -241,7 +175,7 @@ def cmd_policy(args) -> None:
                                                 "train": info.get("extra", {})})
         _print(f"published {v}")
     elif args.policy_cmd == "set-lambda":
-        lam = np.asarray(_floats("--lam", args.lam, "0.7,0.3"), np.float64)
+        lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
         v = policy.set_lambda(args.registry, lam, args.reason)
         _print(f"published {v} (parameters reused)")
     elif args.policy_cmd == "rollback":
@@ -256,23 +190,11 @@ def cmd_policy(args) -> None:
 
 # ----------------------------------------------------------------------------- score / truth
 
-def _check_out_file(flag: str, path: str) -> None:
-    """Before any work: an output file path is not a directory, and its folder exists or can be
-    made (the nearest existing ancestor is a directory)."""
-    if os.path.isdir(path):
-        raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
-    folder = os.path.dirname(os.path.abspath(path))
-    parent = folder
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"{flag}: cannot create the folder {folder}: {parent} is not a directory")
-
 
 def cmd_score(args) -> None:
     from puts_jax import policy, score_job
 
-    _check_out_file("--out", args.out)
+    check_out_file("--out", args.out)
     check_distinct_paths({"--out": args.out}, {"--requests": args.requests})
     try:
         policy.check_registry(args.policy)
@@ -288,7 +210,7 @@ def cmd_score(args) -> None:
 def cmd_truth(args) -> None:
     from puts_jax import sweep_job
 
-    _read_frontier(args.frontier)  # a wrong file is named before any work
+    read_frontier(args.frontier)  # a wrong file is named before any work
     table = sweep_job.truth_table(args.data, args.model, args.frontier, args.registry)
     _print(table)
 
@@ -298,7 +220,7 @@ def cmd_truth(args) -> None:
 def cmd_plan(args) -> None:
     from puts_jax import planning
 
-    days = (_floats("--days", args.days, "1,7,28") if args.days
+    days = (floats("--days", args.days, "1,7,28") if args.days
             else planning.day_grid(args.max_days))
     kw = dict(agreement=args.agreement, reward_var=args.reward_var)
     p = planning.plan(args.actions, args.share, args.requests_per_day, args.base_rate, days,
@@ -454,50 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an existing file
-
-
-def _check_inputs(args) -> None:
-    """Before any work: --out names no input file, input files exist, --model is a saved model
-    (spec.json), --data a directory, --chunk-rows >= 1; each failure an error naming its flag."""
-    out = getattr(args, "out", None)
-    for name in _INPUT_FILES:
-        path = getattr(args, name, None)
-        if path is not None and out is not None:  # --out naming an input: the clearer error
-            check_distinct_paths({"--out": out}, {f"--{name}": path})
-        if path is not None and not os.path.isfile(path):
-            raise UsageError(f"--{name}: {path} is a directory, not a file" if os.path.isdir(path)
-                             else f"--{name}: no such file {path}")
-    if getattr(args, "data", None) is not None and not os.path.isdir(args.data):
-        raise UsageError(f"--data: no such directory {args.data}")
-    model = getattr(args, "model", None)
-    if model is not None and not os.path.isfile(os.path.join(model, "spec.json")):
-        if not os.path.exists(model):
-            raise UsageError(f"--model: no such directory {model}")
-        hint = os.path.join(model, "selected_model")
-        tip = f"; did you mean {hint}?" if os.path.isfile(os.path.join(hint, "spec.json")) else ""
-        raise UsageError(f"--model: {model} is not a saved model (no spec.json){tip}")
-    if getattr(args, "chunk_rows", 1) < 1:
-        raise UsageError(f"--chunk-rows: must be >= 1, got {args.chunk_rows}")
-
-
-def _as_flag(field: str, args) -> str:
-    """A library field named like this command's argument ('requests_per_day',
-    'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
-    name = field.rsplit(".", 1)[-1] if re.fullmatch(r"\w+Config\.\w+", field) else field
-    return "--" + name.replace("_", "-") if name in vars(args) and name != "fn" else field
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status 0; 2 for bad input (one line ``puts-jax: error: ...`` naming
     the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
     Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
-        _check_inputs(args)
+        check_inputs(args)
         args.fn(args)
     except InputError as e:  # a library field that came from a flag is named as the flag
-        e = e if e.source else InputError(_as_flag(e.field, args), e.rows, e.msg)
+        e = e if e.source else InputError(as_flag(e.field, args), e.rows, e.msg)
         print(f"puts-jax: error: {e}", file=sys.stderr)
         return 2
     except UsageError as e:
@@ -511,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (OSError, ValueError, KeyError, IndexError) as e:
         config = re.fullmatch(r"(\w+Config\.\w+): (.*)", str(e), re.S)  # config dataclasses
-        if isinstance(e, ValueError) and config and _as_flag(config[1], args) != config[1]:
-            print(f"puts-jax: error: {_as_flag(config[1], args)}: {config[2]}", file=sys.stderr)
+        if isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:
+            print(f"puts-jax: error: {as_flag(config[1], args)}: {config[2]}", file=sys.stderr)
         else:
             print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

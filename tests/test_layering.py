@@ -9,7 +9,7 @@ ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "kernels", "slates", "losses",
     "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.logs",
     "data.simulator", "data.obd", "engine", "evaluation", "policy", "report_html", "report",
-    "sweep_job", "score_job", "reference", "cli",
+    "sweep_job", "score_job", "reference", "cli_checks", "cli",
 ]
 PURE = {"kernels", "slates", "losses", "ope", "pareto", "bootstrap", "planning", "halves",
         "reference", "scalarization", "types", "checks"}

@@ -1,0 +1,130 @@
+"""Argument checks of the ``puts-jax`` console script, run before any work: every failure is one
+line naming the flag (``UsageError``, exit status 2), never a traceback and never a file
+written. ``cli`` wires them; this module only reads paths and the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from puts_jax.checks import InputError, check_distinct_paths
+
+
+def parse_guardrail(text: str, names: list[str],
+                     directions: list[str] | None = None) -> tuple[int, float]:
+    """'clicks >= -1%' -> (index of clicks, -0.01). The percentage must be finite (nan% and inf%
+    are malformed) and, for a "max" objective (the default), at least -100%: a drop of more
+    than 100% of the baseline means nothing. (For a "min" objective -200% reads "may grow by up
+    to 200%".)"""
+    try:
+        name, rhs = (s.strip() for s in text.split(">="))
+        if not rhs.endswith("%"):
+            raise ValueError("no %")
+        value = float(rhs[:-1]) / 100.0
+        if not np.isfinite(value):
+            raise ValueError("not finite")
+    except ValueError:
+        raise UsageError(f"--guardrail: expected a finite relative change in percent such as "
+                         f"'clicks >= -1%', got {text!r}")
+    if name not in names:
+        raise UsageError(f"--guardrail: unknown objective {name!r}; known {names}")
+    j = names.index(name)
+    if value < -1.0 and (directions or ["max"] * len(names))[j] == "max":
+        raise UsageError(f"--guardrail: {text!r}: a relative change below -100% means nothing "
+                         f"(-100% already allows {name} to drop to 0)")
+    return j, value
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used (exit status 2)."""
+
+
+class NothingSelected(RuntimeError):
+    """No frontier point passed the guardrails (exit status 3)."""
+
+
+def check_frontier_matches(doc: dict, model, logs_path: str) -> None:
+    """Refuse to publish evidence from another model or action set."""
+    from puts_jax import model_io
+    from puts_jax.data import logs
+
+    prov = doc.get("provenance", {})
+    want = prov.get("model_params_hash")
+    if want is not None and want != model_io.params_hash(model):
+        raise UsageError(f"--frontier: evaluated a model with params hash {want}; --model has "
+                         f"{model_io.params_hash(model)}")
+    aset = logs.read_meta(logs_path).action_set
+    if prov.get("action_set_hash") not in (None, aset.hash()):
+        raise UsageError(f"--frontier: action set {prov.get('action_set_hash')}; --logs has "
+                         f"{aset.hash()}")
+
+
+def floats(flag: str, text: str, example: str) -> list[float]:
+    """'0.7,0.3' -> [0.7, 0.3]; anything else is a UsageError naming ``flag``."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated numbers such as {example}, got "
+                         f"{text!r}") from None
+
+
+def read_frontier(path: str) -> dict:
+    """``report.read_frontier``; a file that is not a frontier.json is named as --frontier."""
+    from puts_jax import report
+
+    try:
+        return report.read_frontier(path)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, InputError, shape
+        why = e.msg if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise UsageError(f"--frontier: not a frontier.json ({path}: {why})") from None
+
+
+def check_out_file(flag: str, path: str) -> None:
+    """Before any work: an output file path is not a directory, and its folder exists or can be
+    made (the nearest existing ancestor is a directory)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag}: cannot create the folder {folder}: {parent} is not a directory")
+
+
+INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an existing file
+
+
+def check_inputs(args) -> None:
+    """Before any work: --out names no input file, input files exist, --model is a saved model
+    (spec.json), --data a directory, --chunk-rows >= 1; each failure an error naming its flag."""
+    out = getattr(args, "out", None)
+    for name in INPUT_FILES:
+        path = getattr(args, name, None)
+        if path is not None and out is not None:  # --out naming an input: the clearer error
+            check_distinct_paths({"--out": out}, {f"--{name}": path})
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"--{name}: {path} is a directory, not a file" if os.path.isdir(path)
+                             else f"--{name}: no such file {path}")
+    if getattr(args, "data", None) is not None and not os.path.isdir(args.data):
+        raise UsageError(f"--data: no such directory {args.data}")
+    model = getattr(args, "model", None)
+    if model is not None and not os.path.isfile(os.path.join(model, "spec.json")):
+        if not os.path.exists(model):
+            raise UsageError(f"--model: no such directory {model}")
+        hint = os.path.join(model, "selected_model")
+        tip = f"; did you mean {hint}?" if os.path.isfile(os.path.join(hint, "spec.json")) else ""
+        raise UsageError(f"--model: {model} is not a saved model (no spec.json){tip}")
+    if getattr(args, "chunk_rows", 1) < 1:
+        raise UsageError(f"--chunk-rows: must be >= 1, got {args.chunk_rows}")
+
+
+def as_flag(field: str, args) -> str:
+    """A library field named like this command's argument ('requests_per_day',
+    'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
+    name = field.rsplit(".", 1)[-1] if re.fullmatch(r"\w+Config\.\w+", field) else field
+    return "--" + name.replace("_", "-") if name in vars(args) and name != "fn" else field
