@@ -14,3 +14,30 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def make_tiny_world(d, *, n_logs: int, n_heldout: int, n_evaluation: int, n_eval: int,
+                    n_requests: int, models=(("model", 0),)) -> int:
+    """``puts-jax simulate --preset tiny`` into ``d/data`` and an untrained tiny Q-network saved
+    at ``d/NAME`` for each (NAME, extra) of ``models``, reading contexts ``extra`` wider than the
+    data's. Returns the data's context width D. (The shared set-up of the CLI tests.)"""
+    import pyarrow.parquet as pq
+    from flax import nnx
+
+    from puts_jax import cli, model_io
+    from puts_jax.config import QNetConfig
+    from puts_jax.data import logs
+    from puts_jax.qnet import QNetwork
+
+    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny",
+                     "--n-logs", str(n_logs), "--n-heldout", str(n_heldout),
+                     "--n-evaluation", str(n_evaluation), "--n-eval", str(n_eval),
+                     "--n-requests", str(n_requests)]) == 0
+    path = str(d / "data" / "logs.parquet")
+    meta = logs.read_meta(path)
+    D = len(pq.read_table(path, columns=["context"])["context"][0])
+    for name, extra in models:
+        q = QNetwork(QNetConfig.tiny(), D + extra, meta.action_set.n_actions, meta.reward_kinds,
+                     rngs=nnx.Rngs(0))
+        model_io.save_model(str(d / name), q, extra={"step": 0})
+    return D

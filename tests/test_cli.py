@@ -10,20 +10,15 @@ from flax import nnx
 
 from puts_jax import cli, model_io, policy
 from puts_jax.config import QNetConfig
-from puts_jax.data import logs
 from puts_jax.qnet import QNetwork
+from conftest import make_tiny_world
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "2000",
-                     "--n-heldout", "500", "--n-evaluation", "3000", "--n-eval", "400",
-                     "--n-requests", "257"]) == 0
-    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
-    q = QNetwork(QNetConfig.tiny(), 4, meta.action_set.n_actions, meta.reward_kinds,
-                 rngs=nnx.Rngs(0))
-    model_io.save_model(str(d / "model"), q, extra={"step": 0})
+    make_tiny_world(d, n_logs=2000, n_heldout=500, n_evaluation=3000, n_eval=400,
+                    n_requests=257)
     return d
 
 

@@ -3,29 +3,20 @@ when nothing is selected), no traceback, and nothing already written is lost or 
 
 import json
 
-import pytest
-from flax import nnx
-
 import numpy as np
+import pytest
 
-from puts_jax import cli, model_io, planning, policy
+from puts_jax import cli, planning, policy
 from puts_jax.checks import InputError
-from puts_jax.config import QNetConfig
 from puts_jax.data import logs
-from puts_jax.qnet import QNetwork
+from conftest import make_tiny_world
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny simulated world, an untrained model and a 3-point frontier (with halves)."""
     d = tmp_path_factory.mktemp("cli_errors")
-    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "300",
-                     "--n-heldout", "100", "--n-evaluation", "1000", "--n-eval", "100",
-                     "--n-requests", "40"]) == 0
-    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
-    q = QNetwork(QNetConfig.tiny(), 4, meta.action_set.n_actions, meta.reward_kinds,
-                 rngs=nnx.Rngs(0))
-    model_io.save_model(str(d / "model"), q, extra={"step": 0})
+    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
     assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
                      str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
                      "--n-lambdas", "3", "--bootstrap", "0"]) == 0

@@ -3,29 +3,20 @@ context width != the model's D (score, sweep, truth), a frontier from other data
 top-k beyond the candidates (ranked as the candidates, not paid for)."""
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-from flax import nnx
 
 from puts_jax import cli, engine, model_io
-from puts_jax.config import QNetConfig, ScoringConfig
+from puts_jax.config import ScoringConfig
 from puts_jax.data import logs
-from puts_jax.qnet import QNetwork
 from puts_jax.types import RequestBatch
+from conftest import make_tiny_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("fit")
-    assert cli.main(["simulate", "--out", str(d / "data"), "--preset", "tiny", "--n-logs", "500",
-                     "--n-heldout", "200", "--n-evaluation", "1500", "--n-eval", "200",
-                     "--n-requests", "50"]) == 0
-    meta = logs.read_meta(str(d / "data" / "logs.parquet"))
-    D = len(pq.read_table(str(d / "data" / "logs.parquet"), columns=["context"])["context"][0])
-    for name, width in (("model", D), ("wide_model", D + 3)):
-        q = QNetwork(QNetConfig.tiny(), width, meta.action_set.n_actions, meta.reward_kinds,
-                     rngs=nnx.Rngs(0))
-        model_io.save_model(str(d / name), q, extra={"step": 0})
+    D = make_tiny_world(d, n_logs=500, n_heldout=200, n_evaluation=1500, n_eval=200,
+                        n_requests=50, models=(("model", 0), ("wide_model", 3)))
     return d, D
 
 
