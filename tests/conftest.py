@@ -12,6 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -41,3 +42,19 @@ def make_tiny_world(d, *, n_logs: int, n_heldout: int, n_evaluation: int, n_eval
                      rngs=nnx.Rngs(0))
         model_io.save_model(str(d / name), q, extra={"step": 0})
     return D
+
+
+@pytest.fixture(scope="module")
+def sim_logs(tmp_path_factory):
+    """Tiny simulated training (600 rows) and held-out (400 rows) logs: {"train", "heldout"}
+    paths (the train/ tests' data)."""
+    from puts_jax.data import logs
+    from puts_jax.data import simulator as sim
+
+    d = tmp_path_factory.mktemp("logs")
+    world = sim.make_world(sim.SimConfig.tiny())
+    paths = {}
+    for name, n, seed in (("train", 600, 1), ("heldout", 400, 2)):
+        paths[name] = str(d / f"{name}.parquet")
+        logs.write_log(paths[name], **sim.simulate_log(world, n, seed))
+    return paths

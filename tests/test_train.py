@@ -195,17 +195,6 @@ def test_p6a_restore_into_a_different_network_names_each_path(tmp_path, other, e
 
 # ----------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def sim_logs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("logs")
-    world = sim.make_world(sim.SimConfig.tiny())
-    paths = {}
-    for name, n, seed in (("train", 600, 1), ("heldout", 400, 2)):
-        paths[name] = str(d / f"{name}.parquet")
-        logs.write_log(paths[name], **sim.simulate_log(world, n, seed))
-    return paths
-
-
 def _tiny(**kw):
     base = dict(batch_size=64, epochs=2, eval_every=5, checkpoint_every=3, keep=2)
     base.update(kw)

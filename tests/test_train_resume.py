@@ -18,17 +18,6 @@ import train.main as main_mod
 from train.main import main as cli_main
 
 
-@pytest.fixture(scope="module")
-def sim_logs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("logs")
-    world = sim.make_world(sim.SimConfig.tiny())
-    paths = {}
-    for name, n, seed in (("train", 600, 1), ("heldout", 400, 2)):
-        paths[name] = str(d / f"{name}.parquet")
-        logs.write_log(paths[name], **sim.simulate_log(world, n, seed))
-    return paths
-
-
 def _cli(capsys, sim_logs, workdir, *flags, logs_path=None, heldout=None):
     rc = cli_main(["--logs", logs_path or sim_logs["train"], "--heldout",
                    heldout or sim_logs["heldout"], "--workdir", str(workdir), *flags])
