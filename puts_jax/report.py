@@ -483,6 +483,11 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+def _fmt_count(v) -> str:
+    """A count-like number (ESS, rows) as a rounded integer with separators: 200,000 not 2e+05."""
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
 def _row(name, block_est, i, est, J) -> list[str]:
     b = block_est[est]
     return [name] + [f"{_fmt(b['value'][i][j])} [{_fmt(b['lo'][i][j])}, {_fmt(b['hi'][i][j])}]"
@@ -510,7 +515,7 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     for i, lam in enumerate(doc["lambdas"]):
         r = _row("(" + ", ".join(f"{v:.3g}" for v in lam) + ")", doc["estimators"], i, est, J)
         rows.append(["*" if i == op else ""] + r + [str(pts["n"][i]), str(pts["matched"][i]),
-                                                   summed(pts, i), _fmt(pts["ess"][i]),
+                                                   summed(pts, i), _fmt_count(pts["ess"][i]),
                                                    doc["verdicts"][i]])
     for kind, bl in doc["baselines"].items():
         keep = range(len(bl["names"]))
@@ -522,12 +527,14 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
             label = f"{kind}: {bl['names'][i]}" + (" (best)" if kind == "actions" else "")
             rows.append([""] + _row(label, bl["estimators"], i, est, J) +
                         [str(bl["n"][i]), str(bl["matched"][i]), summed(bl, i),
-                         _fmt(bl["ess"][i]), "baseline"])
+                         _fmt_count(bl["ess"][i]), "baseline"])
     widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
     hv = doc["hypervolume"]
+    ref = hv["reference"]
+    ref = "n/a" if ref is None else "[" + ", ".join(_fmt(x) for x in ref) + "]"
     lines.append(f"hypervolume ({doc['primary_estimator']}): {_fmt(hv['value'])} "
-                 f"(reference {hv['reference']})")
+                 f"(reference {ref})")
     lines.append(f"verdict: {doc['verdict']}")
     band = doc.get("band")
     if band:

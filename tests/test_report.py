@@ -95,6 +95,9 @@ def test_frontier_roundtrip_every_key(tmp_path):
     assert "logging: uniform" in table and "actions: action 2 (best)" in table
     starred = [ln for ln in table.splitlines() if ln.startswith("*")]
     assert len(starred) == 1 and "(0.25, 0.75)" in starred[0]  # the operating point
+    assert "1,000  baseline" in table  # ESS as a rounded count, not 1e+03
+    ref = back["hypervolume"]["reference"]
+    assert f"(reference [{ref[0]:.4g}, {ref[1]:.4g}])" in table
     point = report.frontier_point(back, 3)
     assert point["lambda"] == [0.25, 0.75] and point["verdict"] == "nondominated"
 
