@@ -221,8 +221,8 @@ class Scorer:
         graphdef, p = split_model(model) if params is None else (model, params)
         self.graphdef, self.params, self.cfg = graphdef, p, cfg
         self.action_weights = np.asarray(action_weights, np.float32)
-        self._serve = build_serve(graphdef, self.action_weights, cfg)
-        self._serves = {cfg.top_k: self._serve}  # by effective k (k > N bucket: k = N bucket)
+        # compiled serve passes by effective k (k beyond the N bucket ranks k = the N bucket)
+        self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
         self._buffers: dict = {}
 
     def set_params(self, params) -> None:
