@@ -21,6 +21,8 @@ from puts_jax.qnet import QNetwork
 
 SPEC_FILE = "spec.json"
 PARAMS_DIR = "params"
+# Beside a model directory while save_model runs: the new model being written, the one replaced.
+NEW_SUFFIX, OLD_SUFFIX = ".tmp-save", ".tmp-old"
 
 
 def _leaves(model: QNetwork) -> list[tuple[str, np.ndarray]]:
@@ -104,14 +106,36 @@ def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None)
     nnx.update(model, state)
 
 
+def _old_path(directory: str) -> str:
+    return os.path.abspath(directory) + OLD_SUFFIX
+
+
+def _model_dir(directory: str) -> str:
+    """The folder that holds the model saved at ``directory``: ``directory`` itself, or, when a
+    save was killed between its two renames (``directory`` missing), the previous model that it
+    had moved aside whole to ``directory.tmp-old``."""
+    old = _old_path(directory)
+    if not os.path.lexists(directory) and os.path.isfile(os.path.join(old, SPEC_FILE)):
+        return old
+    return directory
+
+
 def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> str:
     """Write ``directory/spec.json`` and ``directory/params`` (orbax); returns the params hash.
 
-    The directory is written under a temporary name and renamed, so a crash never leaves a
-    half-written model at ``directory``. An existing directory is replaced.
+    The model is written whole to ``directory.tmp-save``; an existing model is then renamed to
+    ``directory.tmp-old``, the new one renamed to ``directory``, and the old one deleted. If the
+    process is killed (or raises) at any point, ``load_model(directory)`` finds a complete
+    model, the previous one (if there was one) or the new one: between the two renames
+    ``directory`` is missing and ``load_model`` reads ``directory.tmp-old``, which the next
+    ``save_model`` first renames back. ``directory.tmp-save`` is never read. Not guaranteed:
+    durability across a power loss or OS crash (the renames are not fsynced), and two processes
+    saving to the same ``directory`` at once.
     """
     directory = os.path.abspath(directory)
-    tmp = directory + ".tmp-save"
+    tmp, old = directory + NEW_SUFFIX, _old_path(directory)
+    if _model_dir(directory) == old:  # a save killed between its renames: undo the first one
+        os.replace(old, directory)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     save_params(os.path.join(tmp, PARAMS_DIR), model)
@@ -120,8 +144,7 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
         {"spec": model.spec(), "params_hash": digest, "param_shapes": param_shapes(model),
          "extra": extra or {}}, indent=1))
     if os.path.exists(directory):
-        old = directory + ".tmp-old"
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # a leftover; `directory` holds the model
         os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old)
@@ -133,14 +156,17 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
 def load_model(directory: str) -> tuple[QNetwork, dict]:
     """Rebuild the QNetwork from ``spec.json`` and restore its params; returns (model, info).
 
-    Raises ValueError when the restored params' hash differs from the one recorded at save time.
+    Reads ``directory``, or ``directory.tmp-old`` when a ``save_model`` was killed between its
+    renames (see there); nothing is renamed or deleted here. Raises ValueError when the
+    restored params' hash differs from the one recorded at save time.
     """
-    with open(os.path.join(directory, SPEC_FILE)) as f:
+    folder = _model_dir(directory)
+    with open(os.path.join(folder, SPEC_FILE)) as f:
         info = json.load(f)
     model = QNetwork.from_spec(info["spec"])
-    restore_params(os.path.join(directory, PARAMS_DIR), model, info.get("param_shapes"))
+    restore_params(os.path.join(folder, PARAMS_DIR), model, info.get("param_shapes"))
     if params_hash(model) != info["params_hash"]:
-        raise ValueError(f"{directory}: params hash {params_hash(model)} != recorded "
+        raise ValueError(f"{folder}: params hash {params_hash(model)} != recorded "
                          f"{info['params_hash']}")
     return model, info
 
