@@ -331,3 +331,55 @@ def test_resuming_on_another_log_is_refused_and_nothing_is_lost(good, tmp_path, 
     assert _train(capsys, copy, good, wd)[0] == 0
     assert json.loads((wd / "inputs.json").read_text()) == rec  # the record stays the original
     assert _train(capsys, other, good, tmp_path / "wd2")[0] == 0  # a new workdir trains on it
+
+
+# ----------------------------------------------------------------------------- 7. context ids
+
+_IDS_ERROR = r"context_ids: id outside \[0, 2147483647\] \(embedding rows, read as int32\) at rows "
+
+
+def _ids(bad: dict, B=12):
+    ids = np.stack([np.arange(B), 2**31 - 1 - np.arange(B)], 1).astype(np.int64)  # int32 edges
+    for row, value in bad.items():
+        ids[row, 1] = value
+    return ids
+
+
+def test_context_ids_outside_int32_or_negative_are_rejected_not_wrapped(tmp_path):
+    ok = str(tmp_path / "ok.parquet")
+    logs.write_log(ok, _meta(), **_arrays(), context_ids=_ids({}))
+    _, _, lb = logs.read_log(ok)
+    assert lb.context_ids.dtype == np.int32
+    np.testing.assert_array_equal(lb.context_ids, _ids({}))  # 0 and 2**31 - 1 read exactly
+    bad = str(tmp_path / "bad.parquet")
+    logs.write_log(bad, _meta(), **_arrays(), context_ids=_ids({5: 2**31, 9: -1, 10: -2**31 - 1}))
+    with pytest.raises(InputError, match=rf"bad\.parquet: {_IDS_ERROR}\[5, 9, 10\]$") as e:
+        logs.read_log(bad)
+    assert e.value.field == "context_ids" and e.value.rows == [5, 9, 10]
+    with pytest.raises(InputError, match=rf"bad\.parquet: {_IDS_ERROR}\[5\]$"):  # absolute rows
+        list(logs.iter_log_chunks(bad, chunk_rows=4))
+    # an unsigned column: 2**64 - 1 would become -1 through an int64 cast
+    ids = _ids({}).tolist()
+    ids[3][1] = 2**64 - 1
+    u64 = _rewrite(ok, str(tmp_path / "u64.parquet"),
+                   context_ids=pa.array(ids, pa.list_(pa.uint64())))
+    with pytest.raises(InputError, match=rf"u64\.parquet: {_IDS_ERROR}\[3\]$"):
+        logs.read_log(u64)
+
+
+def test_request_context_ids_outside_int32_are_rejected(tmp_path):
+    path = str(tmp_path / "req.parquet")
+    logs.write_requests(path, _meta(), request_id=np.arange(6), context=np.zeros((6, 2)),
+                        preds=np.zeros((6, 2, 2), np.float32), context_ids=_ids({4: 2**31}, B=6))
+    with pytest.raises(InputError, match=rf"req\.parquet: {_IDS_ERROR}\[4\]$"):
+        list(logs.iter_request_chunks(path, chunk_rows=3))
+
+
+def test_train_cli_context_id_of_2_pow_31_is_one_error_line_naming_file_and_row(tmp_path, capsys):
+    bad = str(tmp_path / "bad.parquet")
+    logs.write_log(bad, _meta(), **_arrays(), context_ids=_ids({7: 2**31}))
+    rc, err = _train(capsys, bad, bad, tmp_path / "wd")
+    assert rc == 2
+    assert re.match(rf"python -m train: error: --logs {re.escape(bad)}: {_IDS_ERROR}\[7\]$",
+                    err.strip())
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -328,6 +328,18 @@ def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset:
     return vals.reshape(len(arr), w)
 
 
+def _context_ids(col: pa.ChunkedArray, row_offset: int, width: int | None) -> np.ndarray:
+    """``context_ids`` as i32[B, C]. Each id indexes a row of an embedding table (``QNetwork``:
+    ``nnx.Embed``, no hashing or modulo), so ids below 0 or above the int32 range are rejected
+    naming their rows, never wrapped by the cast: ``nnx.Embed`` would silently read a negative
+    id from the end of its table and a too-large one as NaN."""
+    ids = _fixed_width(col, "context_ids", None, row_offset, width)  # the file's integer type
+    top = np.iinfo(np.int32).max
+    checks.raise_if((ids < 0) | (ids > top), "context_ids",
+                    f"id outside [0, {top}] (embedding rows, read as int32)", row_offset)
+    return ids.astype(np.int32)
+
+
 def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int, context_dim: int | None = None,
                        n_context_ids: int | None = None) -> tuple[np.ndarray, LoggedBatch]:
     A = meta.action_set.n_actions
@@ -338,7 +350,7 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int, context_dim:
         consistent = _fixed_width(t["consistent"], "consistent", bool, row_offset, A)
     ids = None
     if "context_ids" in t.column_names:
-        ids = _fixed_width(t["context_ids"], "context_ids", np.int32, row_offset, n_context_ids)
+        ids = _context_ids(t["context_ids"], row_offset, n_context_ids)
     lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset, context_dim),
                      action, _scalar(t, "propensity", np.float64, row_offset),
                      _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
@@ -518,7 +530,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | No
             cand[mask] = np.asarray(ids_col.flatten().to_numpy(zero_copy_only=False), np.int64)
         ids = None
         if "context_ids" in t.column_names:
-            ids = _fixed_width(t["context_ids"], "context_ids", np.int32, offset, n_context_ids)
+            ids = _context_ids(t["context_ids"], offset, n_context_ids)
             n_context_ids = ids.shape[1]
         batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
         yield RequestChunk(offset, _scalar(t, "request_id", np.int64, offset), batch, cand,
