@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from puts_jax import native
 from puts_jax.types import ServeOutput
 
 _UNROLL_MAX_K = 16  # re-weighting unrolls the K-dot up to this many ranker heads
@@ -40,7 +41,9 @@ TAIL_BLOCK = 256  # rerank: at most this many rows per top-k block (a block's f3
 # scores stay in L2; 256 rows ran the B = 8192 tail ~15% faster than 64 or 512 on the 2-core CPU)
 EXTRACT_MIN_ROWS = 128  # rerank "auto": fewer rows use lax.top_k (the k steps cost per call)
 EXTRACT_MAX_K = 64  # rerank "auto": larger k use lax.top_k (the steps grow with k)
-TOPK_METHODS = ("auto", "extract", "lax")
+NATIVE_MAX_K = 32  # rerank "auto": the native tail's vector path holds at most 32 slots
+NATIVE_MAX_HEADS = 8  # ... and at most 8 ranker heads (K)
+TOPK_METHODS = ("auto", "native", "extract", "lax")
 
 
 def _check_rank(name: str, x: jax.Array, ndim: int) -> None:
@@ -254,22 +257,26 @@ def rerank(preds_BxNxK: jax.Array, w_BxK: jax.Array, mask_BxN: jax.Array, k: int
     Args:
       preds_BxNxK: f[B, N, K]; w_BxK: f32[B, K] each request's weights; mask_BxN: bool[B, N].
       k: static number of slots.
-      method (static): "extract" (``extract_top_k`` on equal blocks of at most ``TAIL_BLOCK``
-        rows), "lax"
-        (``lax.top_k`` on the whole batch: XLA's TopK; the portable form, used on GPUs and by
-        ``engine.export_serve``), or "auto": "extract" on CPU for at least ``EXTRACT_MIN_ROWS``
-        rows and k <= ``EXTRACT_MAX_K``, "lax" otherwise (``lax.platform_dependent``, resolved
+      method (static): "native" (``puts_jax.native``: one C++ pass over preds on XLA:CPU, the
+        scores bit for bit those of the XLA forms), "extract" (``extract_top_k`` on equal blocks
+        of at most ``TAIL_BLOCK`` rows), "lax" (``lax.top_k`` on the whole batch: XLA's TopK;
+        the portable form, used on GPUs and by ``engine.export_serve``), or "auto": on CPU
+        "native" where ``native.available()`` and k <= ``NATIVE_MAX_K``, K <=
+        ``NATIVE_MAX_HEADS``, else "extract" for at least ``EXTRACT_MIN_ROWS`` rows and k <=
+        ``EXTRACT_MAX_K``, else "lax"; "lax" elsewhere (``lax.platform_dependent``, resolved
         when the program is lowered).
     Returns:
       (idx i32[B, k] best first, -1 past the real finite candidates; score f32[B, k], -inf
       there; n_nonfinite i32[B] real candidates whose score was NaN/inf).
+    Raises:
+      ValueError: unknown method; RuntimeError: "native" where ``native.why_unavailable()``.
     """
     _check_rank("preds_BxNxK", preds_BxNxK, 3)
     _check_rank("w_BxK", w_BxK, 2)
     _check_rank("mask_BxN", mask_BxN, 2)
     if method not in TOPK_METHODS:
         raise ValueError(f"method: must be one of {TOPK_METHODS}, got {method!r}")
-    B = preds_BxNxK.shape[0]
+    B, _, K = preds_BxNxK.shape
 
     def lax_form(p, w, m):
         s = _scores(p, w, m)
@@ -292,12 +299,28 @@ def rerank(preds_BxNxK: jax.Array, w_BxK: jax.Array, mask_BxN: jax.Array, k: int
                                  block, s, m)
         return jnp.where(val > -jnp.inf, idx, -1).astype(jnp.int32), val, bad
 
+    def native_form(p, w, m):
+        return native.rerank(p, w, m, k)
+
     args = (preds_BxNxK, w_BxK, mask_BxN)
-    if method == "lax" or (method == "auto" and (B < EXTRACT_MIN_ROWS or k > EXTRACT_MAX_K)):
+    forms = {"native": native_form, "extract": extract_form, "lax": lax_form}
+    if method != "auto":
+        return forms[method](*args)
+    cpu = cpu_tail(B, K, k)
+    if cpu == "lax":
         return lax_form(*args)
-    if method == "extract":
-        return extract_form(*args)
-    return lax.platform_dependent(*args, cpu=extract_form, default=lax_form)
+    return lax.platform_dependent(*args, cpu=forms[cpu], default=lax_form)
+
+
+def cpu_tail(B: int, K: int, k: int) -> str:
+    """What ``rerank(method="auto")`` runs on XLA:CPU for B requests, K heads and top-k k:
+    "native" where ``native.available()`` and k <= ``NATIVE_MAX_K``, K <= ``NATIVE_MAX_HEADS``;
+    else "extract" for B >= ``EXTRACT_MIN_ROWS`` and k <= ``EXTRACT_MAX_K``; else "lax"."""
+    if k <= NATIVE_MAX_K and K <= NATIVE_MAX_HEADS and native.available():
+        return "native"
+    if B >= EXTRACT_MIN_ROWS and k <= EXTRACT_MAX_K:
+        return "extract"
+    return "lax"
 
 
 def serve_scores(s_BxA: jax.Array, W_AxK: jax.Array, preds_BxNxK: jax.Array,
@@ -305,10 +328,29 @@ def serve_scores(s_BxA: jax.Array, W_AxK: jax.Array, preds_BxNxK: jax.Array,
     """The fused serve pass from scalarized scores ``s = Q @ lam: f32[B, A]``: select (first
     argmax, ``fallback`` on a non-finite row) -> gather W -> ``rerank`` (re-weight all
     candidates -> masked top-k). ``serve_batch`` computes s from Q (``scalarize_rows``);
-    ``engine.scalarized_q`` with lambda folded into the Q-network's last layer."""
-    action, q_fallback = first_argmax_rows(s_BxA.astype(jnp.float32), fallback)
-    w_BxK = jnp.take(W_AxK.astype(jnp.float32), action, axis=0)
-    idx, val, bad = rerank(preds_BxNxK, w_BxK, mask_BxN, k, method)
+    ``engine.scalarized_q`` with lambda folded into the Q-network's last layer. Where ``rerank``
+    would run "native" (``method`` "native", or "auto" on CPU per ``cpu_tail``) the whole tail
+    is one ``native.serve_tail`` call (the select costs XLA:CPU ~3 ms at B = 8192), with the
+    same results."""
+    B, _, K = preds_BxNxK.shape
+
+    def xla_form(s, W, p, m):
+        action, q_fallback = first_argmax_rows(s.astype(jnp.float32), fallback)
+        w_BxK = jnp.take(W.astype(jnp.float32), action, axis=0)
+        idx, val, bad = rerank(p, w_BxK, m, k, "lax" if method == "native" else method)
+        return action, q_fallback, idx, val, bad
+
+    def native_form(s, W, p, m):
+        return native.serve_tail(s, W, p, m, k, fallback)
+
+    args = (s_BxA, W_AxK, preds_BxNxK, mask_BxN)
+    if method == "native":
+        out = native_form(*args)
+    elif method == "auto" and cpu_tail(B, K, k) == "native":
+        out = lax.platform_dependent(*args, cpu=native_form, default=xla_form)
+    else:
+        out = xla_form(*args)
+    action, q_fallback, idx, val, bad = out
     return ServeOutput(action, idx, val, bad, q_fallback)
 
 

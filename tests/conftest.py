@@ -58,3 +58,17 @@ def sim_logs(tmp_path_factory):
         paths[name] = str(d / f"{name}.parquet")
         logs.write_log(paths[name], **sim.simulate_log(world, n, seed))
     return paths
+
+
+def require_native() -> None:
+    """Skip a native-kernel test only where no C++ compiler exists; a compiler whose build fails
+    is a failure (``puts_jax.native.why_unavailable`` says why)."""
+    import shutil
+
+    from puts_jax import native
+
+    if native.available():
+        return
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler: the native tail is not built here")
+    pytest.fail(f"native tail did not build: {native.why_unavailable()}")

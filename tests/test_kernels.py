@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from puts_jax import kernels, reference
+from conftest import require_native
+from puts_jax import kernels, native, reference
 
 
 def _quantized(rng, shape, scale=8):
@@ -128,11 +129,13 @@ def test_extract_top_k_matches_reference_ties_zeros_and_short_rows(N, k):
         np.testing.assert_array_equal(np.asarray(val)[b], rval.astype(np.float32))
 
 
-@pytest.mark.parametrize("method", ["extract", "lax", "auto"])
+@pytest.mark.parametrize("method", ["extract", "lax", "auto", "native"])
 def test_rerank_methods_match_per_example_kernels_and_reference(method):
     """rerank (re-weight + mask + top-k, blocked extraction or lax.top_k) equals reweight and
     masked_top_k vmapped and the numpy oracle, with ties, padding, NaN/inf and short rows;
     B = 300 runs as two blocks of 152 rows, 4 of them padding (padded rows are cut)."""
+    if method == "native":
+        require_native()
     q, lam, W, preds, mask = _serve_inputs(B=300, N=21)
     preds[7, 2, :] = -0.0  # a -0.0 score ties with 0.0 scores
     action = np.asarray(jax.vmap(kernels.select_action, (0, None, None))(q, lam, 2))
@@ -150,14 +153,23 @@ def test_rerank_methods_match_per_example_kernels_and_reference(method):
         kernels.rerank(preds, w, mask, 6, "sort")
 
 
-def test_rerank_auto_uses_the_extraction_on_cpu_for_large_batches():
+def test_rerank_auto_picks_native_then_extraction_then_lax_on_cpu(monkeypatch):
+    """auto: the native tail on CPU where it builds; without it the extraction for large
+    batches and lax.top_k for small ones."""
     shapes = [jax.ShapeDtypeStruct(s, d) for s, d in (((256, 40, 3), jnp.float32),
                                                       ((256, 3), jnp.float32),
                                                       ((256, 40), jnp.bool_))]
-    big = jax.jit(lambda p, w, m: kernels.rerank(p, w, m, 5)).lower(*shapes).as_text()
-    assert "top_k" not in big and "while" in big
     small = [jax.ShapeDtypeStruct((4,) + s.shape[1:], s.dtype) for s in shapes]
-    assert "top_k" in jax.jit(lambda p, w, m: kernels.rerank(p, w, m, 5)).lower(*small).as_text()
+
+    def text(args):
+        return jax.jit(lambda p, w, m: kernels.rerank(p, w, m, 5)).lower(*args).as_text()
+
+    if native.available():
+        assert native.RERANK_TARGET in text(shapes) and native.RERANK_TARGET in text(small)
+    monkeypatch.setattr(native, "available", lambda: False)
+    big = text(shapes)
+    assert "top_k" not in big and "while" in big and native.RERANK_TARGET not in big
+    assert "top_k" in text(small)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value")

@@ -6,7 +6,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
-    "types", "config", "checks", "action_set", "scalarization", "kernels", "slates", "losses",
+    "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
     "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.logs",
     "data.simulator", "data.obd", "engine", "evaluation", "policy", "report_html", "report",
     "sweep_job", "score_job", "reference", "cli_checks", "cli",
