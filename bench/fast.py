@@ -11,9 +11,8 @@ What differs from ``kernels.serve_batch`` (each measured in the serve suite):
 * ``const_params``: the parameters closed over as compile-time constants (B = 1 latency: fewer
   arguments to marshal per call, and XLA can fold them into the matmuls; adopted as
   ``engine.compile_latency_serve``);
-* ``tail``: ``bench.native`` replacements through the XLA FFI: an exact native top-k
-  (group-maximum threshold, then a sort of the few survivors) in place of XLA:CPU's
-  partial_sort TopK, or the whole re-weight + mask + top-k in one native pass over preds.
+* ``tail``: a replacement for the re-weight + masked top-k (the native experiments that were
+  here were adopted, improved, as the library's ``puts_jax.native`` serve tail).
 """
 
 from __future__ import annotations
@@ -137,20 +136,6 @@ def fast_sweep(graphdef, lambda_chunk: int = 1, fallback: int = 0):
         return lax.map(one, lams, batch_size=lambda_chunk)
 
     return sweep
-
-
-def tail_topk_ffi(preds_BxNxK, w_BxK, mask_BxN, k: int):
-    """``serve_math_topk`` with the native top-k (``bench.native.top_k``)."""
-    from bench import native
-
-    return serve_math_topk(preds_BxNxK, w_BxK, mask_BxN, k, native.top_k)
-
-
-def tail_rerank_ffi(preds_BxNxK, w_BxK, mask_BxN, k: int):
-    """Re-weight + mask + top-k in one native pass (``bench.native.rerank``)."""
-    from bench import native
-
-    return native.rerank(preds_BxNxK, w_BxK, mask_BxN, k)
 
 
 def _lambda_sums(pi_BxL, qp_BxLxJ, ql_BxJ, logged):

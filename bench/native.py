@@ -1,10 +1,11 @@
-"""Build, register and call the experimental native kernels (``native.cc``) on XLA:CPU: an exact
-top-k, the fused re-weight + masked top-k, and the sweep's all-lambda greedy select.
+"""Build, register and call the bench's native kernels (``native.cc``) on XLA:CPU: the sweep's
+all-lambda greedy select (an experiment) and the latency suite's in-program wait for the agent's
+weights. (The native top-k and re-weight experiments that were here became the library's serve
+tail, ``puts_jax.native``.)
 
 An experiment, not a dependency: ``available()`` is False (and the suites skip the variant)
 without a C++ compiler, off CPU, or if the build fails. The library is built once per source
-hash into a cache folder with ``g++ -O3 -march=native -ffp-contract=off`` (no FMA contraction,
-so scores match XLA's bit for bit).
+hash into a cache folder with ``g++ -O3 -march=native -ffp-contract=off``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import tempfile
 import numpy as np
 
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.cc")
-_TARGET = "bench_topk"
-_RERANK = "bench_rerank"
 _SWEEP = "bench_sweep_select"
 _AWAIT = "bench_await_weights"
 _state: dict = {}
@@ -61,10 +60,6 @@ def available() -> bool:
             path = _build()
             if path is not None:
                 lib = ctypes.cdll.LoadLibrary(path)
-                jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.BenchTopK),
-                                            platform="cpu")
-                jax.ffi.register_ffi_target(_RERANK, jax.ffi.pycapsule(lib.BenchRerank),
-                                            platform="cpu")
                 jax.ffi.register_ffi_target(_SWEEP, jax.ffi.pycapsule(lib.BenchSweepSelect),
                                             platform="cpu")
                 jax.ffi.register_ffi_target(_AWAIT, jax.ffi.pycapsule(lib.BenchAwaitWeights),
@@ -78,32 +73,6 @@ def available() -> bool:
 
 def error() -> str | None:
     return _state.get("error")
-
-
-def top_k(u, k: int):
-    """(values f32[B, k], indices i32[B, k]) of f32[B, N], exactly ``lax.top_k``'s answer."""
-    import jax
-    import jax.numpy as jnp
-
-    B = u.shape[0]
-    out = (jax.ShapeDtypeStruct((B, k), jnp.float32), jax.ShapeDtypeStruct((B, k), jnp.int32))
-    return jax.ffi.ffi_call(_TARGET, out)(u.astype(jnp.float32), k=np.int64(k))
-
-
-def rerank(preds_BxNxK, w_BxK, mask_BxN, k: int):
-    """Fused re-weight + masked top-k: (idx i32[B, k] with -1 past the real finite candidates,
-    score f32[B, k], n_nonfinite i32[B]), ``bench.fast.serve_math_topk``'s answer in one native
-    pass over preds (no f32[B, N] scores in memory)."""
-    import jax
-    import jax.numpy as jnp
-
-    B = preds_BxNxK.shape[0]
-    out = (jax.ShapeDtypeStruct((B, k), jnp.float32), jax.ShapeDtypeStruct((B, k), jnp.int32),
-           jax.ShapeDtypeStruct((B,), jnp.int32))
-    val, idx, bad = jax.ffi.ffi_call(_RERANK, out)(
-        preds_BxNxK.astype(jnp.float32), w_BxK.astype(jnp.float32), mask_BxN.astype(bool),
-        k=np.int64(k))
-    return idx, val, bad
 
 
 def sweep_select(q_BxAxJ, lams_LxJ, consistent_BxA, fallback: int = 0):

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import baselines, fast, harness, native, roofline, variants, workload
+from bench import baselines, fast, harness, roofline, variants, workload
 from bench.report import Report
+from puts_jax import native as puts_native
 
 BATCHES = (1, 64, 1024, 8192)
-# library options (engine.build_serve(fold_lambda=True), engine.compile_latency_serve) and the
-# bench.fast / bench.native candidates
-EXPERIMENTS = ("fused_fold", "fused_latency", "fused_exp", "fused_exp_ffi", "fused_exp_rerank")
+# library options (engine.build_serve with the pure-XLA tail or fold_lambda=True,
+# engine.compile_latency_serve) and the bench.fast candidate
+EXPERIMENTS = ("fused_xla", "fused_fold", "fused_latency", "fused_exp")
 
 
 def _np(out: Any) -> dict[str, np.ndarray]:
@@ -72,9 +73,8 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
             "fused_fold": harness.aot_compile(ctx["fused_fold"], params, lam, batch),
             "fused_latency": _latency_compiled(ctx, s, batch),
             "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch)}
-    for name in ("fused_exp_ffi", "fused_exp_rerank"):
-        if ctx.get(name) is not None:
-            comp[name] = harness.aot_compile(ctx[name], params, lam, batch)
+    if ctx.get("fused_xla") is not None:
+        comp["fused_xla"] = harness.aot_compile(ctx["fused_xla"], params, lam, batch)
     calls = {"fused": lambda: comp["fused"].fn(params, lam, batch),
              "fused_exp": lambda: comp["fused_exp"].fn(params, lam, batch),
              "fused_fold": lambda: comp["fused_fold"].fn(params, lam, batch),
@@ -82,9 +82,8 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
              "unfused_jax": lambda: ctx["unfused"](params, lam, arr),
              "numpy": lambda: baselines.numpy_serve(ctx["np_params"], ctx["W"], lam_np, arr,
                                                     s.top_k)}
-    for name in ("fused_exp_ffi", "fused_exp_rerank"):
-        if name in comp:
-            calls[name] = lambda c=comp[name]: c.fn(params, lam, batch)
+    if "fused_xla" in comp:
+        calls["fused_xla"] = lambda: comp["fused_xla"].fn(params, lam, batch)
     if ctx.get("torch") is not None:
         import torch
 
@@ -124,7 +123,7 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
             if exp in med:
                 rep.ratio(f"B=8192 {exp} fraction of roofline", roof.fraction(med[exp], cost), 0.45)
     if B == 1:
-        for name in ("fused", "fused_latency", "fused_exp_ffi", "fused_exp_rerank"):
+        for name in ("fused", "fused_latency", "fused_xla"):
             if name not in samples:
                 continue
             summ = harness.Summary.of(samples[name])
@@ -169,15 +168,18 @@ def breakdown(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quic
         jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "extract")), tail_args)
     stages["tail: kernels.rerank (lax.top_k)"] = (
         jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "lax")), tail_args)
+    if puts_native.available():
+        stages["tail: kernels.rerank (native)"] = (
+            jax.jit(lambda p, w, m: kernels.rerank(p, w, m, k, "native")), tail_args)
+        s_BxA = jnp.einsum("baj,j->ba", q, lam)
+        stages["tail: kernels.serve_scores (native: select + rerank)"] = (
+            jax.jit(lambda sc, W, p, m: kernels.serve_scores(sc, W, p, m, k, 0, "native")),
+            (s_BxA, jnp.asarray(ctx["W"]), batch.preds, batch.mask))
     stages[f"kernels.extract_top_k alone ({kernels.TAIL_BLOCK}-row blocks)"] = (jax.jit(
         lambda u: kernels._blocked(lambda x: kernels.extract_top_k(x, k), kernels.TAIL_BLOCK, u)),
         (u,))
     stages["tail: reweight+mask+top_k (fast.py, XLA)"] = (
         jax.jit(lambda p, w, m: fast.serve_math_topk(p, w, m, k)), (batch.preds, w, batch.mask))
-    if native.available():
-        stages["topk_ffi alone (native)"] = (jax.jit(lambda u: native.top_k(u, k)), (u,))
-        stages["tail: rerank_ffi (native)"] = (
-            jax.jit(lambda p, w, m: native.rerank(p, w, m, k)), (batch.preds, w, batch.mask))
     comp = {n: (harness.aot_compile(f, *a), a) for n, (f, a) in stages.items()}
     calls = {n: (lambda c=c, a=a: c.fn(*a)) for n, (c, a) in comp.items()}
     u_np, mask_np = np.asarray(u), arr["mask"]
@@ -268,11 +270,11 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),
            "np_params": workload.numpy_params(model)}
     ctx["lam"] = jnp.asarray(ctx["lam_np"])
-    if native.available():
-        ctx["fused_exp_ffi"] = fast.fast_serve(graphdef, W, s.top_k, tail=fast.tail_topk_ffi)
-        ctx["fused_exp_rerank"] = fast.fast_serve(graphdef, W, s.top_k, tail=fast.tail_rerank_ffi)
+    if puts_native.available():  # the library's pass with its pure-XLA tail, side by side
+        ctx["fused_xla"] = variants.xla_tail_serve(graphdef, W, s.top_k)
     else:
-        rep.note(f"native top-k experiment skipped: {native.error() or 'not on CPU / no g++'}")
+        rep.note(f"native serve tail unavailable ({puts_native.why_unavailable()}): 'fused' "
+                 "runs the pure-XLA tail")
     if baselines.torch_available():
         ctx["torch"] = baselines.make_torch_serve(ctx["np_params"], W, s.top_k, threads=1)
     else:

@@ -69,6 +69,16 @@ def fused_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
         return local_serve(graphdef, W, top_k, fallback), "bench.variants.local_serve"
 
 
+def xla_tail_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
+    """``engine.build_serve(method="extract")``: the library's pass with the pure-XLA tail (the
+    blocked extraction top-k) instead of the native one, for the side-by-side."""
+    from puts_jax import engine
+    from puts_jax.config import ScoringConfig
+
+    cfg = ScoringConfig(top_k=top_k, fallback_action=fallback)
+    return engine.build_serve(graphdef, jnp.asarray(W), cfg, method="extract")
+
+
 def fold_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
     """``engine.build_serve(fold_lambda=True)``: Q @ lam with lambda folded into the mixture
     head (f32[B, A, J] never formed; not the sweep's f32 arithmetic, see
