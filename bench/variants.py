@@ -70,13 +70,13 @@ def fused_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
 
 
 def xla_tail_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
-    """``engine.build_serve(method="extract")``: the library's pass with the pure-XLA tail (the
-    blocked extraction top-k) instead of the native one, for the side-by-side."""
+    """``engine.build_serve(method="xla")``: the library's pass with the pure-XLA tail (the
+    blocked extraction top-k, ``lax.top_k`` for small batches) instead of the native one."""
     from puts_jax import engine
     from puts_jax.config import ScoringConfig
 
     cfg = ScoringConfig(top_k=top_k, fallback_action=fallback)
-    return engine.build_serve(graphdef, jnp.asarray(W), cfg, method="extract")
+    return engine.build_serve(graphdef, jnp.asarray(W), cfg, method="xla")
 
 
 def fold_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):

@@ -43,7 +43,7 @@ EXTRACT_MIN_ROWS = 128  # rerank "auto": fewer rows use lax.top_k (the k steps c
 EXTRACT_MAX_K = 64  # rerank "auto": larger k use lax.top_k (the steps grow with k)
 NATIVE_MAX_K = 32  # rerank "auto": the native tail's vector path holds at most 32 slots
 NATIVE_MAX_HEADS = 8  # ... and at most 8 ranker heads (K)
-TOPK_METHODS = ("auto", "native", "extract", "lax")
+TOPK_METHODS = ("auto", "native", "xla", "extract", "lax")
 
 
 def _check_rank(name: str, x: jax.Array, ndim: int) -> None:
@@ -260,11 +260,11 @@ def rerank(preds_BxNxK: jax.Array, w_BxK: jax.Array, mask_BxN: jax.Array, k: int
       method (static): "native" (``puts_jax.native``: one C++ pass over preds on XLA:CPU, the
         scores bit for bit those of the XLA forms), "extract" (``extract_top_k`` on equal blocks
         of at most ``TAIL_BLOCK`` rows), "lax" (``lax.top_k`` on the whole batch: XLA's TopK;
-        the portable form, used on GPUs and by ``engine.export_serve``), or "auto": on CPU
+        the portable form, used on GPUs and by ``engine.export_serve``), "auto": on CPU
         "native" where ``native.available()`` and k <= ``NATIVE_MAX_K``, K <=
         ``NATIVE_MAX_HEADS``, else "extract" for at least ``EXTRACT_MIN_ROWS`` rows and k <=
         ``EXTRACT_MAX_K``, else "lax"; "lax" elsewhere (``lax.platform_dependent``, resolved
-        when the program is lowered).
+        when the program is lowered), or "xla": "auto" without the native tail.
     Returns:
       (idx i32[B, k] best first, -1 past the real finite candidates; score f32[B, k], -inf
       there; n_nonfinite i32[B] real candidates whose score was NaN/inf).
@@ -304,19 +304,20 @@ def rerank(preds_BxNxK: jax.Array, w_BxK: jax.Array, mask_BxN: jax.Array, k: int
 
     args = (preds_BxNxK, w_BxK, mask_BxN)
     forms = {"native": native_form, "extract": extract_form, "lax": lax_form}
-    if method != "auto":
+    if method in forms:
         return forms[method](*args)
-    cpu = cpu_tail(B, K, k)
+    cpu = cpu_tail(B, K, k, allow_native=method == "auto")
     if cpu == "lax":
         return lax_form(*args)
     return lax.platform_dependent(*args, cpu=forms[cpu], default=lax_form)
 
 
-def cpu_tail(B: int, K: int, k: int) -> str:
+def cpu_tail(B: int, K: int, k: int, allow_native: bool = True) -> str:
     """What ``rerank(method="auto")`` runs on XLA:CPU for B requests, K heads and top-k k:
-    "native" where ``native.available()`` and k <= ``NATIVE_MAX_K``, K <= ``NATIVE_MAX_HEADS``;
-    else "extract" for B >= ``EXTRACT_MIN_ROWS`` and k <= ``EXTRACT_MAX_K``; else "lax"."""
-    if k <= NATIVE_MAX_K and K <= NATIVE_MAX_HEADS and native.available():
+    "native" where ``allow_native``, ``native.available()`` and k <= ``NATIVE_MAX_K``, K <=
+    ``NATIVE_MAX_HEADS``; else "extract" for B >= ``EXTRACT_MIN_ROWS`` and k <=
+    ``EXTRACT_MAX_K``; else "lax"."""
+    if allow_native and k <= NATIVE_MAX_K and K <= NATIVE_MAX_HEADS and native.available():
         return "native"
     if B >= EXTRACT_MIN_ROWS and k <= EXTRACT_MAX_K:
         return "extract"
@@ -337,7 +338,7 @@ def serve_scores(s_BxA: jax.Array, W_AxK: jax.Array, preds_BxNxK: jax.Array,
     def xla_form(s, W, p, m):
         action, q_fallback = first_argmax_rows(s.astype(jnp.float32), fallback)
         w_BxK = jnp.take(W.astype(jnp.float32), action, axis=0)
-        idx, val, bad = rerank(p, w_BxK, m, k, "lax" if method == "native" else method)
+        idx, val, bad = rerank(p, w_BxK, m, k, method)
         return action, q_fallback, idx, val, bad
 
     def native_form(s, W, p, m):

@@ -129,7 +129,7 @@ def test_extract_top_k_matches_reference_ties_zeros_and_short_rows(N, k):
         np.testing.assert_array_equal(np.asarray(val)[b], rval.astype(np.float32))
 
 
-@pytest.mark.parametrize("method", ["extract", "lax", "auto", "native"])
+@pytest.mark.parametrize("method", ["extract", "lax", "auto", "native", "xla"])
 def test_rerank_methods_match_per_example_kernels_and_reference(method):
     """rerank (re-weight + mask + top-k, blocked extraction or lax.top_k) equals reweight and
     masked_top_k vmapped and the numpy oracle, with ties, padding, NaN/inf and short rows;

@@ -82,6 +82,10 @@ def test_native_serve_tail_equals_the_xla_select_and_rerank(B, A, N, K, k):
     assert np.asarray(got.q_fallback)[[0, 2]].all() and np.asarray(got.action)[0] == 1
     auto = jax.jit(lambda *a: kernels.serve_scores(*a, k, 1, "auto")).lower(s, W, preds, mask)
     assert (native.SERVE_TAIL_TARGET in auto.as_text()) == (k <= kernels.NATIVE_MAX_K)
+    xla = jax.jit(lambda *a: kernels.serve_scores(*a, k, 1, "xla")).lower(s, W, preds, mask)
+    assert "puts_jax_" not in xla.as_text()  # "xla": auto without the native tail
+    for name, v in zip(got._fields, xla.compile()(s, W, preds, mask)):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)), np.asarray(v), err_msg=name)
 
 
 def test_native_serve_tail_rejects_a_fallback_outside_the_action_set():
@@ -100,7 +104,7 @@ def test_native_unavailable_says_why_and_auto_keeps_xla(monkeypatch):
     preds, w, mask = (jnp.ones((2, 5, 3)), jnp.ones((2, 3)), jnp.ones((2, 5), bool))
     with pytest.raises(RuntimeError, match="native rerank unavailable: disabled by PUTS_JAX_"):
         kernels.rerank(preds, w, mask, 2, "native")
-    assert kernels.cpu_tail(1024, 3, 2) == "extract"
+    assert kernels.cpu_tail(1024, 3, 2) == "extract" and kernels.cpu_tail(8, 3, 2) == "lax"
     assert native.RERANK_TARGET not in jax.jit(
         lambda p, ww, m: kernels.rerank(p, ww, m, 2)).lower(preds, w, mask).as_text()
 
