@@ -4,11 +4,12 @@ predictions (``csrc/rerank.cc``, an XLA FFI custom call), used by ``kernels.rera
 The C++ source ships with the package and is compiled on first use with the system compiler
 (``$CXX``, else ``g++``; ``-O3 -march=native -ffp-contract=off``: the kernel spells out XLA's
 own roundings, so the scores equal ``kernels._scores`` bit for bit) into a cache folder keyed by
-the source, the jax version, the compiler and this CPU's feature flags: ``$PUTS_JAX_CACHE`` or ``~/.cache/puts_jax``. The build
-is written to a temporary name and renamed in, so concurrent first uses are safe.
+the source, the jax version, the compiler and this CPU's feature flags: ``$PUTS_JAX_CACHE`` or
+``~/.cache/puts_jax`` (a per-user temporary folder where that is not writable). The build is
+written to a temporary name and renamed in, so concurrent first uses are safe.
 
-``available()`` is False, and ``kernels.rerank(method="auto")`` keeps the pure-XLA extraction,
-when there is no compiler, the build fails, the default device is not a CPU, or
+``available()`` is False, and ``kernels.rerank(method="auto")`` keeps the pure-XLA tail, when
+there is no compiler, the build fails, the default device is not a CPU, or
 ``PUTS_JAX_NATIVE=0``; ``why_unavailable()`` says which. Asking for ``method="native"`` where it
 is unavailable raises ``RuntimeError`` with that reason.
 """
@@ -20,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 
@@ -61,7 +63,13 @@ def _build() -> str:
     tag = hashlib.sha256(b"\0".join([src, jax.__version__.encode(), cxx.encode(),
                                      " ".join(FLAGS).encode(), _cpu_flags().encode()]))
     folder = cache_dir()
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder)
+        probe.close()
+    except OSError:  # a read-only home: a per-user temporary folder instead
+        folder = os.path.join(tempfile.gettempdir(), f"puts_jax_native_{os.getuid()}")
+        os.makedirs(folder, exist_ok=True)
     lib = os.path.join(folder, f"librerank_{tag.hexdigest()[:16]}.so")
     if not os.path.exists(lib):
         tmp = f"{lib}.{os.getpid()}.tmp"

@@ -4,6 +4,7 @@ NaN/inf never ranked (and counted), short rows, several 512-candidate chunks, th
 (K > 8 or k > 32), and the select of ``serve_scores`` with its fallback."""
 
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +118,11 @@ def test_native_build_is_cached_per_source_and_cpu(tmp_path, monkeypatch):
     mtime = os.stat(lib).st_mtime_ns
     assert native._build() == lib and os.stat(lib).st_mtime_ns == mtime  # not rebuilt
     assert not [f for f in os.listdir(os.path.dirname(lib)) if f.endswith(".tmp")]
+
+
+def test_native_build_falls_back_to_a_temporary_folder_when_the_cache_is_read_only(monkeypatch):
+    require_native()
+    monkeypatch.setenv("PUTS_JAX_CACHE", "/proc/puts_jax_read_only")  # cannot be created
+    lib = native._build()
+    assert os.path.dirname(lib).startswith(os.path.join(tempfile.gettempdir(), "puts_jax_native_"))
+    assert os.path.exists(lib)
