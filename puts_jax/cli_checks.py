@@ -101,7 +101,8 @@ INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an e
 
 def check_inputs(args) -> None:
     """Before any work: --out names no input file, input files exist, --model is a saved model
-    (spec.json), --data a directory, --chunk-rows >= 1; each failure an error naming its flag."""
+    (``check_model_dir``), --data a directory, --chunk-rows >= 1; each failure an error naming
+    its flag."""
     out = getattr(args, "out", None)
     for name in INPUT_FILES:
         path = getattr(args, name, None)
@@ -112,15 +113,28 @@ def check_inputs(args) -> None:
                              else f"--{name}: no such file {path}")
     if getattr(args, "data", None) is not None and not os.path.isdir(args.data):
         raise UsageError(f"--data: no such directory {args.data}")
-    model = getattr(args, "model", None)
-    if model is not None and not os.path.isfile(os.path.join(model, "spec.json")):
-        if not os.path.exists(model):
-            raise UsageError(f"--model: no such directory {model}")
-        hint = os.path.join(model, "selected_model")
-        tip = f"; did you mean {hint}?" if os.path.isfile(os.path.join(hint, "spec.json")) else ""
-        raise UsageError(f"--model: {model} is not a saved model (no spec.json){tip}")
+    if getattr(args, "model", None) is not None:
+        check_model_dir(args.model)
     if getattr(args, "chunk_rows", 1) < 1:
         raise UsageError(f"--chunk-rows: must be >= 1, got {args.chunk_rows}")
+
+
+def check_model_dir(model: str) -> None:
+    """--model names a saved model: where ``model_io.load_model`` reads it (``model_folder``:
+    the directory, or ``DIR.tmp-old`` left by a save killed between its renames) holds
+    spec.json; else a UsageError, suggesting ``DIR/selected_model`` (a training workdir)."""
+    from puts_jax import model_io
+
+    def saved(d: str) -> bool:
+        return os.path.isfile(os.path.join(model_io.model_folder(d), model_io.SPEC_FILE))
+
+    if saved(model):
+        return
+    if not os.path.exists(model):
+        raise UsageError(f"--model: no such directory {model}")
+    hint = os.path.join(model, "selected_model")
+    tip = f"; did you mean {hint}?" if saved(hint) else ""
+    raise UsageError(f"--model: {model} is not a saved model (no spec.json){tip}")
 
 
 def as_flag(field: str, args) -> str:

@@ -110,10 +110,11 @@ def _old_path(directory: str) -> str:
     return os.path.abspath(directory) + OLD_SUFFIX
 
 
-def _model_dir(directory: str) -> str:
-    """The folder that holds the model saved at ``directory``: ``directory`` itself, or, when a
-    save was killed between its two renames (``directory`` missing), the previous model that it
-    had moved aside whole to ``directory.tmp-old``."""
+def model_folder(directory: str) -> str:
+    """The folder ``load_model(directory)`` reads: ``directory`` itself, or, when a save was
+    killed between its two renames (``directory`` missing), the previous model that it had moved
+    aside whole to ``directory.tmp-old``. A saved model is there when this folder holds
+    ``spec.json`` (what ``puts-jax --model`` checks before any work)."""
     old = _old_path(directory)
     if not os.path.lexists(directory) and os.path.isfile(os.path.join(old, SPEC_FILE)):
         return old
@@ -134,7 +135,7 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
     """
     directory = os.path.abspath(directory)
     tmp, old = directory + NEW_SUFFIX, _old_path(directory)
-    if _model_dir(directory) == old:  # a save killed between its renames: undo the first one
+    if model_folder(directory) == old:  # a save killed between its renames: undo the first one
         os.replace(old, directory)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -160,7 +161,7 @@ def load_model(directory: str) -> tuple[QNetwork, dict]:
     renames (see there); nothing is renamed or deleted here. Raises ValueError when the
     restored params' hash differs from the one recorded at save time.
     """
-    folder = _model_dir(directory)
+    folder = model_folder(directory)
     with open(os.path.join(folder, SPEC_FILE)) as f:
         info = json.load(f)
     model = QNetwork.from_spec(info["spec"])
@@ -172,8 +173,11 @@ def load_model(directory: str) -> tuple[QNetwork, dict]:
 
 
 def model_widths(model) -> dict:
-    """The context widths a QNetwork reads, as ``iter_log_chunks`` / ``iter_request_chunks``
-    keyword arguments (rows of another width are rejected by name instead of failing in the
-    network)."""
-    ids = len(getattr(getattr(model, "cfg", None), "id_vocab_sizes", ()) or ())
-    return {"context_dim": getattr(model, "context_dim", None), "n_context_ids": ids or None}
+    """The context widths and id vocabularies a QNetwork reads, as ``iter_log_chunks`` /
+    ``iter_request_chunks`` keyword arguments: rows of another width, and context ids at or
+    above their column's vocabulary (``nnx.Embed`` would read them as NaN), are rejected by
+    name instead of failing, or silently scoring NaN, in the network. A model without id
+    embeddings checks no ids (None)."""
+    vocab = tuple(getattr(getattr(model, "cfg", None), "id_vocab_sizes", ()) or ())
+    return {"context_dim": getattr(model, "context_dim", None),
+            "n_context_ids": len(vocab) or None, "id_vocab_sizes": vocab or None}

@@ -261,3 +261,120 @@ def test_a_file_that_is_not_a_selection(run, capsys, tmp_path):
     assert _err(capsys) == (f"puts-jax: error: --selection: not a selection of 'policy select "
                             f"--out' ({bad}: KeyError: 'index')")
     assert not (tmp_path / "reg").exists()
+
+
+# ----------------------------------------------------------------------------- context ids
+
+ID_VOCAB = (5, 64)
+
+
+def _add_ids(src, dst, bad: dict | None = None):
+    """``src`` (a simulated log or request set, metadata kept) with a context_ids column inside
+    ID_VOCAB (row r: [r % 5, r % 64]); ``bad`` {row: id} replaces column 1."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(src))
+    ids = np.stack([np.arange(t.num_rows) % 5, np.arange(t.num_rows) % 64], 1)
+    for row, value in (bad or {}).items():
+        ids[row, 1] = value
+    pq.write_table(t.append_column("context_ids", pa.array(ids.tolist(), pa.list_(pa.int64()))),
+                   str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def id_run(run):
+    """An untrained model embedding two id columns (ID_VOCAB) and its frontier on the evaluation
+    log with valid ids; the log and the request set with ids: {"model", "logs", "requests",
+    "frontier"}."""
+    from flax import nnx
+
+    from puts_jax import model_io
+    from puts_jax.config import QNetConfig
+    from puts_jax.qnet import QNetwork
+
+    spec = json.loads((run / "model" / "spec.json").read_text())["spec"]
+    net = QNetwork(QNetConfig(hidden=(16,), n_components=4, id_vocab_sizes=ID_VOCAB),
+                   spec["context_dim"], spec["n_actions"], tuple(spec["reward_kinds"]),
+                   rngs=nnx.Rngs(0))
+    model_io.save_model(str(run / "id_model"), net)
+    paths = {"model": run / "id_model", "frontier": run / "id_frontier" / "frontier.json",
+             "logs": _add_ids(run / "data" / "evaluation.parquet", run / "ids_eval.parquet"),
+             "requests": _add_ids(run / "data" / "requests.parquet", run / "ids_req.parquet")}
+    assert cli.main(["sweep", "--model", str(paths["model"]), "--logs", str(paths["logs"]),
+                     "--out", str(run / "id_frontier"), "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    return paths
+
+
+def test_sweep_id_beyond_the_models_vocabulary_is_one_error_line(id_run, run, capsys):
+    bad = _add_ids(run / "data" / "evaluation.parquet", run / "ids_eval_bad.parquet",
+                   {17: 64, 700: 99})
+    capsys.readouterr()
+    for extra in ([], ["--halves"]):
+        assert cli.main(["sweep", "--model", str(id_run["model"]), "--logs", str(bad), "--out",
+                         str(run / "id_frontier_bad"), "--n-lambdas", "3", "--bootstrap", "0",
+                         *extra]) == 2
+        assert _err(capsys) == (f"puts-jax: error: {bad}: context_ids[:, 1]: id 64 >= the "
+                                "model's vocabulary of 64 (embedding rows 0 to 63) at rows "
+                                "[17, 700]")
+    assert not (run / "id_frontier_bad").exists()
+    # the frontier of the valid ids is finite: no point fell back to NaN
+    doc = json.loads(id_run["frontier"].read_text())
+    assert np.isfinite(np.asarray(doc["estimators"]["snips"]["value"], np.float64)).all()
+
+
+def _last_err(capsys) -> str:
+    """The one error line of the captured stderr, after score's progress bar (its last line)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    return err.splitlines()[-1]
+
+
+def test_score_id_beyond_the_policys_vocabulary_is_one_error_line(id_run, run, capsys):
+    from puts_jax import score_job
+
+    reg = run / "reg_ids"
+    assert cli.main(["policy", "publish", "--registry", str(reg), "--model", str(id_run["model"]),
+                     "--frontier", str(id_run["frontier"]), "--logs", str(id_run["logs"]),
+                     "--reason", "ids", "--point", "0"]) == 0
+    stats = score_job.score_file(str(reg), str(id_run["requests"]), str(run / "ids_scored.parquet"),
+                                 progress=False)
+    assert stats["rows"] == 40 and stats["fallback_rows"] == 0  # valid ids: finite Q everywhere
+    bad = _add_ids(run / "data" / "requests.parquet", run / "ids_req_bad.parquet", {31: 70})
+    out = run / "ids_scored_bad.parquet"
+    capsys.readouterr()
+    assert cli.main(["score", "--policy", str(reg), "--requests", str(bad), "--out", str(out),
+                     "--chunk-rows", "16"]) == 2  # row 31 is in the second chunk
+    assert _last_err(capsys) == (f"puts-jax: error: {bad}: context_ids[:, 1]: id 70 >= the "
+                                 "model's vocabulary of 64 (embedding rows 0 to 63) at rows [31]")
+    plain = run / "data" / "requests.parquet"  # no context_ids column at all
+    assert cli.main(["score", "--policy", str(reg), "--requests", str(plain), "--out",
+                     str(out)]) == 2
+    assert _last_err(capsys) == (f"puts-jax: error: {plain}: context_ids: missing column: the "
+                                 "model embeds 2 id columns (vocabularies [5, 64])")
+    assert not out.exists()
+
+
+def test_model_left_at_tmp_old_by_a_killed_save_is_accepted(run, capsys):
+    import shutil
+
+    from puts_jax import model_io
+
+    killed = run / "killed_model"  # save_model killed between its renames: only .tmp-old is left
+    shutil.copytree(run / "model", str(killed) + model_io.OLD_SUFFIX)
+    assert model_io.model_folder(str(killed)) == str(killed) + model_io.OLD_SUFFIX
+    reg = run / "reg_killed"
+    capsys.readouterr()
+    assert cli.main(["policy", "publish", "--registry", str(reg), "--model", str(killed),
+                     "--frontier", str(run / "frontier" / "frontier.json"), "--logs",
+                     str(run / "data" / "logs.parquet"), "--reason", "t", "--point", "0"]) == 0
+    # the frontier's params hash matched: the model read is the one moved aside
+    assert policy.show(str(reg))["current"] == "v0001"
+    train = run / "train_killed"  # and a workdir whose selected_model was left that way
+    shutil.copytree(run / "model", train / ("selected_model" + model_io.OLD_SUFFIX))
+    assert _sweep(run, model="train_killed") == 2
+    assert _err(capsys) == (f"puts-jax: error: --model: {train} is not a saved model (no "
+                            f"spec.json); did you mean {train / 'selected_model'}?")
+    assert _sweep(run, model="no_such_model") == 2
+    assert _err(capsys) == f"puts-jax: error: --model: no such directory {run / 'no_such_model'}"

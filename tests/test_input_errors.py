@@ -383,3 +383,111 @@ def test_train_cli_context_id_of_2_pow_31_is_one_error_line_naming_file_and_row(
     assert re.match(rf"python -m train: error: --logs {re.escape(bad)}: {_IDS_ERROR}\[7\]$",
                     err.strip())
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- 8. id vocabularies
+
+VOCAB = (12, 64)  # _meta's rows have ids 0..11 in column 0 and 63..52 in column 1: both edges
+
+
+def _vocab_ids(bad: dict, B=12):
+    """i64[B, 2] inside VOCAB; ``bad`` {row: id} replaces column 1."""
+    ids = np.stack([np.arange(B), 63 - np.arange(B)], 1).astype(np.int64)
+    for row, value in bad.items():
+        ids[row, 1] = value
+    return ids
+
+
+def _vocab_error(c, first, v, rows):
+    return re.escape(f"context_ids[:, {c}]: id {first} >= the model's vocabulary of {v} "
+                     f"(embedding rows 0 to {v - 1}) at rows {rows}")
+
+
+def test_an_id_at_or_above_the_vocabulary_embeds_as_nan():
+    """Why the readers check: nnx.Embed reads an id past its table as NaN, silently."""
+    from flax import nnx
+
+    from puts_jax.config import QNetConfig
+    from puts_jax.qnet import QNetwork
+
+    net = QNetwork(QNetConfig(hidden=(4,), id_vocab_sizes=VOCAB), 4, A, ("binary", "count"),
+                   rngs=nnx.Rngs(0))
+    ctx = np.zeros((2, 4), np.float32)
+    q = np.asarray(net(ctx, np.array([[11, 63], [11, 64]], np.int32)))
+    assert np.isfinite(q[0]).all() and np.isnan(q[1]).all()
+
+
+def test_context_ids_at_or_above_the_models_vocabulary_are_rejected(tmp_path):
+    ok = str(tmp_path / "ok.parquet")
+    logs.write_log(ok, _meta(), **_arrays(), context_ids=_vocab_ids({}))
+    _, _, lb = logs.read_log(ok, id_vocab_sizes=VOCAB)  # 11 < 12 and 63 < 64 pass
+    np.testing.assert_array_equal(lb.context_ids, _vocab_ids({}))
+    bad = str(tmp_path / "bad.parquet")
+    logs.write_log(bad, _meta(), **_arrays(), context_ids=_vocab_ids({5: 70, 9: 64}))
+    whole = rf"^{re.escape(bad)}: {_vocab_error(1, 70, 64, [5, 9])}$"
+    with pytest.raises(InputError, match=whole) as e:
+        logs.read_log(bad, id_vocab_sizes=VOCAB)
+    assert e.value.field == "context_ids[:, 1]" and e.value.rows == [5, 9]
+    with pytest.raises(InputError, match=rf"bad\.parquet: {_vocab_error(1, 70, 64, [5])}$"):
+        list(logs.iter_log_chunks(bad, chunk_rows=4, id_vocab_sizes=VOCAB))  # absolute rows
+    with pytest.raises(InputError, match=rf"ok\.parquet: {_vocab_error(0, 11, 11, [11])}$"):
+        logs.read_log(ok, id_vocab_sizes=(11, 64))  # column 0 is checked against its own size
+    assert logs.read_log(bad)[2].context_ids[5, 1] == 70  # without a model nothing is checked
+
+
+def test_a_model_with_id_embeddings_needs_the_context_ids_column(good, tmp_path):
+    with pytest.raises(InputError, match=r"good\.parquet: context_ids: missing column: the model "
+                                         r"embeds 2 id columns \(vocabularies \[12, 64\]\)$"):
+        logs.read_log(good, id_vocab_sizes=VOCAB)
+    ok = str(tmp_path / "ok.parquet")
+    logs.write_log(ok, _meta(), **_arrays(), context_ids=_vocab_ids({}))
+    with pytest.raises(InputError, match=r"ok\.parquet: context_ids: expected length 1 at rows "):
+        logs.read_log(ok, id_vocab_sizes=(12,))  # C = len(vocabularies)
+
+
+def test_request_context_ids_at_or_above_the_vocabulary_are_rejected(tmp_path):
+    path = str(tmp_path / "req.parquet")
+    logs.write_requests(path, _meta(), request_id=np.arange(6), context=np.zeros((6, 2)),
+                        preds=np.zeros((6, 2, 2), np.float32),
+                        context_ids=_vocab_ids({4: 1000}, B=6))
+    with pytest.raises(InputError, match=rf"req\.parquet: {_vocab_error(1, 1000, 64, [4])}$"):
+        list(logs.iter_request_chunks(path, chunk_rows=3, id_vocab_sizes=VOCAB))
+    assert len(list(logs.iter_request_chunks(path, chunk_rows=3))) == 2  # no model, no check
+
+
+def _vocab_config():
+    import dataclasses
+
+    from puts_jax.config import QNetConfig
+    from train.config import TrainConfig
+
+    return dataclasses.replace(TrainConfig.tiny(), qnet=QNetConfig(hidden=(16,), n_components=4,
+                                                                   id_vocab_sizes=VOCAB))
+
+
+def test_train_cli_id_beyond_the_configs_vocabulary_names_flag_file_column_and_rows(
+        good, tmp_path, capsys, monkeypatch):
+    import json
+
+    import train.main as train_cli
+
+    monkeypatch.setitem(train_cli.PRESETS, "tiny", _vocab_config)  # a config that embeds ids
+    ok = str(tmp_path / "ok.parquet")
+    logs.write_log(ok, _meta(), **_arrays(), context_ids=_vocab_ids({}))
+    bad = str(tmp_path / "bad.parquet")
+    logs.write_log(bad, _meta(), **_arrays(), context_ids=_vocab_ids({7: 64}))
+    for flags, flag in (((bad, ok), "--logs"), ((ok, bad), "--heldout")):
+        rc, err = _train(capsys, *flags, tmp_path / "wd_bad")
+        assert rc == 2
+        assert err == (f"python -m train: error: {flag} {bad}: context_ids[:, 1]: id 64 >= the "
+                       "model's vocabulary of 64 (embedding rows 0 to 63) at rows [7]\n")
+        assert not (tmp_path / "wd_bad").exists()  # refused before the workdir is made
+    rc, err = _train(capsys, good, ok, tmp_path / "wd_noids")
+    assert rc == 2 and err == (f"python -m train: error: --logs {good}: context_ids: missing "
+                               "column: the model embeds 2 id columns (vocabularies [12, 64])\n")
+    rc, _ = _train(capsys, ok, ok, tmp_path / "wd")  # ids at the edges train, with finite values
+    assert rc == 0
+    sel = json.loads((tmp_path / "wd" / "selected.json").read_text())
+    assert np.isfinite(sel["value"])
+    spec = json.loads((tmp_path / "wd" / "selected_model" / "spec.json").read_text())["spec"]
+    assert spec["id_vocab_sizes"] == list(VOCAB)

@@ -134,6 +134,10 @@ def to_train_batch(element: dict) -> TrainBatch:
                       element.get("context_ids"))
 
 
-def heldout_chunks(path: str, chunk_rows: int) -> list:
-    """The held-out log as a list of LoggedBatch chunks (host numpy), read once per run."""
-    return [lb for _, _, lb in logs.iter_log_chunks(path, chunk_rows)]
+def heldout_chunks(path: str, chunk_rows: int,
+                   id_vocab_sizes: tuple[int, ...] | None = None) -> list:
+    """The held-out log as a list of LoggedBatch chunks (host numpy), read once per run.
+    ``id_vocab_sizes``: the trained model's vocabularies (ids at or above one are rejected,
+    ``logs.iter_log_chunks``); None when it embeds no ids."""
+    return [lb for _, _, lb in logs.iter_log_chunks(path, chunk_rows,
+                                                    id_vocab_sizes=id_vocab_sizes)]

@@ -72,7 +72,9 @@ class _Run:
         self.cfg, self.workdir = cfg, workdir
         _check_parquet(logs_path)
         _check_parquet(heldout_path)
-        meta, _, lb = logs.read_log(logs_path)
+        # the vocabularies of the model being trained: an id at or above one would embed as NaN
+        vocab = tuple(cfg.qnet.id_vocab_sizes) or None
+        meta, _, lb = logs.read_log(logs_path, id_vocab_sizes=vocab)
         _check_heldout(meta, heldout_path)
         self.meta = meta
         try:
@@ -98,7 +100,7 @@ class _Run:
         self.select_lambda = cfg.selection_lambda(J)
         g = selection.best_global_action(lb.consistent, lb.rewards, lb.propensity,
                                          cfg.select_objective)
-        chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows)
+        chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows, vocab)
         _check_widths(arrays, chunks, heldout_path)
         self.evaluator = selection.HeldoutEvaluator(
             chunks, self.names, kinds, A, self.select_lambda, cfg.select_objective,

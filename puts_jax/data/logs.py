@@ -328,20 +328,38 @@ def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset:
     return vals.reshape(len(arr), w)
 
 
-def _context_ids(col: pa.ChunkedArray, row_offset: int, width: int | None) -> np.ndarray:
+def _context_ids(col: pa.ChunkedArray, row_offset: int, width: int | None,
+                 vocab: tuple[int, ...] | None = None) -> np.ndarray:
     """``context_ids`` as i32[B, C]. Each id indexes a row of an embedding table (``QNetwork``:
     ``nnx.Embed``, no hashing or modulo), so ids below 0 or above the int32 range are rejected
     naming their rows, never wrapped by the cast: ``nnx.Embed`` would silently read a negative
-    id from the end of its table and a too-large one as NaN."""
+    id from the end of its table and a too-large one as NaN. With ``vocab`` (the model's
+    ``id_vocab_sizes``, one per column), an id of column c at or above ``vocab[c]`` is rejected
+    too, naming the column and its rows (the id shown is the first such row's)."""
     ids = _fixed_width(col, "context_ids", None, row_offset, width)  # the file's integer type
     top = np.iinfo(np.int32).max
     checks.raise_if((ids < 0) | (ids > top), "context_ids",
                     f"id outside [0, {top}] (embedding rows, read as int32)", row_offset)
+    for c, v in enumerate(vocab or ()):
+        over = ids[:, c] >= v
+        if over.any():
+            checks.raise_if(over, f"context_ids[:, {c}]", f"id {ids[np.argmax(over), c]} >= the "
+                            f"model's vocabulary of {v} (embedding rows 0 to {v - 1})", row_offset)
     return ids.astype(np.int32)
 
 
+def _check_ids_column(names: list[str], vocab: tuple[int, ...] | None) -> None:
+    """A model that embeds context ids (``vocab`` given) needs the ``context_ids`` column."""
+    if vocab is not None and "context_ids" not in names:
+        raise InputError("context_ids", [], f"missing column: the model embeds "
+                         f"{len(vocab)} id column{'s' * (len(vocab) > 1)} (vocabularies "
+                         f"{list(vocab)})")
+
+
 def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int, context_dim: int | None = None,
-                       n_context_ids: int | None = None) -> tuple[np.ndarray, LoggedBatch]:
+                       n_context_ids: int | None = None,
+                       id_vocab_sizes: tuple[int, ...] | None = None
+                       ) -> tuple[np.ndarray, LoggedBatch]:
     A = meta.action_set.n_actions
     J = len(meta.reward_names) or None
     action = _scalar(t, "action", np.int64, row_offset)  # range-checked before the int32 cast
@@ -350,7 +368,7 @@ def _logged_from_table(t: pa.Table, meta: LogMeta, row_offset: int, context_dim:
         consistent = _fixed_width(t["consistent"], "consistent", bool, row_offset, A)
     ids = None
     if "context_ids" in t.column_names:
-        ids = _context_ids(t["context_ids"], row_offset, n_context_ids)
+        ids = _context_ids(t["context_ids"], row_offset, n_context_ids, id_vocab_sizes)
     lb = LoggedBatch(_fixed_width(t["context"], "context", np.float32, row_offset, context_dim),
                      action, _scalar(t, "propensity", np.float64, row_offset),
                      _fixed_width(t["rewards"], "rewards", np.float32, row_offset, J),
@@ -385,12 +403,17 @@ def check_request_ids(path: str, batch_rows: int = 1 << 20) -> None:
 
 
 def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | None = None,
-                    context_dim: int | None = None, n_context_ids: int | None = None
+                    context_dim: int | None = None, n_context_ids: int | None = None,
+                    id_vocab_sizes: tuple[int, ...] | None = None
                     ) -> Iterator[tuple[int, np.ndarray, LoggedBatch]]:
     """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
 
     ``context_dim`` / ``n_context_ids``: the widths the model reads (``QNetwork.context_dim``,
     ``len(cfg.id_vocab_sizes)``); rows of another width are rejected by name.
+    ``id_vocab_sizes``: the model's vocabulary per id column (``cfg.id_vocab_sizes``; None: no
+    model, no check); the ``context_ids`` column is then required, C = len(id_vocab_sizes)
+    wide, and an id >= its column's vocabulary is rejected naming ``context_ids[:, c]`` and
+    the rows (``nnx.Embed`` would read it as NaN). ``model_io.model_widths`` gives all three.
 
     ``consistent`` defaults to the one-hot of ``action``; propensity stays f64 on the host.
     ``preds`` (slate matching) is not part of a LoggedBatch and is not read unless ``columns``
@@ -402,13 +425,17 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
     pf = pq.ParquetFile(path)
     try:
         check_columns(pf.schema_arrow, LOG_COLUMNS)
-        check_request_ids(path)
         if columns is None:
             columns = [c for c in pf.schema_arrow.names if c != "preds"]
+        _check_ids_column(columns, id_vocab_sizes)
+        check_request_ids(path)
+        if id_vocab_sizes is not None and n_context_ids is None:
+            n_context_ids = len(id_vocab_sizes)
         offset = 0
         for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
             t = pa.Table.from_batches([rb])
-            rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids)
+            rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids,
+                                         id_vocab_sizes)
             # every later chunk must have the first chunk's widths (one file, one D)
             context_dim = lb.context.shape[1]
             if lb.context_ids is not None:
@@ -419,10 +446,12 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
         raise err.in_source(path) from err
 
 
-def read_log(path: str) -> tuple[LogMeta, np.ndarray, LoggedBatch]:
-    """Whole log in memory: (meta, request_id, LoggedBatch). For training-sized logs only."""
+def read_log(path: str, id_vocab_sizes: tuple[int, ...] | None = None
+             ) -> tuple[LogMeta, np.ndarray, LoggedBatch]:
+    """Whole log in memory: (meta, request_id, LoggedBatch). For training-sized logs only.
+    ``id_vocab_sizes``: the vocabularies of the model the rows are for (``iter_log_chunks``)."""
     meta = read_meta(path)
-    parts = [(rid, lb) for _, rid, lb in iter_log_chunks(path)]
+    parts = [(rid, lb) for _, rid, lb in iter_log_chunks(path, id_vocab_sizes=id_vocab_sizes)]
     if not parts:
         raise InputError("rows", [], "the log has no rows", path)
     rid = np.concatenate([p[0] for p in parts])
@@ -495,26 +524,29 @@ def _pad_ragged(col: pa.Array, n_pad: int | None, K: int, row_offset: int):
 
 
 def iter_request_chunks(path: str, chunk_rows: int = 8192, n_pad: int | None = None,
-                        context_dim: int | None = None,
-                        n_context_ids: int | None = None) -> Iterator[RequestChunk]:
+                        context_dim: int | None = None, n_context_ids: int | None = None,
+                        id_vocab_sizes: tuple[int, ...] | None = None) -> Iterator[RequestChunk]:
     """Stream a request set in record batches, padded per chunk to ``n_pad`` (or the chunk's
     longest list). Never reads the whole table. ``context_dim`` / ``n_context_ids``: the widths
-    the model reads; rows of another width are rejected by name. Raises InputError naming
-    ``path``, the column and the rows (a missing column or one of the wrong type first:
-    ``REQUEST_COLUMNS``)."""
+    the model reads; rows of another width are rejected by name; ``id_vocab_sizes``: the model's
+    vocabularies, as in ``iter_log_chunks``. Raises InputError naming ``path``, the column and
+    the rows (a missing column or one of the wrong type first: ``REQUEST_COLUMNS``)."""
     meta = read_meta(path)
     pf = pq.ParquetFile(path)
     try:
         check_columns(pf.schema_arrow, REQUEST_COLUMNS)
+        _check_ids_column(pf.schema_arrow.names, id_vocab_sizes)
+        if id_vocab_sizes is not None and n_context_ids is None:
+            n_context_ids = len(id_vocab_sizes)
         yield from _request_chunks(pf, meta.action_set.n_outcomes, chunk_rows, n_pad,
-                                   context_dim, n_context_ids)
+                                   context_dim, n_context_ids, id_vocab_sizes)
     except InputError as err:
         raise err.in_source(path) from err
 
 
 def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | None,
-                    context_dim: int | None = None,
-                    n_context_ids: int | None = None) -> Iterator[RequestChunk]:
+                    context_dim: int | None = None, n_context_ids: int | None = None,
+                    id_vocab_sizes: tuple[int, ...] | None = None) -> Iterator[RequestChunk]:
     offset = 0
     for rb in pf.iter_batches(batch_size=chunk_rows):
         t = pa.Table.from_batches([rb])
@@ -530,7 +562,7 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | No
             cand[mask] = np.asarray(ids_col.flatten().to_numpy(zero_copy_only=False), np.int64)
         ids = None
         if "context_ids" in t.column_names:
-            ids = _context_ids(t["context_ids"], offset, n_context_ids)
+            ids = _context_ids(t["context_ids"], offset, n_context_ids, id_vocab_sizes)
             n_context_ids = ids.shape[1]
         batch = RequestBatch(ctx, preds, mask, np.ones(len(ctx), bool), ids)
         yield RequestChunk(offset, _scalar(t, "request_id", np.int64, offset), batch, cand,
