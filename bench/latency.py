@@ -7,10 +7,11 @@ sized to cost several times the agent) scores every candidate. Per batch B in {1
   baseline_2prog  the parallel path's two programs (ranker; re-weight -> top-k) with fixed
              weights and no agent: separates the cost of splitting the program from the agent's.
   parallel   the agent (``bench.agent_worker``: Q -> argmax -> W[a*]) in its own single-threaded
-             process on core 1, started when the request arrives (contexts through shared
-             memory); meanwhile ONE program runs on core 0: ranker -> wait for the agent's
-             weights (``bench.native.await_weights``, an XLA FFI call that spins on the shared
-             channel, ordered after the ranker) -> per-request re-weighting -> masked top-k.
+             process on core 1; ONE program on core 0 posts the request to it
+             (``bench.native.post_request``: contexts into shared memory, an XLA FFI call
+             ordered before the ranker), runs the ranker, waits for the agent's weights
+             (``bench.native.await_weights``, an FFI call that spins on the shared channel,
+             ordered after the ranker) -> per-request re-weighting -> masked top-k.
              The deployment the paper describes: the utility layer reads the agent's answer
              when it needs it, with no extra program dispatch. Needs the native build (g++).
   baseline_agent_busy  the baseline while the agent computes on core 1 (its answer unused): the
@@ -94,9 +95,15 @@ def build_programs(s: workload.Shapes, W: np.ndarray, agent_graphdef,
              "reweight_topk": reweight_topk, "fused": fused, "agent": agent, "W": Wj}
     if channel is not None:
         hdr_addr, w_addr = channel.hdr.ctypes.data, channel.weights.ctypes.data
+        ctx_addr = channel.context.ctypes.data
 
         @jax.jit
-        def parallel(rparams, feats, mask):
+        def parallel(rparams, context, feats, mask):
+            # one program: post the request to the agent (core 1), run the ranker here, wait
+            # for the agent's weights, re-weight + top-k; the post's 0.0 token joins the
+            # ranker's biases so the post runs first
+            token = native.post_request(context, hdr_addr, ctx_addr)
+            rparams = jax.tree.map(lambda x: x + token if x.ndim == 1 else x, rparams)
             preds = nnx.merge(rg, rparams)(feats)
             w = native.await_weights(preds, (feats.shape[0], s.K), hdr_addr, w_addr)
             return top(preds, w, mask)
@@ -131,7 +138,7 @@ class AgentProcess:
         B = context.shape[0]
         self.ch.context[:B] = context
         self.ch.hdr[agent_worker.SIZE] = B
-        self.seq += 1
+        self.seq = int(self.ch.hdr[agent_worker.REQ]) + 1  # `parallel` posts from its program
         self.ch.hdr[agent_worker.REQ] = self.seq
 
     def weights(self, B: int) -> np.ndarray:
@@ -188,12 +195,11 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
         if "parallel" in prog:
             agent_proc.request(context)  # compile-time trace needs no answer; warm the agent
             agent_proc.weights(B)
-            par = harness.aot_compile(prog["parallel"], rp, feats, mask)
+            par = harness.aot_compile(prog["parallel"], rp, context, feats, mask)
             comp["parallel"] = par
 
-            def parallel():
-                agent_proc.request(context)  # the agent starts on core 1; the program below
-                return par.fn(rp, feats, mask)  # runs the ranker, then waits for its weights
+            def parallel():  # posts to the agent, ranks, waits, re-weights: one program
+                return par.fn(rp, context, feats, mask)
 
             calls["parallel"] = parallel
 

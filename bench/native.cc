@@ -76,6 +76,24 @@ ffi::Error SweepSelectImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> lams,
   return ffi::Error::Success();
 }
 
+// The latency suite's in-program request to the agent process, at the start of the server's
+// program: copy the request contexts f32[B, D] into the channel at ctx_addr, set SIZE = B, then
+// REQ += 1 (release: the agent sees the contexts once it sees the new REQ). Returns a 0.0 token
+// that the program adds to the ranker's biases, so the post is ordered before the ranker runs
+// (a data dependency; no side-effect flag, see bench/native.py: await_weights).
+ffi::Error PostRequestImpl(ffi::Buffer<ffi::F32> context, ffi::ResultBuffer<ffi::F32> token,
+                           int64_t hdr_addr, int64_t ctx_addr) {
+  auto d = context.dimensions();
+  if (d.size() != 2) return ffi::Error::InvalidArgument("bench_post_request: context f32[B, D]");
+  int64_t* hdr = reinterpret_cast<int64_t*>(hdr_addr);
+  std::memcpy(reinterpret_cast<float*>(ctx_addr), context.typed_data(),
+              d[0] * d[1] * sizeof(float));
+  __atomic_store_n(hdr + 2, d[0], __ATOMIC_RELEASE);
+  __atomic_store_n(hdr + 0, __atomic_load_n(hdr + 0, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+  token->typed_data()[0] = 0.0f;
+  return ffi::Error::Success();
+}
+
 // The latency suite's in-program hand-off from the agent process: wait until the shared-memory
 // channel (bench/agent_worker.py: header i64[8] with REQ at 0 and RESP at 1, weights f32[B, K]
 // at weights_addr) has answered the request the server posted (RESP == REQ), then copy the
@@ -123,3 +141,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchAwaitWeights, AwaitWeightsImpl,
                                   .Attr<int64_t>("hdr_addr")
                                   .Attr<int64_t>("weights_addr")
                                   .Attr<int64_t>("timeout_ms"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchPostRequest, PostRequestImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("hdr_addr")
+                                  .Attr<int64_t>("ctx_addr"));

@@ -22,6 +22,7 @@ import numpy as np
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native.cc")
 _SWEEP = "bench_sweep_select"
 _AWAIT = "bench_await_weights"
+_POST = "bench_post_request"
 _state: dict = {}
 
 
@@ -63,6 +64,8 @@ def available() -> bool:
                 jax.ffi.register_ffi_target(_SWEEP, jax.ffi.pycapsule(lib.BenchSweepSelect),
                                             platform="cpu")
                 jax.ffi.register_ffi_target(_AWAIT, jax.ffi.pycapsule(lib.BenchAwaitWeights),
+                                            platform="cpu")
+                jax.ffi.register_ffi_target(_POST, jax.ffi.pycapsule(lib.BenchPostRequest),
                                             platform="cpu")
                 ok = True
     except Exception as e:  # noqa: BLE001 - an experiment: report, never fail the suite
@@ -108,3 +111,18 @@ def await_weights(after, shape: tuple[int, int], hdr_addr: int, weights_addr: in
     return jax.ffi.ffi_call(_AWAIT, out, has_side_effect=False)(
         after, hdr_addr=np.int64(hdr_addr), weights_addr=np.int64(weights_addr),
         timeout_ms=np.int64(timeout_ms))
+
+
+def post_request(context, hdr_addr: int, ctx_addr: int):
+    """Post a request to the agent's shared-memory channel from inside the calling program: copy
+    ``context: f32[B, D]`` to the channel, set SIZE = B and REQ += 1 (``bench.agent_worker``).
+    Returns a f32[] 0.0 token; add it to something the ranker reads (its biases) so the post is
+    ordered before the ranker. Declared without side effects for the reason given in
+    ``await_weights``; the token's use keeps it from being dropped."""
+    import jax
+    import jax.numpy as jnp
+
+    out = jax.ShapeDtypeStruct((), jnp.float32)
+    return jax.ffi.ffi_call(_POST, out, has_side_effect=False)(
+        context.astype(jnp.float32), hdr_addr=np.int64(hdr_addr), ctx_addr=np.int64(ctx_addr))
+

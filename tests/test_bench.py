@@ -178,3 +178,30 @@ def test_native_await_weights_reads_the_answered_channel():
     hdr[0] = 8  # a request the agent never answers
     with pytest.raises(Exception, match="timed out"):
         jax.block_until_ready(prog(50)(after))
+
+
+def test_native_post_request_writes_the_channel_before_the_program_continues():
+    """The latency suite's in-program post copies the contexts, sets SIZE and bumps REQ once per
+    call, and its 0.0 token leaves the values it is added to unchanged."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    import jax
+    import jax.numpy as jnp
+
+    from bench import native
+
+    if not native.available():
+        pytest.skip(f"native build failed: {native.error()}")
+    hdr = np.zeros(8, np.int64)
+    hdr[0] = 41
+    ctx = np.zeros((4, 3), np.float32)  # B_max = 4, D = 3
+    context = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fn = jax.jit(lambda c, b: b + native.post_request(c, hdr.ctypes.data, ctx.ctypes.data))
+    out = np.asarray(fn(context, jnp.arange(3.0)))
+    np.testing.assert_array_equal(out, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(ctx[:2], context)
+    assert hdr[0] == 42 and hdr[2] == 2
+    fn(context + 1, jnp.arange(3.0)).block_until_ready()
+    assert hdr[0] == 43 and ctx[1, 2] == 6.0
