@@ -21,10 +21,11 @@ import time
 
 import numpy as np
 
+from puts_jax import cli_policy
 from puts_jax.checks import InputError, check_distinct_paths
-from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_frontier_matches,
-                                 check_inputs, check_out_file, floats, parse_guardrail,
-                                 read_frontier)
+from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
+                                 check_out_file, floats, read_frontier)
+from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
 def _print(msg: str = "") -> None:
@@ -101,93 +102,6 @@ def cmd_report(args) -> None:
         _print(f"  {k:<9} {p}")
 
 
-# ----------------------------------------------------------------------------- policy
-
-
-def cmd_policy(args) -> None:
-    from puts_jax import policy, report
-
-    if args.policy_cmd in ("show", "set-lambda", "rollback"):  # need one, create nothing
-        policy.check_registry(args.registry)
-    if args.policy_cmd == "show":
-        shown = policy.show(args.registry)
-        _print(json.dumps(shown, indent=1, default=str))
-        if shown["current_problem"]:
-            raise UsageError(f"--registry: CURRENT {shown['current_problem']}; the versions are "
-                             "listed above ('policy rollback --version V' makes one current)")
-        return
-    if args.policy_cmd == "select":
-        from puts_jax import sweep_job
-        if args.out:  # the frontier is rewritten with the operating point marked
-            check_out_file("--out", args.out)
-            check_distinct_paths({"--out": args.out}, {"--frontier": args.frontier})
-        doc = read_frontier(args.frontier)
-        names = doc["objectives"]["names"]
-        if args.maximize not in names:
-            raise UsageError(f"--maximize: unknown objective {args.maximize!r}; known {names}")
-        guards = [parse_guardrail(g, names, doc["objectives"].get("directions"))
-                  for g in args.guardrail]
-        sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
-        _print(json.dumps(sel, indent=1, default=str))
-        if sel["index"] is None:  # --out is never replaced by a null selection
-            raise NothingSelected(sel["reason"] + (f"; --out {args.out} not written (an existing "
-                                                   "file is kept)" if args.out else ""))
-        if args.out:
-            from puts_jax.action_set import atomic_write_text
-            atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
-        # Mark the operating point on the frontier so frontier.json/png/html show it.
-        doc["operating_point"] = {"index": sel["index"], "reason": sel["reason"],
-                                  "lambda": sel["lambda"], "name": sel["name"]}
-        report.write_frontier(os.path.dirname(os.path.abspath(args.frontier)), doc)
-        return
-    if args.policy_cmd == "publish":
-        from puts_jax import model_io
-        model, info = model_io.load_model(args.model)
-        doc = read_frontier(args.frontier)
-        index, sel = args.point, None
-        if args.selection:
-            try:
-                with open(args.selection) as f:
-                    sel = json.load(f)
-                index = sel["index"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise UsageError(f"--selection: not a selection of 'policy select --out' "
-                                 f"({args.selection}: {type(e).__name__}: {e})") from None
-            if index is None:
-                raise NothingSelected(f"{args.selection}: no frontier point passed the guardrails; "
-                                      "nothing published (the current policy stays)")
-        if (args.point is None) == (args.selection is None):
-            raise UsageError("policy publish: give exactly one of --point and --selection")
-        n_points = len(doc["lambdas"])
-        if not isinstance(index, int) or not 0 <= index < n_points:  # no negative indexing
-            flag = "--point" if args.selection is None else f"--selection: {args.selection}: index"
-            raise UsageError(f"{flag}: {index!r} is not a point of --frontier (it has {n_points}:"
-                             f" 0 to {n_points - 1})")
-        check_frontier_matches(doc, model, args.logs)
-        point = report.frontier_point(doc, index)
-        if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
-            point["selection"] = {k: sel.get(k) for k in ("estimates", "estimates_from", "reason")}
-        from puts_jax.data import logs
-        aset = logs.read_meta(args.logs).action_set
-        v = policy.publish(args.registry, model, aset, np.asarray(point["lambda"], np.float64),
-                           point, args.reason, {"model": os.path.abspath(args.model),
-                                                "frontier": os.path.abspath(args.frontier),
-                                                "train": info.get("extra", {})})
-        _print(f"published {v}")
-    elif args.policy_cmd == "set-lambda":
-        lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
-        v = policy.set_lambda(args.registry, lam, args.reason)
-        _print(f"published {v} (parameters reused)")
-    elif args.policy_cmd == "rollback":
-        v = policy.rollback(args.registry, args.version, args.reason)
-        _print(f"CURRENT -> {v}")
-    shown = policy.show(args.registry)
-    for v in shown["versions"]:
-        mark = "*" if v["version"] == shown["current"] else " "
-        _print(f"{mark} {v['version']}  {v['action']:<10} lambda={v['lambda']}  "
-               f"params={v['params_version']}  {v['reason']}")
-
-
 # ----------------------------------------------------------------------------- score / truth
 
 
@@ -248,11 +162,8 @@ def cmd_plan(args) -> None:
 
 # ----------------------------------------------------------------------------- parser
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="puts-jax", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _add_simulate(sub) -> None:
+    """``simulate``: write a simulated data set."""
     s = sub.add_parser("simulate", help="write a simulated data set")
     s.add_argument("--out", required=True)
     s.add_argument("--preset", choices=("tiny", "default"), default="default")
@@ -268,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with slate propensities (same draws; more matched rows per policy)")
     s.set_defaults(fn=cmd_simulate)
 
+
+def _add_data(sub) -> None:
+    """``data obd`` and ``data split``: convert and split logs."""
     d = sub.add_parser("data", help="convert external logs").add_subparsers(dest="data_cmd",
                                                                           required=True)
     o = d.add_parser("obd", help="Open Bandit Dataset -> exploration log + request set")
@@ -285,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0)
     o.set_defaults(fn=cmd_data_split)
 
+
+def _add_sweep_and_report(sub) -> None:
+    """``sweep`` (evaluate the lambda policies, write the frontier) and ``report``."""
     w = sub.add_parser("sweep", help="evaluate lambda policies on a log; write the frontier")
     w.add_argument("--model", required=True, help="exported model directory (spec.json)")
     w.add_argument("--logs", required=True, help="exploration log not used for training")
@@ -309,35 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None)
     r.set_defaults(fn=cmd_report)
 
-    pol = sub.add_parser("policy", help="operating-policy registry")
-    ps = pol.add_subparsers(dest="policy_cmd", required=True)
-    x = ps.add_parser("show")
-    x.add_argument("--registry", required=True)
-    x = ps.add_parser("select", help="pick a frontier point under guardrails")
-    x.add_argument("--frontier", required=True)
-    x.add_argument("--maximize", required=True, help="objective name")
-    x.add_argument("--guardrail", action="append", default=[], help="e.g. 'clicks >= -1%%'")
-    x.add_argument("--baseline", default="production", choices=("production", "logging"))
-    x.add_argument("--out", default=None,
-                   help="write the selection JSON here (only when a point is selected)")
-    x = ps.add_parser("publish")
-    x.add_argument("--registry", required=True)
-    x.add_argument("--model", required=True)
-    x.add_argument("--frontier", required=True)
-    x.add_argument("--logs", required=True, help="a log of the action set (its metadata)")
-    x.add_argument("--point", type=int, default=None, help="frontier point index")
-    x.add_argument("--selection", default=None, help="selection JSON of 'policy select --out'")
-    x.add_argument("--reason", required=True)
-    x = ps.add_parser("set-lambda")
-    x.add_argument("--registry", required=True)
-    x.add_argument("--lam", required=True, help="comma-separated, e.g. 0.7,0.3")
-    x.add_argument("--reason", required=True)
-    x = ps.add_parser("rollback")
-    x.add_argument("--registry", required=True)
-    x.add_argument("--version", required=True)
-    x.add_argument("--reason", required=True)
-    pol.set_defaults(fn=cmd_policy)
 
+def _add_score_and_truth(sub) -> None:
+    """``score`` (batch-score a request set) and ``truth`` (simulator only)."""
     c = sub.add_parser("score", help="batch-score a request set")
     c.add_argument("--policy", required=True, help="registry directory")
     c.add_argument("--requests", required=True)
@@ -354,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--registry", default=None)
     t.set_defaults(fn=cmd_truth)
 
+
+def _add_plan(sub) -> None:
+    """``plan``: exploration planning."""
     pl = sub.add_parser("plan", help="exploration planning (half-widths, detectable lifts)")
     pl.add_argument("--actions", type=int, required=True, help="action-set size A")
     pl.add_argument("--share", type=float, required=True,
@@ -373,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--lift", type=float, default=None,
                     help="relative lift to plan for, e.g. 0.03: prints the days it needs")
     pl.set_defaults(fn=cmd_plan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``puts-jax`` argument parser: one subcommand per ``cmd_*`` (``args.fn``)."""
+    p = argparse.ArgumentParser(prog="puts-jax", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_simulate, _add_data, _add_sweep_and_report, cli_policy.add_parser,
+                _add_score_and_truth, _add_plan):
+        add(sub)
     return p
 
 

@@ -1,7 +1,10 @@
-"""The only jit builders in the library: the fused serve pass, the lambda sweep and the fixed
-policies of off-policy evaluation (optionally with the Poisson bootstrap), where the Q-network and
-the kernels meet in one compiled program each. Streaming a log through them is
-``puts_jax.evaluation``.
+"""The only jit builders in the library: the lambda sweep and the fixed policies of off-policy
+evaluation (optionally with the Poisson bootstrap) here, the fused serve pass and its
+ahead-of-time forms (``compile_latency_serve``, ``export_serve``) in ``puts_jax.serving``: the
+Q-network and the kernels meet in one compiled program each. Streaming a log through them is
+``puts_jax.evaluation``; ``puts_jax.scorer.Scorer`` serves host batches. This module re-exports
+the public names of ``serving`` and ``scorer`` (``engine.build_serve``, ``engine.Scorer``,
+``engine.TRACE_COUNTS``, ...): ``puts_jax.engine`` stays the one entry point.
 
 Builders bind the structure (model graphdef, action weights, static sizes) with
 ``functools.partial`` and jit the rest: parameters, lambda, policy parameters, the bootstrap key
@@ -10,287 +13,29 @@ and the chunk's first row are traced, so a new lambda or a new checkpoint never 
 ``evaluation``) so a stream of sizes compiles a few times.
 ``TRACE_COUNTS`` counts traces per entry point (tests use it to prove there is no recompilation).
 Every builder returns the ``jax.jit`` object itself (``.lower(...).compile()`` for ahead-of-time
-compilation and memory analysis). ``compile_latency_serve`` compiles the serve pass for one shape
-with the parameters as constants (B = 1 latency); ``export_serve`` writes it as one portable
-``jax.export`` artifact (CPU and CUDA, symbolic batch size).
+compilation and memory analysis).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 from jax import lax
 
 from puts_jax import bootstrap, checks, kernels, ope
-from puts_jax.config import ScoringConfig, SweepConfig
-from puts_jax.qnet import QNetwork
-from puts_jax.types import LoggedBatch, RequestBatch, ServeOutput
+from puts_jax.config import SweepConfig
+from puts_jax.scorer import Scorer
+from puts_jax.serving import (TRACE_COUNTS, build_serve, compile_latency_serve, export_serve,
+                              q_values, scalarized_q, split_model)
+from puts_jax.types import LoggedBatch
 
-# Traces per entry point ("serve", "sweep", "fixed"), incremented inside the traced functions.
-TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-def split_model(model) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, params) from an ``nnx.Module`` or an already split pair."""
-    if isinstance(model, tuple):
-        return model
-    return nnx.split(model)
-
-
-def q_values(graphdef, params, context, context_ids=None) -> jax.Array:
-    """Q-values f32[B, A, J] of the merged model (inside a traced function)."""
-    return nnx.merge(graphdef, params)(context, context_ids).astype(jnp.float32)
-
-
-# ----------------------------------------------------------------------------- serve
-
-def scalarized_q(model, lam_J, context, context_ids=None) -> jax.Array:
-    """Q @ lam: f32[B, A] of a merged model (inside a traced function), with lambda folded into
-    the last layer: for the mixture head, ``sum_r pi_r link(V[r]) @ lam`` is computed as
-    ``pi @ (link(V) @ lam)`` (f32[R, A] per call, f32[B, A, J] never formed); for the per-action
-    head with identity links (no binary objective) the head's kernel and bias are contracted
-    with lam. Other heads and models: Q, then ``Q @ lam``.
-
-    Exact in real arithmetic, not in f32: the sums run in another order than Q's, so actions
-    whose scores are within rounding of each other can swap. Measured with the trained demo
-    Q-network (36 actions, 200k simulated requests x 21 lambdas): 9 of 4.2M greedy actions
-    differed from the unfolded pass, one of them an exact tie in Q (the folded pass did not pick
-    the lowest index), and 10 differed from the float64 reference against 3 for the unfolded
-    pass. So the serve pass folds only when asked (``build_serve(fold_lambda=True)``: about 10%
-    of the pass at B = 8192 on the 2-core CPU, bench serve ``fused_fold``); by default it serves
-    exactly the policy that the sweep evaluates (``kernels.scalarize_rows`` in both)."""
-    lam = jnp.asarray(lam_J, jnp.float32)
-    if isinstance(model, QNetwork):
-        if model.cfg.head == "mixture":
-            h = model.features(context, context_ids)
-            pi = jax.nn.softmax(model.mix(h), axis=-1)  # f32[B, R]
-            return pi @ jnp.einsum("raj,j->ra", model.type_values(), lam)
-        if not any(model.binary):
-            h = model.features(context, context_ids)
-            J = len(model.reward_kinds)
-            kern = model.out.kernel[...].reshape(h.shape[1], model.n_actions, J)
-            bias = model.out.bias[...].reshape(model.n_actions, J)
-            return h @ jnp.einsum("haj,j->ha", kern, lam) + (bias @ lam)[None, :]
-    return kernels.scalarize_rows(model(context, context_ids), lam)
-
-
-def _serve(graphdef, W_AxK, k: int, fallback: int, fold: bool, method: str, params, lam_J,
-           batch: RequestBatch) -> ServeOutput:
-    TRACE_COUNTS["serve"] += 1
-    if fold:
-        s = scalarized_q(nnx.merge(graphdef, params), lam_J, batch.context, batch.context_ids)
-        return kernels.serve_scores(s, W_AxK, batch.preds, batch.mask, k, fallback, method)
-    q = q_values(graphdef, params, batch.context, batch.context_ids)
-    return kernels.serve_batch(q, lam_J, W_AxK, batch.preds, batch.mask, k, fallback, method)
-
-
-def _serve_parts(graphdef, action_weights, cfg: ScoringConfig, fold: bool, method: str):
-    W = jnp.asarray(np.asarray(action_weights, np.float32))
-    if not 0 <= cfg.fallback_action < W.shape[0]:
-        raise ValueError(f"ScoringConfig.fallback_action: {cfg.fallback_action} outside [0, {W.shape[0]})")
-    if method not in kernels.TOPK_METHODS:
-        raise ValueError(f"method: must be one of {kernels.TOPK_METHODS}, got {method!r}")
-    return functools.partial(_serve, graphdef, W, cfg.top_k, cfg.fallback_action, bool(fold),
-                             method)
-
-
-def build_serve(graphdef, action_weights, cfg: ScoringConfig, *, fold_lambda: bool = False,
-                method: str = "auto") -> Callable[..., ServeOutput]:
-    """One jitted program ``serve(params, lam f32[J], batch: RequestBatch) -> ServeOutput``:
-    context -> Q f32[B, A, J] -> scalarize -> select -> gather W -> re-weight all candidates ->
-    masked top-k (PRL-PUTS serving; ``kernels.serve_batch``, top-k ``method`` as in
-    ``kernels.rerank``). ``fold_lambda=True`` computes Q @ lam with lambda folded into the last
-    layer (``scalarized_q``: faster, but not the sweep's f32 arithmetic). graphdef and
-    W f32[A, K] are closed over; params and lam are traced (changing lambda or publishing new
-    parameters never recompiles). Shapes are used as given
-    (see ``Scorer``); ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
-    Outputs are small (f32/i32[B, k] at most, 1.7 MB at B = 8192, k = 25), so nothing is
-    donated: writing them into donated buffers measured within noise on the 2-core CPU (-4% to
-    +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays)."""
-    return jax.jit(_serve_parts(graphdef, action_weights, cfg, fold_lambda, method))
-
-
-def compile_latency_serve(model, action_weights, cfg: ScoringConfig, example: RequestBatch, *,
-                          fold_lambda: bool = False, method: str = "auto"):
-    """The serve pass compiled ahead of time for one request shape, parameters built in as
-    constants: ``compiled(lam f32[J], batch) -> ServeOutput`` for batches shaped exactly like
-    ``example`` (arrays or ``jax.ShapeDtypeStruct``; B = 1 for per-request serving).
-
-    For latency (B = 1): no parameter pytree to flatten per call (about 15 us on the 2-core CPU),
-    no tracing or cache lookup, and XLA sees the weights. lam stays a traced argument: changing
-    lambda never recompiles. Publishing new parameters means calling this again (it compiles,
-    once per shape). Neither lam nor the batch is validated here (``checks.check_lambda`` once
-    per operating policy; ``Scorer`` validates and pads). On CPU, the serving process should
-    also run ``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before its first
-    computation: otherwise every call hands the program to a worker thread and waits for it
-    (about +20-40 us at B = 1 measured on the 2-core CPU; a process-wide setting, so the library
-    does not make it).
-
-    model: an nnx.Module or a (graphdef, params) pair.
-    """
-    graphdef, params = split_model(model)
-    frozen = jax.tree.map(jnp.asarray, params)
-    serve = _serve_parts(graphdef, action_weights, cfg, fold_lambda, method)
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), example)
-    q = jax.eval_shape(lambda c, i: q_values(graphdef, frozen, c, i), spec.context,
-                       spec.context_ids)
-    lam = jax.ShapeDtypeStruct((q.shape[2],), jnp.float32)
-    return jax.jit(lambda lam_J, batch: serve(frozen, lam_J, batch)).lower(lam, spec).compile()
-
-
-def export_serve(model, action_weights, cfg: ScoringConfig, *,
-                 platforms: tuple[str, ...] = ("cpu", "cuda"), example: RequestBatch | None = None):
-    """The serve pass as one portable ``jax.export.Exported`` artifact for ``platforms``, with a
-    symbolic batch size ``b`` and a symbolic candidate count ``n >= cfg.top_k``, parameters and W
-    built in as constants (export again after publishing new parameters).
-
-    ``exp.call(lam f32[J], context f32[b, D], preds f32[b, n, K], mask bool[b, n]
-    [, context_ids i32[b, C]])`` returns the ServeOutput fields as a tuple (``ServeOutput(*...)``).
-    ``exp.serialize()`` gives bytes that ``jax.export.deserialize`` reads back anywhere (needs the
-    ``flatbuffers`` package). The artifact uses ``lax.top_k`` (``kernels.rerank(method="lax")``),
-    the portable top-k: same results as the CPU extraction path, ties included. D and C come
-    from a QNetwork (or from ``example``'s shapes, any batch size, for another model); K from W.
-    """
-    graphdef, params = split_model(model)
-    frozen = jax.tree.map(jnp.asarray, params)
-    W = np.asarray(action_weights, np.float32)
-    serve = _serve_parts(graphdef, W, cfg, False, "lax")
-    if example is not None:
-        D, C = example.context.shape[1], (None if example.context_ids is None
-                                         else example.context_ids.shape[1])
-    elif isinstance(nnx.merge(graphdef, frozen), QNetwork):
-        net = nnx.merge(graphdef, frozen)
-        D, C = net.context_dim, (len(net.cfg.id_vocab_sizes) or None)
-    else:
-        raise ValueError("export_serve: pass an example RequestBatch for a model that is not a "
-                         "QNetwork")
-    b, n = jax.export.symbolic_shape("b, n", constraints=(f"n >= {cfg.top_k}",))
-    q = jax.eval_shape(lambda c, i: q_values(graphdef, frozen, c, i),
-                       jax.ShapeDtypeStruct((1, D), jnp.float32),
-                       None if C is None else jax.ShapeDtypeStruct((1, C), jnp.int32))
-    specs = [jax.ShapeDtypeStruct((q.shape[2],), jnp.float32),
-             jax.ShapeDtypeStruct((b, D), jnp.float32),
-             jax.ShapeDtypeStruct((b, n, W.shape[1]), jnp.float32),
-             jax.ShapeDtypeStruct((b, n), jnp.bool_)]
-    if C is not None:
-        specs.append(jax.ShapeDtypeStruct((b, C), jnp.int32))
-
-    def fn(lam, context, preds, mask, context_ids=None):
-        return tuple(serve(frozen, lam, RequestBatch(context, preds, mask, None, context_ids)))
-
-    return jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
-
-
-def _bucket(size: int, buckets: tuple[int, ...]) -> int:
-    """Smallest bucket >= size; beyond the largest, the next multiple of the largest."""
-    for b in buckets:
-        if size <= b:
-            return b
-    top = buckets[-1]
-    return -(-size // top) * top
-
-
-def _aligned_zeros(shape, dtype) -> np.ndarray:
-    """A zeroed array whose data is 64-byte aligned, so jit takes it without a copy (FACTS.md)."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.zeros(nbytes + 64, np.uint8)
-    off = (-raw.ctypes.data) % 64
-    return raw[off:off + nbytes].view(dtype).reshape(shape)
-
-
-class Scorer:
-    """Host-facing serving: buckets B and N (``ScoringConfig``), splits batches larger than the
-    biggest batch bucket, runs the compiled serve pass and returns numpy, one row per input row.
-
-    Inputs already at a bucket shape, C-contiguous and 64-byte aligned (Arrow buffers are) go to
-    the device without a copy; others are copied once into reused, aligned padding buffers
-    (jax would copy an unaligned array twice, FACTS.md). Not thread-safe (the
-    buffers are shared); use one Scorer per thread.
-    """
-
-    def __init__(self, model, action_weights, cfg: ScoringConfig, params=None):
-        """model: an nnx.Module, a (graphdef, params) pair, or a graphdef with ``params``."""
-        graphdef, p = split_model(model) if params is None else (model, params)
-        self.graphdef, self.params, self.cfg = graphdef, p, cfg
-        self.action_weights = np.asarray(action_weights, np.float32)
-        # compiled serve passes by effective k (k beyond the N bucket ranks k = the N bucket)
-        self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
-        self._buffers: dict = {}
-
-    def set_params(self, params) -> None:
-        """Swap parameters (same structure): no recompilation."""
-        self.params = params
-
-    def _padded(self, name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
-        if x.shape == shape and x.flags.c_contiguous and x.ctypes.data % 64 == 0:
-            return x  # zero-copy into jit
-        key = (name, shape, x.dtype.str)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = _aligned_zeros(shape, x.dtype)
-        region = tuple(slice(0, s) for s in x.shape)
-        buf[region] = x
-        if name in ("mask", "context", "context_ids"):  # padding must stay neutral
-            buf[x.shape[0]:] = 0
-            if name == "mask":
-                buf[:, x.shape[1]:] = False
-        return buf
-
-    def _score_piece(self, lam, batch: RequestBatch, n_pad: int) -> ServeOutput:
-        b, n = batch.preds.shape[:2]
-        b_pad = _bucket(b, self.cfg.batch_buckets)
-        K = batch.preds.shape[2]
-        padded = RequestBatch(
-            context=self._padded("context", batch.context, (b_pad, batch.context.shape[1])),
-            preds=self._padded("preds", batch.preds, (b_pad, n_pad, K)),
-            mask=self._padded("mask", batch.mask, (b_pad, n_pad)),
-            valid=self._padded("valid", batch.valid, (b_pad,)),
-            context_ids=None if batch.context_ids is None else self._padded(
-                "context_ids", batch.context_ids, (b_pad, batch.context_ids.shape[1])))
-        # top-k beyond the candidate bucket cannot rank more candidates, only cost more (a
-        # k = 100000 request scored 100x slower): rank min(k, n_pad), pad the slots after
-        k = min(self.cfg.top_k, n_pad)
-        if k not in self._serves:
-            self._serves[k] = build_serve(self.graphdef, self.action_weights,
-                                          dataclasses.replace(self.cfg, top_k=k))
-        out = ServeOutput(*(np.asarray(x)[:b] for x in
-                            jax.device_get(self._serves[k](self.params, lam, padded))))
-        if k < self.cfg.top_k:
-            extra = self.cfg.top_k - k
-            out = out._replace(
-                topk_index=np.pad(out.topk_index, ((0, 0), (0, extra)), constant_values=-1),
-                topk_score=np.pad(out.topk_score, ((0, 0), (0, extra)),
-                                  constant_values=-np.inf))
-        return out
-
-    def score(self, lam, batch: RequestBatch) -> ServeOutput:
-        """Score host numpy requests: lam f32[J] (validated: non-negative, sums to 1); returns a
-        ServeOutput of numpy arrays with exactly B rows in input order."""
-        lam = checks.check_lambda(np.asarray(lam, np.float32))
-        B, N = batch.preds.shape[:2]
-        batch = RequestBatch(
-            np.asarray(batch.context, np.float32), np.asarray(batch.preds),
-            np.asarray(batch.mask, bool),
-            np.ones(B, bool) if batch.valid is None else np.asarray(batch.valid, bool),
-            None if batch.context_ids is None else np.asarray(batch.context_ids, np.int32))
-        n_pad = _bucket(max(N, 1), self.cfg.candidate_buckets)
-        step = self.cfg.batch_buckets[-1]
-        if B <= step:
-            return self._score_piece(lam, batch, n_pad)
-        parts = [self._score_piece(lam, jax.tree.map(lambda x: x[lo:lo + step], batch), n_pad)
-                 for lo in range(0, B, step)]
-        return ServeOutput(*(np.concatenate(f) for f in zip(*parts)))
-
-    __call__ = score
-
+# The public names, those of serving and scorer included (re-exported here).
+__all__ = ["TRACE_COUNTS", "Scorer", "build_fixed", "build_fixed_rows", "build_serve",
+           "build_sweep", "check_policy_param", "compile_latency_serve", "export_serve",
+           "q_values", "scalarized_q", "split_model"]
 
 # ----------------------------------------------------------------------------- sweep
 

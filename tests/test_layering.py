@@ -8,8 +8,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
     "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.logs",
-    "data.simulator", "data.obd", "engine", "evaluation", "policy", "report_html", "report",
-    "sweep_job", "score_job", "reference", "cli_checks", "cli",
+    "data.simulator", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
+    "report_html", "report_estimates", "report_verdicts", "report_json", "report_figure",
+    "report", "sweep_job", "score_job", "reference", "cli_checks", "cli_policy", "cli",
 ]
 PURE = {"kernels", "slates", "losses", "ope", "pareto", "bootstrap", "planning", "halves",
         "reference", "scalarization", "types", "checks"}

@@ -1,0 +1,134 @@
+"""What the data can tell apart: the per-set flags (nondominated, separability verdicts), the
+comparisons of every point with the logging and production baselines, the overall verdict, the
+hypervolume and the low-data warnings of a frontier (DESIGN.md section 8: honest numbers).
+Pure numpy on ``PolicyEstimates``; ``puts_jax.report_json.build_frontier`` assembles them.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from puts_jax import pareto
+from puts_jax.checks import InputError
+from puts_jax.report_estimates import PolicyEstimates, as_estimates
+
+LOW_ESS = 30.0  # points with an effective sample size below this get a warning
+
+
+def set_block(pe: PolicyEstimates, primary: str, dirs) -> dict:
+    """One set of policies as JSON-ready arrays (names, n, matched, ess, estimators), with flags
+    under the primary estimator: "nondominated" (bool per policy, ``pareto.nondominated``) and
+    "verdicts" (``pareto.separability``). dirs: "max"/"min" per objective."""
+    out = {"names": list(pe.names), "n": pe.n, "matched": pe.matched, "ess": pe.ess,
+           "estimators": {e: dict(b) for e, b in pe.estimates.items()}}
+    b = pe.estimates[primary]
+    out["nondominated"] = pareto.nondominated(b["value"], dirs)
+    out["verdicts"] = pareto.separability(b["value"], b["lo"], b["hi"], dirs)
+    return out
+
+
+def compare_to_baseline(b: Mapping, i: int, base: Mapping, k: int,
+                        signs: np.ndarray) -> list[str]:
+    """Per objective: "better" / "worse" when the intervals of point i and baseline k are disjoint
+    (in the preferred direction), "overlap" otherwise, "n/a" when a bound is not finite.
+    b, base: {"lo": f64[P, J], "hi": f64[P, J], ...} of the points and of the baseline set;
+    signs: f[J] from ``pareto.direction_signs``."""
+    out = []
+    for j, s in enumerate(signs):
+        lo, hi, blo, bhi = b["lo"][i, j], b["hi"][i, j], base["lo"][k, j], base["hi"][k, j]
+        if not np.isfinite([lo, hi, blo, bhi]).all():
+            out.append("n/a")
+        elif lo > bhi:
+            out.append("better" if s < 0 else "worse")
+        elif hi < blo:
+            out.append("worse" if s < 0 else "better")
+        else:
+            out.append("overlap")
+    return out
+
+
+def overall_verdict(verdicts: list[str], lo: np.ndarray, hi: np.ndarray,
+                    conf: float) -> tuple[str, dict]:
+    """The overall verdict: one sentence on what the data can tell apart, and its counts (points,
+    estimable, nondominated, separable nondominated pairs, ...). verdicts: P per-point verdicts
+    (``pareto.separability``); lo, hi: f64[P, J] interval bounds at confidence ``conf``."""
+    ok = np.asarray([v != pareto.NOT_ESTIMABLE for v in verdicts])
+    nd = [i for i, v in enumerate(verdicts) if v == pareto.NONDOMINATED]
+    sep = pareto.separable_pairs(lo, hi)
+    pairs = [(a, b) for ai, a in enumerate(nd) for b in nd[ai + 1:]]
+    n_sep = sum(bool(sep[a, b]) for a, b in pairs)
+    detail = {"points": len(verdicts), "estimable": int(ok.sum()), "nondominated": len(nd),
+              "nondominated_pairs": len(pairs), "separable_nondominated_pairs": n_sep,
+              "clearly_dominated": verdicts.count(pareto.CLEARLY_DOMINATED),
+              "not_separable": verdicts.count(pareto.NOT_SEPARABLE),
+              "any_separable_pair": bool(sep.any())}
+    pct = f"{conf:.0%}"
+    if not ok.any():
+        return "no point can be estimated from these data", detail
+    if not sep.any():
+        return (f"the data cannot tell the frontier points apart: every pair of points has "
+                f"overlapping {pct} intervals on every objective"), detail
+    text = (f"{len(nd)} nondominated of {len(verdicts)} points; {n_sep} of {len(pairs)} "
+            f"nondominated pairs separable at {pct}; {detail['clearly_dominated']} clearly "
+            f"dominated, {detail['not_separable']} dominated but not separable")
+    if len(pairs) and n_sep == 0:
+        text = "the data cannot tell the nondominated points apart; " + text
+    return text, detail
+
+
+def data_warnings(pe: PolicyEstimates, what: str) -> list[str]:
+    """One warning per policy of ``pe`` with no matched rows or an effective sample size below
+    ``LOW_ESS``, each starting with ``what`` and the policy's name."""
+    out = []
+    for i, name in enumerate(pe.names):
+        if pe.matched[i] == 0:
+            out.append(f"{what} {name}: no matched rows; its estimate rests on no data")
+        elif pe.ess[i] < LOW_ESS:
+            out.append(f"{what} {name}: effective sample size {pe.ess[i]:.1f} < {LOW_ESS:g}")
+    return out
+
+
+def baseline_blocks(baselines: Mapping, primary: str, dirs, names: Sequence[str]) -> dict:
+    """{kind: ``set_block``} of every baseline set (``as_estimates``; raises InputError naming
+    ``baselines.<kind>`` when one is malformed or lacks the primary estimator). The "actions" set
+    also gets "best" ({objective name: index of the best action, None if no finite value}) and
+    "is_best" (bool per action). names: the J objective names."""
+    out = {}
+    for kind, obj in baselines.items():
+        pe = as_estimates(obj, f"baselines.{kind}")
+        if primary not in pe.estimates:
+            raise InputError(f"baselines.{kind}.estimates", [], f"lacks primary '{primary}'")
+        block = set_block(pe, primary, dirs)
+        if kind == "actions":
+            v = pe.estimates[primary]["value"]
+            s = pareto.direction_signs(dirs, v.shape[1])
+            score = np.where(np.isfinite(v), v * -s, -np.inf)
+            best = {names[j]: (int(np.argmax(score[:, j])) if np.isfinite(score[:, j]).any() else None)
+                    for j in range(v.shape[1])}
+            block["best"] = best
+            block["is_best"] = [any(b == i for b in best.values()) for i in range(len(pe.names))]
+        out[kind] = block
+    return out
+
+
+def hypervolume_block(values: np.ndarray, base_values: list[np.ndarray], reference,
+                      dirs) -> dict:
+    """Hypervolume of the finite points of values f64[P, J] (rows with a non-finite value are
+    excluded and counted) against ``reference`` f[J], by default the component-wise worst (nadir)
+    over the points and every baseline's values f64[P_b, J]; value and reference None when no
+    point is finite."""
+    finite = np.isfinite(values).all(1)
+    rule = "given"
+    if reference is None:
+        pool = np.concatenate([values[finite]] + [b[np.isfinite(b).all(1)] for b in base_values])
+        if pool.shape[0] == 0:
+            return {"value": None, "reference": None, "reference_rule": "no finite point",
+                    "excluded_nonfinite": int((~finite).sum())}
+        s = pareto.direction_signs(dirs, values.shape[1])
+        reference = (pool * s).max(0) * s  # component-wise worst (nadir) over points and baselines
+        rule = "component-wise worst over the points and baselines (primary estimator)"
+    ref = np.asarray(reference, np.float64)
+    return {"value": pareto.hypervolume(values[finite], ref, dirs), "reference": ref,
+            "reference_rule": rule, "excluded_nonfinite": int((~finite).sum())}

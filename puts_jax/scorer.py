@@ -1,0 +1,120 @@
+"""Host-facing serving: ``Scorer`` buckets the request shapes (B and N, ``ScoringConfig``) so a
+stream of sizes compiles a few times, pads into reused 64-byte aligned buffers, runs the compiled
+serve pass of ``puts_jax.serving`` and returns numpy. Re-exported by ``puts_jax.engine``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from puts_jax import checks
+from puts_jax.config import ScoringConfig
+from puts_jax.serving import build_serve, split_model
+from puts_jax.types import RequestBatch, ServeOutput
+
+
+def _bucket(size: int, buckets: tuple[int, ...]) -> int:
+    """Smallest bucket >= size; beyond the largest, the next multiple of the largest."""
+    for b in buckets:
+        if size <= b:
+            return b
+    top = buckets[-1]
+    return -(-size // top) * top
+
+
+def _aligned_zeros(shape, dtype) -> np.ndarray:
+    """A zeroed array whose data is 64-byte aligned, so jit takes it without a copy (FACTS.md)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+
+class Scorer:
+    """Host-facing serving: buckets B and N (``ScoringConfig``), splits batches larger than the
+    biggest batch bucket, runs the compiled serve pass and returns numpy, one row per input row.
+
+    Inputs already at a bucket shape, C-contiguous and 64-byte aligned (Arrow buffers are) go to
+    the device without a copy; others are copied once into reused, aligned padding buffers
+    (jax would copy an unaligned array twice, FACTS.md). Not thread-safe (the
+    buffers are shared); use one Scorer per thread.
+    """
+
+    def __init__(self, model, action_weights, cfg: ScoringConfig, params=None):
+        """model: an nnx.Module, a (graphdef, params) pair, or a graphdef with ``params``."""
+        graphdef, p = split_model(model) if params is None else (model, params)
+        self.graphdef, self.params, self.cfg = graphdef, p, cfg
+        self.action_weights = np.asarray(action_weights, np.float32)
+        # compiled serve passes by effective k (k beyond the N bucket ranks k = the N bucket)
+        self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
+        self._buffers: dict = {}
+
+    def set_params(self, params) -> None:
+        """Swap parameters (same structure): no recompilation."""
+        self.params = params
+
+    def _padded(self, name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
+        if x.shape == shape and x.flags.c_contiguous and x.ctypes.data % 64 == 0:
+            return x  # zero-copy into jit
+        key = (name, shape, x.dtype.str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = _aligned_zeros(shape, x.dtype)
+        region = tuple(slice(0, s) for s in x.shape)
+        buf[region] = x
+        if name in ("mask", "context", "context_ids"):  # padding must stay neutral
+            buf[x.shape[0]:] = 0
+            if name == "mask":
+                buf[:, x.shape[1]:] = False
+        return buf
+
+    def _score_piece(self, lam, batch: RequestBatch, n_pad: int) -> ServeOutput:
+        b, n = batch.preds.shape[:2]
+        b_pad = _bucket(b, self.cfg.batch_buckets)
+        K = batch.preds.shape[2]
+        padded = RequestBatch(
+            context=self._padded("context", batch.context, (b_pad, batch.context.shape[1])),
+            preds=self._padded("preds", batch.preds, (b_pad, n_pad, K)),
+            mask=self._padded("mask", batch.mask, (b_pad, n_pad)),
+            valid=self._padded("valid", batch.valid, (b_pad,)),
+            context_ids=None if batch.context_ids is None else self._padded(
+                "context_ids", batch.context_ids, (b_pad, batch.context_ids.shape[1])))
+        # top-k beyond the candidate bucket cannot rank more candidates, only cost more (a
+        # k = 100000 request scored 100x slower): rank min(k, n_pad), pad the slots after
+        k = min(self.cfg.top_k, n_pad)
+        if k not in self._serves:
+            self._serves[k] = build_serve(self.graphdef, self.action_weights,
+                                          dataclasses.replace(self.cfg, top_k=k))
+        out = ServeOutput(*(np.asarray(x)[:b] for x in
+                            jax.device_get(self._serves[k](self.params, lam, padded))))
+        if k < self.cfg.top_k:
+            extra = self.cfg.top_k - k
+            out = out._replace(
+                topk_index=np.pad(out.topk_index, ((0, 0), (0, extra)), constant_values=-1),
+                topk_score=np.pad(out.topk_score, ((0, 0), (0, extra)),
+                                  constant_values=-np.inf))
+        return out
+
+    def score(self, lam, batch: RequestBatch) -> ServeOutput:
+        """Score host numpy requests: lam f32[J] (validated: non-negative, sums to 1); returns a
+        ServeOutput of numpy arrays with exactly B rows in input order."""
+        lam = checks.check_lambda(np.asarray(lam, np.float32))
+        B, N = batch.preds.shape[:2]
+        batch = RequestBatch(
+            np.asarray(batch.context, np.float32), np.asarray(batch.preds),
+            np.asarray(batch.mask, bool),
+            np.ones(B, bool) if batch.valid is None else np.asarray(batch.valid, bool),
+            None if batch.context_ids is None else np.asarray(batch.context_ids, np.int32))
+        n_pad = _bucket(max(N, 1), self.cfg.candidate_buckets)
+        step = self.cfg.batch_buckets[-1]
+        if B <= step:
+            return self._score_piece(lam, batch, n_pad)
+        parts = [self._score_piece(lam, jax.tree.map(lambda x: x[lo:lo + step], batch), n_pad)
+                 for lo in range(0, B, step)]
+        return ServeOutput(*(np.concatenate(f) for f in zip(*parts)))
+
+    __call__ = score
