@@ -4,9 +4,12 @@ predictions (``csrc/rerank.cc``, an XLA FFI custom call), used by ``kernels.rera
 The C++ source ships with the package and is compiled on first use with the system compiler
 (``$CXX``, else ``g++``; ``-O3 -march=native -ffp-contract=off``: the kernel spells out XLA's
 own roundings, so the scores equal ``kernels._scores`` bit for bit) into a cache folder keyed by
-the source, the jax version, the compiler and this CPU's feature flags: ``$PUTS_JAX_CACHE`` or
-``~/.cache/puts_jax`` (a per-user temporary folder where that is not writable). The build is
-written to a temporary name and renamed in, so concurrent first uses are safe.
+the source, the jax version, the compiler and this CPU's feature flags: ``$PUTS_JAX_CACHE/native``
+or ``~/.cache/puts_jax/native``; where that is not writable, ``$TMPDIR/puts_jax_native_<uid>``.
+A folder is used only if it is owned by this user and writable by no one else (else a fresh
+``mkdtemp`` folder), and a cached library only if its sha256 matches the one recorded at build
+time (else it is rebuilt). Builds are written to a temporary name and renamed in, so concurrent
+first uses are safe.
 
 ``available()`` is False, and ``kernels.rerank(method="auto")`` keeps the pure-XLA tail, when
 there is no compiler, the build fails, the default device is not a CPU, or
@@ -33,7 +36,8 @@ _state: dict = {}
 
 
 def cache_dir() -> str:
-    """Folder of the compiled library: ``$PUTS_JAX_CACHE`` or ``~/.cache/puts_jax``."""
+    """Preferred folder of the compiled library: ``$PUTS_JAX_CACHE/native`` or
+    ``~/.cache/puts_jax/native``."""
     root = os.environ.get("PUTS_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                             "puts_jax")
     return os.path.join(root, "native")
@@ -52,7 +56,40 @@ def _cpu_flags() -> str:
     return platform.processor() + platform.machine()
 
 
+def _private(folder: str) -> bool:
+    """Create ``folder`` (mode 0700) if missing; True when it is a directory owned by this user
+    that no one else can write (a library loaded from it runs in this process)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.stat(folder, follow_symlinks=False)
+    import stat
+
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _build_folder() -> str:
+    """``cache_dir()`` when it is private and writable; else ``$TMPDIR/puts_jax_native_<uid>``
+    under the same checks; else a fresh ``mkdtemp`` folder (a build per process)."""
+    for folder in (cache_dir(),
+                   os.path.join(tempfile.gettempdir(), f"puts_jax_native_{os.getuid()}")):
+        try:
+            if _private(folder):
+                tempfile.NamedTemporaryFile(dir=folder).close()  # writable
+                return folder
+        except OSError:
+            pass
+    return tempfile.mkdtemp(prefix="puts_jax_native_")
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def _build() -> str:
+    """Path of the compiled library, built if missing. A cached build is used only if its
+    sha256 matches the one recorded next to it at build time (a truncated or replaced file is
+    rebuilt, never loaded)."""
     import jax
 
     cxx = shutil.which(os.environ.get("CXX", "g++"))
@@ -62,22 +99,22 @@ def _build() -> str:
         src = f.read()
     tag = hashlib.sha256(b"\0".join([src, jax.__version__.encode(), cxx.encode(),
                                      " ".join(FLAGS).encode(), _cpu_flags().encode()]))
-    folder = cache_dir()
+    lib = os.path.join(_build_folder(), f"librerank_{tag.hexdigest()[:16]}.so")
     try:
-        os.makedirs(folder, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder)
-        probe.close()
-    except OSError:  # a read-only home: a per-user temporary folder instead
-        folder = os.path.join(tempfile.gettempdir(), f"puts_jax_native_{os.getuid()}")
-        os.makedirs(folder, exist_ok=True)
-    lib = os.path.join(folder, f"librerank_{tag.hexdigest()[:16]}.so")
-    if not os.path.exists(lib):
-        tmp = f"{lib}.{os.getpid()}.tmp"
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", _SRC, "-o", tmp]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-        os.replace(tmp, lib)
+        with open(lib + ".sha256") as f:
+            if os.path.exists(lib) and f.read().strip() == _digest(lib):
+                return lib
+    except OSError:
+        pass
+    tmp = f"{lib}.{os.getpid()}.tmp"
+    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", _SRC, "-o", tmp]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    with open(f"{tmp}.sha256", "w") as f:
+        f.write(_digest(tmp))
+    os.replace(tmp, lib)
+    os.replace(f"{tmp}.sha256", lib + ".sha256")
     return lib
 
 

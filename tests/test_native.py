@@ -126,3 +126,25 @@ def test_native_build_falls_back_to_a_temporary_folder_when_the_cache_is_read_on
     lib = native._build()
     assert os.path.dirname(lib).startswith(os.path.join(tempfile.gettempdir(), "puts_jax_native_"))
     assert os.path.exists(lib)
+
+
+def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    require_native()
+    monkeypatch.setenv("PUTS_JAX_CACHE", str(tmp_path))
+    lib = native._build()
+    size = os.path.getsize(lib)
+    with open(lib, "r+b") as f:  # a cut-short file would die with SIGBUS when loaded
+        f.truncate(100)
+    assert native._build() == lib and os.path.getsize(lib) == size
+    with open(lib + ".sha256") as f:
+        assert f.read() == native._digest(lib)
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path, monkeypatch):
+    require_native()
+    monkeypatch.setenv("PUTS_JAX_CACHE", str(tmp_path))
+    shared = tmp_path / "native"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # any user could plant a library here
+    folder = native._build_folder()
+    assert folder != str(shared) and native._private(folder)
