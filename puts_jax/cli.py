@@ -24,8 +24,15 @@ import numpy as np
 from puts_jax import cli_policy
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
-                                 check_out_file, floats, read_frontier)
+                                 check_out_dir, check_out_file, fields_as_flags, floats,
+                                 read_frontier)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
+
+
+# checks.check_propensity's advice is a library argument (floor=) that no flag sets; the console
+# script says what its user can do instead
+LIBRARY_FLOOR_HINT = "pass an explicit floor to clip"
+CLI_FLOOR_HINT = "fix the log's propensities or drop those rows (puts-jax does not clip)"
 
 
 def _print(msg: str = "") -> None:
@@ -37,6 +44,7 @@ def _print(msg: str = "") -> None:
 def cmd_simulate(args) -> None:
     from puts_jax.data import simulator
 
+    check_out_dir("--out", args.out)
     cfg = simulator.SimConfig.tiny() if args.preset == "tiny" else simulator.SimConfig.default()
     if args.miscalibration is not None:
         import dataclasses
@@ -59,8 +67,10 @@ def cmd_simulate(args) -> None:
 def cmd_data_obd(args) -> None:
     from puts_jax.data import obd
 
-    paths = obd.convert_obd(args.out, data_root=args.root, campaign=args.campaign,
-                            behavior=args.behavior, grid_steps=args.grid_steps)
+    check_out_dir("--out", args.out)
+    with fields_as_flags({"data_root": "--root"}):
+        paths = obd.convert_obd(args.out, data_root=args.root, campaign=args.campaign,
+                                behavior=args.behavior, grid_steps=args.grid_steps)
     with open(paths["summary"]) as f:
         summary = json.load(f)
     _print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))},
@@ -82,6 +92,7 @@ def cmd_data_split(args) -> None:
 def cmd_sweep(args) -> None:
     from puts_jax import sweep_job
 
+    check_out_dir("--out", args.out)
     doc, paths = sweep_job.run_sweep(args.model, args.logs, args.out, n_lambdas=args.n_lambdas,
                                      chunk_rows=args.chunk_rows, primary=args.estimator,
                                      bootstrap=args.bootstrap, seed=args.seed,
@@ -95,6 +106,8 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from puts_jax import report
 
+    if args.out:
+        check_out_dir("--out", args.out)
     doc = read_frontier(args.frontier)
     paths = report.write_frontier(args.out or os.path.dirname(os.path.abspath(args.frontier)), doc)
     _print(report.format_table(doc))
@@ -114,17 +127,27 @@ def cmd_score(args) -> None:
         policy.check_registry(args.policy)
     except InputError as e:
         raise InputError("--policy", [], e.msg) from None
-    stats = score_job.score_file(args.policy, args.requests, args.out, chunk_rows=args.chunk_rows,
-                                 top_k=args.top_k, version=args.version)
+    with fields_as_flags({"out_path": "--out", "requests_path": "--requests"}):
+        stats = score_job.score_file(args.policy, args.requests, args.out,
+                                     chunk_rows=args.chunk_rows, top_k=args.top_k,
+                                     version=args.version)
+    for path in stats["stale_temps_removed"]:
+        _print(f"removed {path} (left by a killed score run)")
     _print(f"scored {stats['rows']} requests ({stats['no_candidates']} without candidates, "
-           f"{stats['nonfinite_preds']} non-finite predictions dropped) in {stats['seconds']:.2f}s:"
-           f" {stats['rows_per_second']:,.0f} requests/s -> {args.out}")
+           f"{stats['nonfinite_preds']} non-finite predictions dropped) in {stats['seconds']:.2f}s"
+           f" ({stats['compile_seconds']:.2f}s of it compiling, once per batch shape): "
+           f"{stats['rows_per_second']:,.0f} requests/s without compiling -> {args.out}")
 
 
 def cmd_truth(args) -> None:
     from puts_jax import sweep_job
 
     read_frontier(args.frontier)  # a wrong file is named before any work
+    missing = [f for f in ("truth.npz", "evaluation.parquet")
+               if not os.path.isfile(os.path.join(args.data, f))]
+    if missing:
+        raise UsageError(f"--data: {args.data} is not a simulator output (no {' or '.join(missing)}"
+                         "; 'puts-jax simulate --out DIR' writes one)")
     table = sweep_job.truth_table(args.data, args.model, args.frontier, args.registry)
     _print(table)
 
@@ -289,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(args)
         args.fn(args)
     except InputError as e:  # a library field that came from a flag is named as the flag
-        e = e if e.source else InputError(as_flag(e.field, args), e.rows, e.msg)
+        msg = e.msg.replace(LIBRARY_FLOOR_HINT, CLI_FLOOR_HINT)
+        e = InputError(e.field if e.source else as_flag(e.field, args), e.rows, msg, e.source)
         print(f"puts-jax: error: {e}", file=sys.stderr)
         return 2
     except UsageError as e:

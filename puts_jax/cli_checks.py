@@ -5,6 +5,7 @@ written. ``cli`` wires them; this module only reads paths and the parsed argumen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -83,12 +84,9 @@ def read_frontier(path: str) -> dict:
         raise UsageError(f"--frontier: not a frontier.json ({path}: {why})") from None
 
 
-def check_out_file(flag: str, path: str) -> None:
-    """Before any work: an output file path is not a directory, and its folder exists or can be
-    made (the nearest existing ancestor is a directory)."""
-    if os.path.isdir(path):
-        raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
-    folder = os.path.dirname(os.path.abspath(path))
+def _check_can_make(flag: str, folder: str) -> None:
+    """UsageError unless ``folder`` exists or can be made: its nearest existing ancestor is a
+    directory."""
     parent = folder
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -96,13 +94,56 @@ def check_out_file(flag: str, path: str) -> None:
         raise UsageError(f"{flag}: cannot create the folder {folder}: {parent} is not a directory")
 
 
+def check_out_file(flag: str, path: str) -> None:
+    """Before any work: an output file path is not a directory, and its folder exists or can be
+    made (the nearest existing ancestor is a directory)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
+    _check_can_make(flag, os.path.dirname(os.path.abspath(path)))
+
+
+def check_out_dir(flag: str, path: str) -> None:
+    """Before any work: an output folder path is not an existing file (the command writes
+    several files into it) and can be made."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a file; {flag} must be a folder (it writes several "
+                         "files there; nothing written)")
+    _check_can_make(flag, os.path.abspath(path))
+
+
+def check_parquet(flag: str, path: str) -> None:
+    """Before any work: ``path`` reads as a Parquet file (not empty, truncated or text); else
+    ``--flag FILE: file: not a readable Parquet file (why)``, as ``python -m train`` says."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise InputError("file", [], f"not a readable Parquet file ({err})",
+                         f"{flag} {path}") from None
+
+
+@contextlib.contextmanager
+def fields_as_flags(flags: dict[str, str]):
+    """Re-raise an InputError of a library field (no source) named in ``flags`` as that flag,
+    e.g. {"out_path": "--out"} for ``score_job.score_file``'s argument."""
+    try:
+        yield
+    except InputError as e:
+        if e.source or e.field not in flags:
+            raise
+        raise InputError(flags[e.field], e.rows, e.msg) from None
+
+
 INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an existing file
+PARQUET_FILES = ("logs", "requests")  # of those, the Parquet ones
 
 
 def check_inputs(args) -> None:
-    """Before any work: --out names no input file, input files exist, --model is a saved model
-    (``check_model_dir``), --data a directory, --chunk-rows >= 1; each failure an error naming
-    its flag."""
+    """Before any work: --out names no input file, input files exist (--logs and --requests as
+    readable Parquet files), --model is a saved model (``check_model_dir``), --data a
+    directory, --chunk-rows >= 1; each failure an error naming its flag."""
     out = getattr(args, "out", None)
     for name in INPUT_FILES:
         path = getattr(args, name, None)
@@ -111,6 +152,8 @@ def check_inputs(args) -> None:
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"--{name}: {path} is a directory, not a file" if os.path.isdir(path)
                              else f"--{name}: no such file {path}")
+        if path is not None and name in PARQUET_FILES:
+            check_parquet(f"--{name}", path)
     if getattr(args, "data", None) is not None and not os.path.isdir(args.data):
         raise UsageError(f"--data: no such directory {args.data}")
     if getattr(args, "model", None) is not None:

@@ -13,7 +13,8 @@ import numpy as np
 
 from puts_jax.checks import check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
-                                 check_out_file, floats, parse_guardrail, read_frontier)
+                                 check_out_dir, check_out_file, fields_as_flags, floats,
+                                 parse_guardrail, read_frontier)
 
 
 def _print(msg: str = "") -> None:  # as cli._print: every line reaches a pipe at once
@@ -37,7 +38,8 @@ def cmd_policy(args) -> None:
         _publish(args)
     elif args.policy_cmd == "set-lambda":
         lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
-        v = policy.set_lambda(args.registry, lam, args.reason)
+        with fields_as_flags({"lambda": "--lam"}):
+            v = policy.set_lambda(args.registry, lam, args.reason)
         _print(f"published {v} (parameters reused)")
     elif args.policy_cmd == "rollback":
         v = policy.rollback(args.registry, args.version, args.reason)
@@ -108,6 +110,7 @@ def _point_index(args, n_points: int) -> tuple[int, dict | None]:
 def _publish(args) -> None:
     from puts_jax import model_io, policy, report
 
+    check_out_dir("--registry", args.registry)
     model, info = model_io.load_model(args.model)
     doc = read_frontier(args.frontier)
     index, sel = _point_index(args, len(doc["lambdas"]))

@@ -34,7 +34,7 @@ import numpy as np
 import puts_jax
 from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
-from puts_jax.checks import InputError, check_lambda
+from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
 from puts_jax.qnet import QNetwork
 
 SCHEMA = "puts_jax.policy/1"
@@ -66,16 +66,30 @@ def _now() -> str:
 params_hash = model_io.params_hash
 
 
+def _at(a: np.ndarray, bad: np.ndarray) -> str:
+    """'index 1 (-0.5)' / 'indices [0, 2] ([nan, inf])': the coefficients flagged by ``bad``."""
+    i = np.flatnonzero(bad)
+    if len(i) == 1:
+        return f"index {int(i[0])} ({a[i[0]]:g})"
+    return f"indices {i.tolist()} ({[float(x) for x in a[i]]})"
+
+
 def _check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
+    """lam f[J] as float64, or an InputError naming ``field`` and the coefficient's index (a
+    lambda is one vector: its entries are coefficients, not rows)."""
     a = np.asarray(lam, np.float64)
     if a.ndim != 1 or a.shape[0] != J:
         raise InputError(field, [], f"expected f32[J] with length J = {J} (the model's reward "
                                     f"objectives), got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise InputError(field, np.flatnonzero(~np.isfinite(a)), "non-finite coefficient")
+        raise InputError(field, [], f"non-finite coefficient at {_at(a, ~np.isfinite(a))}")
     if (a < 0).any():
-        raise InputError(field, np.flatnonzero(a < 0), "coefficients must be non-negative")
-    check_lambda(a, field=field)
+        raise InputError(field, [], f"coefficients must be non-negative; {_at(a, a < 0)}")
+    tol = max(PROB_SUM_TOL, 1e-5)  # check_lambda's tolerance
+    if abs(a.sum() - 1.0) > tol:
+        raise InputError(field, [], f"coefficients sum to {a.sum():.6g}; they must sum to 1 "
+                                    f"(within {tol:g})")
+    check_lambda(a, field=field)  # the same test in float32, as the serve pass reads lambda
     return a  # stored as given (float64), not rounded through float32
 
 
@@ -319,15 +333,34 @@ def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
     meta = _read_meta(registry_dir, version)
     action_set = ActionSet.from_dict(meta["action_set"])  # checks its stored hash
     model = QNetwork.from_spec(meta["model_spec"])
-    path = os.path.join(registry_dir, meta["params_version"], "params")
-    try:
-        model_io.restore_params(path, model, meta["param_shapes"])
-    except ValueError as e:
-        raise InputError("params", [], str(e)) from None
+    _restore(registry_dir, version, meta, model)
     if params_hash(model) != meta["params_hash"]:
         raise InputError("params_hash", [], f"restored parameters of {version} hash to "
                                             f"{params_hash(model)}, policy.json says {meta['params_hash']}")
     return OperatingPolicy(version, model, action_set, np.asarray(meta["lambda"], np.float32), meta)
+
+
+def _restore(registry_dir: str, version: str, meta: dict, model: QNetwork) -> None:
+    """Restore ``version``'s parameters (those of its ``params_version``) into ``model``; a
+    missing or unreadable params folder is an InputError naming the registry and the version
+    as incomplete, not orbax's error."""
+    owner = meta["params_version"]
+    path = os.path.join(registry_dir, owner, "params")
+    via = "" if owner == version else f" (it uses the parameters of {owner})"
+    fix = "; roll back to a complete version (policy rollback --version V) or publish again"
+    if not os.path.isdir(path):
+        raise InputError(version, [], f"incomplete version{via}: its parameters folder {path} "
+                                      f"is missing{fix}", registry_dir)
+    try:
+        model_io.restore_params(path, model, meta["param_shapes"])
+    except (OSError, KeyError, ValueError) as e:  # orbax: a folder without its checkpoint files
+        text = str(e)
+        if isinstance(e, ValueError) and text.startswith("params: "):  # shapes that do not fit
+            raise InputError("params", [], text.removeprefix("params: "), registry_dir) from None
+        first = (text.strip().splitlines() or [""])[0][:160]
+        raise InputError(version, [], f"incomplete version{via}: its parameters in {path} cannot "
+                                      f"be read ({type(e).__name__}: {first}){fix}",
+                         registry_dir) from None
 
 
 def describe(op: OperatingPolicy) -> dict[str, Any]:

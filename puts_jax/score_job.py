@@ -5,12 +5,18 @@ bucket sizes (``engine.Scorer``), runs the fused serve pass and appends the rows
 writer. The output (DESIGN.md section 4, scored output) has every input row exactly once, in
 input order: request_id, action, weights list<f32>[K], topk_index list<i32>, topk_candidate_id
 list<i64>, topk_score list<f32> (fewer than k entries where a request has fewer real, finite
-candidates; empty for requests without candidates). The file appears atomically at the end.
+candidates; empty for requests without candidates). The file appears atomically at the end:
+rows go to ``.tmp-<name>-<host>-<pid>-*.parquet`` beside it, renamed into place; a run killed
+outright (SIGKILL, the OOM killer) leaves that temp file, and the next run on the same output
+removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
 import tempfile
 import time
 
@@ -61,14 +67,72 @@ def _check_compatible(meta: logs.LogMeta, op: policy.OperatingPolicy, path: str)
                                       f"{op.version} weighs {list(want)}")
 
 
+def _temp_prefix(out_path: str) -> str:
+    """Prefix of this process's temp file for ``out_path``: ``.tmp-<name>-<host>-<pid>-``."""
+    host = re.sub(r"[^\w.]", "_", socket.gethostname())
+    return f".tmp-{os.path.basename(out_path)}-{host}-{os.getpid()}-"
+
+
+def remove_stale_temps(out_path: str) -> list[str]:
+    """Remove temp files that an earlier score run on this host left next to ``out_path`` when
+    it was killed (SIGKILL, e.g. the OOM killer: no cleanup runs): files named like
+    ``_temp_prefix`` whose process no longer exists. Files of live runs, of other hosts and of
+    any other name are kept. Returns the removed paths."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    mine = re.escape(_temp_prefix(out_path).rsplit("-", 2)[0])  # without "<pid>-"
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = re.fullmatch(mine + r"-(\d+)-\w+\.parquet", name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _open_temp(out_path: str) -> str:
+    """Create the temp file the output is written to (renamed into place at the end); an
+    unwritable folder is an InputError naming ``out_path``, not the temp name."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(out_path), suffix=".parquet")
+    except OSError as e:
+        raise InputError("out_path", [], f"cannot create a file in {folder} "
+                                         f"({e.strerror or e}); nothing written") from None
+    os.chmod(tmp, default_mode())
+    os.close(fd)
+    return tmp
+
+
 def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int = 8192,
                top_k: int = 10, version: str | None = None, progress: bool = True) -> dict:
     """Score ``requests_path`` with the registry's CURRENT (or ``version``) policy.
 
     Returns {"rows", "no_candidates", "nonfinite_preds", "fallback_rows", "seconds",
-    "rows_per_second", "version"}. Raises InputError naming the column and row on bad input, and
-    before anything is written when ``out_path`` is ``requests_path``; on any error the output
-    path is left untouched (the temp file is removed).
+    "compile_seconds", "rows_per_second", "version", "stale_temps_removed"}: ``seconds`` is the
+    whole run, ``compile_seconds`` the part spent compiling the serve pass (once per batch
+    shape; the first run on a machine also builds the native kernel), ``rows_per_second`` the
+    rate without it (rows / (seconds - compile_seconds)). Memory does not grow with ``top_k``:
+    at most the candidate bucket is ranked and held per row. Raises InputError naming the column
+    and row on bad input, and before anything is written when ``out_path`` is
+    ``requests_path``; on any error the output path is left untouched (the temp file is
+    removed; one left by a killed run is removed by the next run, ``remove_stale_temps``).
     """
     checks.check_distinct_paths({"out_path": out_path}, {"requests_path": requests_path})
     op = policy.load(registry, version)
@@ -76,11 +140,8 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     _check_compatible(meta, op, requests_path)
     scorer = engine.Scorer(op.model, op.action_set.weights, ScoringConfig(top_k=top_k))
     total = pq.ParquetFile(requests_path).metadata.num_rows
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
-    os.chmod(tmp, default_mode())
-    os.close(fd)
+    stale = remove_stale_temps(out_path)
+    tmp = _open_temp(out_path)
     counts = dict(rows=0, no_candidates=0, nonfinite_preds=0, fallback_rows=0)
     t0 = time.perf_counter()
     try:
@@ -102,5 +163,7 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
             os.unlink(tmp)
         raise
     secs = time.perf_counter() - t0
-    return {**counts, "seconds": secs, "rows_per_second": counts["rows"] / max(secs, 1e-9),
-            "version": op.version}
+    steady = max(secs - scorer.compile_seconds, 1e-9)
+    return {**counts, "seconds": secs, "compile_seconds": scorer.compile_seconds,
+            "rows_per_second": counts["rows"] / steady, "version": op.version,
+            "stale_temps_removed": stale}

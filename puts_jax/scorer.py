@@ -6,6 +6,7 @@ serve pass of ``puts_jax.serving`` and returns numpy. Re-exported by ``puts_jax.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import numpy as np
@@ -52,6 +53,8 @@ class Scorer:
         # compiled serve passes by effective k (k beyond the N bucket ranks k = the N bucket)
         self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
         self._buffers: dict = {}
+        self._compiled: set = set()  # (k, padded shapes) compiled so far
+        self.compile_seconds = 0.0  # wall time spent compiling (tracing, native build, XLA)
 
     def set_params(self, params) -> None:
         """Swap parameters (same structure): no recompilation."""
@@ -84,24 +87,33 @@ class Scorer:
             context_ids=None if batch.context_ids is None else self._padded(
                 "context_ids", batch.context_ids, (b_pad, batch.context_ids.shape[1])))
         # top-k beyond the candidate bucket cannot rank more candidates, only cost more (a
-        # k = 100000 request scored 100x slower): rank min(k, n_pad), pad the slots after
+        # k = 100000 request scored 100x slower): rank min(k, n_pad) and return that many
+        # columns; padding them out to k would allocate B x k (22 GB at k = 10**6) for nothing
         k = min(self.cfg.top_k, n_pad)
         if k not in self._serves:
             self._serves[k] = build_serve(self.graphdef, self.action_weights,
                                           dataclasses.replace(self.cfg, top_k=k))
-        out = ServeOutput(*(np.asarray(x)[:b] for x in
-                            jax.device_get(self._serves[k](self.params, lam, padded))))
-        if k < self.cfg.top_k:
-            extra = self.cfg.top_k - k
-            out = out._replace(
-                topk_index=np.pad(out.topk_index, ((0, 0), (0, extra)), constant_values=-1),
-                topk_score=np.pad(out.topk_score, ((0, 0), (0, extra)),
-                                  constant_values=-np.inf))
-        return out
+        self._compile(k, lam, padded)
+        return ServeOutput(*(np.asarray(x)[:b] for x in
+                             jax.device_get(self._serves[k](self.params, lam, padded))))
+
+    def _compile(self, k: int, lam, padded: RequestBatch) -> None:
+        """Compile the serve pass for a new (k, shapes) ahead of the call (jit reuses it), timed
+        into ``compile_seconds`` so that callers can report a steady-state rate."""
+        key = (k, jax.tree.map(lambda x: (x.shape, x.dtype.str), padded))
+        if key in self._compiled:
+            return
+        t0 = time.perf_counter()
+        self._serves[k].lower(self.params, lam, padded).compile()
+        self.compile_seconds += time.perf_counter() - t0
+        self._compiled.add(key)
 
     def score(self, lam, batch: RequestBatch) -> ServeOutput:
         """Score host numpy requests: lam f32[J] (validated: non-negative, sums to 1); returns a
-        ServeOutput of numpy arrays with exactly B rows in input order."""
+        ServeOutput of numpy arrays with exactly B rows in input order and k' = min(top_k, the
+        candidate bucket of N) top-k columns: a top_k beyond the bucket returns every candidate
+        (slots past a request's real, finite ones hold -1 / -inf) and costs no memory for the
+        rest."""
         lam = checks.check_lambda(np.asarray(lam, np.float32))
         B, N = batch.preds.shape[:2]
         batch = RequestBatch(

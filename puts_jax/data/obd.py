@@ -77,19 +77,27 @@ def obp_package_dir() -> str:
 
 def obd_paths(data_root: str | None, campaign: str, behavior: str) -> dict[str, str]:
     """Paths of the log CSV, the item CSV and the BTS prior; ``data_root`` None -> the sample
-    shipped with obp, else ``<root>/<behavior>/<campaign>/{<campaign>,item_context}.csv``."""
+    shipped with obp, else ``<root>/<behavior>/<campaign>/{<campaign>,item_context}.csv``.
+    A ``data_root`` that is no folder or lacks those files is an InputError("data_root")."""
     if campaign not in CAMPAIGNS:
         raise InputError("campaign", [], f"{campaign!r} not in {CAMPAIGNS}")
     if behavior not in BEHAVIORS:
         raise InputError("behavior", [], f"{behavior!r} not in {BEHAVIORS}")
+    if data_root is not None and not os.path.isdir(data_root):
+        raise InputError("data_root", [], f"no such directory {data_root}")
     root = data_root or os.path.join(obp_package_dir(), "dataset", "obd")
     folder = os.path.join(root, behavior, campaign)
     paths = {"log": os.path.join(folder, f"{campaign}.csv"),
              "items": os.path.join(folder, "item_context.csv"),
              "prior": os.path.join(obp_package_dir(), "policy", "conf", "prior_bts.yaml")}
     for name, p in paths.items():
-        if not os.path.isfile(p):
-            raise InputError(name, [], f"file not found: {p}")
+        if os.path.isfile(p):
+            continue
+        if data_root is not None and name != "prior":  # the given root lacks the dataset's file
+            raise InputError("data_root", [], f"{data_root} has no {os.path.relpath(p, root)} "
+                             "(the Open Bandit Dataset's layout: ROOT/<behavior>/<campaign>/"
+                             "<campaign>.csv and item_context.csv)")
+        raise InputError(name, [], f"file not found: {p}")
     return paths
 
 
