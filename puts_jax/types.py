@@ -74,7 +74,8 @@ class ServeOutput(NamedTuple):
       action:       i32[B] chosen action a*_b (argmax of Q @ lam, ties to the lowest index,
                     non-finite Q rows -> the fallback action).
       topk_index:   i32[B, k] candidate positions of the top k, best first; -1 where fewer than
-                    k real, finite candidates exist.
+                    k real, finite candidates exist (``engine.Scorer`` returns
+                    min(k, candidate bucket) columns: a larger k cannot add any).
       topk_score:   f32[B, k] utility scores W[a*] . preds of those candidates (-inf at -1 slots).
       n_nonfinite:  i32[B] real candidates whose predictions were NaN/inf (reported, not ranked).
       q_fallback:   bool[B] True where Q was non-finite and the fallback action was used.
