@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 from puts_jax.checks import InputError
@@ -55,6 +56,19 @@ def _check_paths(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The --config preset with the --seed / --epochs overrides; a value the config rejects is an
+    InputError naming its flag ('--epochs: must be >= 1, got 0'), not the config field."""
+    overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None}
+    try:
+        return dataclasses.replace(PRESETS[args.config](), **overrides)
+    except ValueError as err:
+        field = re.fullmatch(r"TrainConfig\.(\w+): (.*)", str(err), re.S)
+        if field and field[1] in overrides:
+            raise InputError(f"--{field[1]}", [], field[2]) from None
+        raise
+
+
 def main(argv=None) -> int:
     """Train, print the selection summary as one JSON line; returns the exit status (0, or 2
     after a one-line ``error:`` message on stderr for bad input or arguments, or 130 after one
@@ -65,11 +79,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
     try:
-        cfg = PRESETS[args.config]()
-        overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs))
-                     if v is not None}
-        cfg = dataclasses.replace(cfg, **overrides)
-        out = train_and_evaluate(cfg, args.workdir, args.logs, args.heldout)
+        out = train_and_evaluate(_config(args), args.workdir, args.logs, args.heldout)
     except InputError as err:
         print(f"{PROG}: error: {_flag(err, args)}{err}", file=sys.stderr)
         return 2

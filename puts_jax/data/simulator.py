@@ -12,16 +12,22 @@ Everything here is numpy on the host; shapes use the legend of ``puts_jax.types`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
 from puts_jax import slates
-from puts_jax.action_set import ActionSet, default_mode, simplex_grid
+from puts_jax.action_set import ActionSet, atomic_write_bytes, default_mode, simplex_grid
+from puts_jax.checks import InputError
 from puts_jax.data import logs
 
 OBJECTIVES = ("click", "save", "closeup", "hide")  # K = 4 ranker heads
@@ -445,34 +451,135 @@ def truth_arrays(world: World, n_eval: int, seed: int, chunk_rows: int = 8192) -
     return out
 
 
+STAGING = ".simulate-staging"  # folder inside out_dir where a new set is written before the swap
+_COMPLETE = "COMPLETE"  # written last into STAGING: JSON list of the set's file names
+_FILES = (("logs", "logs.parquet"), ("heldout", "heldout.parquet"),
+          ("requests", "requests.parquet"), ("truth", "truth.npz"),
+          ("evaluation", "evaluation.parquet"))
+
+
 def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, n_eval: int,
-                     n_requests: int, seed: int, logging="uniform",
-                     slate_matching: bool = False) -> dict:
-    """Write one simulated data set; returns {"logs", "heldout", "requests", "truth"} -> path.
+                     n_requests: int, seed: int, logging="uniform", slate_matching: bool = False,
+                     n_evaluation: int | None = None) -> dict:
+    """Write one simulated data set; returns {"logs", "heldout", "requests", "truth"} -> path
+    (and "evaluation" when ``n_evaluation`` is given).
 
     logs.parquet / heldout.parquet: exploration logs (training; checkpoint selection and OPE).
     requests.parquet: a request set (preds N x K per row, candidate_ids) for batch scoring
       (held in memory while written: size it for scoring demos, not millions of rows).
-    truth.npz: ``truth_arrays`` on n_eval fresh requests. Each part has its own seed derived from
-    ``seed``; every file is written atomically and the same arguments give identical bytes.
+    truth.npz: ``truth_arrays`` on n_eval fresh requests. evaluation.parquet (n_evaluation rows,
+      seed ``seed + 1_000_003``, request ids from 10**12): the frontier (OPE) log. Each part has
+      its own seed derived from ``seed``; the same arguments give identical bytes.
     slate_matching: the logs carry slate-level ``consistent``, slate propensities and ``preds``
     (``simulate_log``); the draws are the same as without it.
+
+    All or nothing: every file is written into ``out_dir/.simulate-staging`` and moved into
+    ``out_dir`` at the end with Ctrl-C held back, so after an interrupt or a failure ``out_dir``
+    holds the whole previous set or the whole new one, never a mix. A staging folder left by a
+    killed run is finished (its set was complete) or deleted (it was not) before anything else.
+    Sizes below 1, a negative seed or an unusable ``out_dir`` raise InputError naming the
+    argument (``n_logs``, ``seed``, ``out``) before anything is written.
     """
-    for name, v in (("n_logs", n_logs), ("n_heldout", n_heldout), ("n_eval", n_eval),
-                    ("n_requests", n_requests)):
-        if v < 1:
-            raise ValueError(f"{name}: must be >= 1, got {v}")
+    sizes = {"n_logs": n_logs, "n_heldout": n_heldout, "n_eval": n_eval,
+             "n_requests": n_requests}
+    if n_evaluation is not None:
+        sizes["n_evaluation"] = n_evaluation
+    names = [f for k, f in _FILES if k != "evaluation" or n_evaluation is not None]
+    _check_arguments(out_dir, sizes, seed, names)
     world = make_world(cfg)
+    recover_staging(out_dir)
+    stage = os.path.join(out_dir, STAGING)
+    os.makedirs(stage)
+    try:
+        _write_set(stage, world, n_logs, n_heldout, n_eval, n_requests, seed, logging,
+                   slate_matching, n_evaluation)
+        atomic_write_bytes(os.path.join(stage, _COMPLETE), json.dumps(names).encode())
+    except BaseException:  # an interrupt or a failure while writing: the old set stays
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _move_in(out_dir, names)
+    return {k: os.path.join(out_dir, f) for k, f in _FILES if f in names}
+
+
+def _check_arguments(out_dir: str, sizes: dict, seed: int, names: list) -> None:
+    """InputError naming the first argument ``write_simulation`` cannot use; nothing written."""
+    for name, v in sizes.items():
+        if v < 1:
+            raise InputError(name, [], f"must be >= 1, got {v}")
+    if seed < 0:
+        raise InputError("seed", [], f"must be >= 0, got {seed}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError("out", [], f"{out_dir} is a file, not a folder")
+    for name in names:
+        if os.path.isdir(os.path.join(out_dir, name)):
+            raise InputError("out", [], f"{os.path.join(out_dir, name)} is a folder; the data "
+                             f"set writes a file there (nothing written)")
+
+
+def recover_staging(out_dir: str) -> str | None:
+    """Finish or drop a staging folder that a killed ``write_simulation`` left in ``out_dir``:
+    a complete set (its COMPLETE list written) is moved in, "completed"; a partial one is
+    deleted, "removed" (``out_dir`` keeps the old set); None when there is none."""
+    stage = os.path.join(out_dir, STAGING)
+    if not os.path.isdir(stage):
+        return None
+    try:
+        with open(os.path.join(stage, _COMPLETE)) as f:
+            names = json.load(f)
+    except (OSError, ValueError):
+        shutil.rmtree(stage)
+        return "removed"
+    _move_in(out_dir, names)
+    return "completed"
+
+
+def _move_in(out_dir: str, names: list) -> None:
+    """Move the files ``names`` of the complete staging folder into ``out_dir`` with SIGINT
+    deferred, then delete the folder. COMPLETE stays until every file is moved, so a move killed
+    midway is finished by ``recover_staging`` (a file already moved is skipped)."""
+    stage = os.path.join(out_dir, STAGING)
+    with _deferred_interrupt():
+        for name in names:
+            src = os.path.join(stage, name)
+            if os.path.exists(src):
+                try:
+                    os.replace(src, os.path.join(out_dir, name))
+                except OSError as e:
+                    raise OSError(f"out: moving the new data set into {out_dir} failed at {name} "
+                                  f"({e}); the rest waits in {stage}, and the next simulate into "
+                                  f"{out_dir} moves it in first") from e
+        shutil.rmtree(stage)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it (train's checkpointing does
+    the same around a save). Outside the main thread the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(*got[0])  # the default handler raises KeyboardInterrupt
+
+
+def _write_set(folder: str, world: World, n_logs: int, n_heldout: int, n_eval: int,
+               n_requests: int, seed: int, logging, slate_matching: bool,
+               n_evaluation: int | None) -> None:
+    """The files of ``write_simulation``, each written atomically into ``folder``."""
+    cfg = world.cfg
     s_log, s_held, s_req, s_eval = (int(x) for x in np.random.SeedSequence(seed).generate_state(4))
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in (("logs", "logs.parquet"),
-             ("heldout", "heldout.parquet"), ("requests", "requests.parquet"),
-             ("truth", "truth.npz"))}
-    logs.write_log(paths["logs"], **simulate_log(world, n_logs, s_log, logging,
-                                                 slate_matching=slate_matching))
-    logs.write_log(paths["heldout"], **simulate_log(world, n_heldout, s_held, logging,
-                                                    id_offset=n_logs,
-                                                    slate_matching=slate_matching))
+    path = dict((k, os.path.join(folder, f)) for k, f in _FILES)
+    logs.write_log(path["logs"], **simulate_log(world, n_logs, s_log, logging,
+                                                slate_matching=slate_matching))
+    logs.write_log(path["heldout"], **simulate_log(world, n_heldout, s_held, logging,
+                                                   id_offset=n_logs,
+                                                   slate_matching=slate_matching))
     req = sample_requests(world, n_requests, s_req)
     N, rid0 = cfg.n_candidates, n_logs + n_heldout
     rid = np.arange(n_requests, dtype=np.int64) + rid0
@@ -481,9 +588,11 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     meta = log_meta(world, logging, s_req)
     meta.extra["preds"] = "ranker probabilities divided by their global mean pbar per head"
     meta.extra["pbar"] = world.pbar.tolist()
-    logs.write_requests(paths["requests"], meta, request_id=rid,
+    logs.write_requests(path["requests"], meta, request_id=rid,
                         context=req.context, preds=(req.preds / world.pbar).astype(np.float32),
                         candidate_ids=rid[:, None] * N + np.arange(N))
-    _atomic_write_npz(paths["truth"], truth_arrays(world, n_eval, s_eval))
-    return paths
-
+    _atomic_write_npz(path["truth"], truth_arrays(world, n_eval, s_eval))
+    if n_evaluation is not None:
+        logs.write_log(path["evaluation"], **simulate_log(
+            world, n_evaluation, seed + 1_000_003, logging, id_offset=10 ** 12,
+            slate_matching=slate_matching))
