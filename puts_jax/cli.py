@@ -51,14 +51,8 @@ def cmd_simulate(args) -> None:
         cfg = dataclasses.replace(cfg, miscalibration=args.miscalibration)
     t0 = time.perf_counter()
     paths = simulator.write_simulation(args.out, cfg, args.n_logs, args.n_heldout, args.n_eval,
-                                       args.n_requests, args.seed,
+                                       args.n_requests, args.seed, n_evaluation=args.n_evaluation,
                                        slate_matching=args.slate_matching)
-    world = simulator.make_world(cfg)
-    ev = simulator.simulate_log(world, args.n_evaluation, args.seed + 1_000_003,
-                                id_offset=10 ** 12, slate_matching=args.slate_matching)
-    paths["evaluation"] = os.path.join(args.out, "evaluation.parquet")
-    from puts_jax.data import logs
-    logs.write_log(paths["evaluation"], **ev)
     _print(f"simulated in {time.perf_counter() - t0:.1f}s:")
     for k, p in paths.items():
         _print(f"  {k:<11} {p}")

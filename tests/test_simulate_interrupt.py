@@ -197,6 +197,7 @@ def test_an_out_that_is_a_file_or_holds_a_folder_in_a_files_place_is_named(old, 
     ("--n-heldout", "0", "--n-heldout: must be >= 1, got 0"),
     ("--n-eval", "-1", "--n-eval: must be >= 1, got -1"),
     ("--n-requests", "0", "--n-requests: must be >= 1, got 0"),
+    ("--n-evaluation", "0", "--n-evaluation: must be >= 1, got 0"),
     ("--seed", "-1", "--seed: must be >= 0, got -1"),
     ("--miscalibration", "-1", "--miscalibration: must be finite and >= 0, got -1.0"),
 ])
