@@ -16,11 +16,18 @@ text), ``report_figure`` (the plot); here ``write_frontier`` writes the three fi
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import shutil
+import signal
+import tempfile
+import threading
 from typing import Mapping
 
 from puts_jax import report_html
-from puts_jax.action_set import atomic_write_bytes, atomic_write_text
+from puts_jax.action_set import atomic_write_bytes
+from puts_jax.checks import InputError
 from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_estimates,
                                        file_sha256, from_ope, make_provenance)
 from puts_jax.report_figure import figure_png, frontier_figure, render_png
@@ -31,22 +38,94 @@ from puts_jax.report_verdicts import LOW_ESS
 __all__ = ["BASELINE_KINDS", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS", "SCHEMA",
            "PolicyEstimates", "as_estimates", "build_frontier", "dumps", "file_sha256",
            "format_table", "from_ope", "frontier_figure", "frontier_point", "make_provenance",
-           "read_frontier", "render_png", "validate_frontier", "write_frontier"]
+           "publish_files", "read_frontier", "render_frontier", "render_png", "validate_frontier",
+           "write_frontier"]
+
+
+def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[str, bytes]:
+    """The three files of a frontier document as bytes, {"json": ..., "png": ..., "html": ...},
+    rendered in memory (nothing written). Raises InputError for a document missing keys."""
+    validate_frontier(frontier)
+    fig = frontier_figure(frontier, axes)
+    page = report_html.render_html(frontier, report_html.figure_svg(fig, "front-"), LOW_ESS)
+    return {"json": dumps(frontier).encode("utf-8"), "png": figure_png(fig),
+            "html": page.encode("utf-8")}
 
 
 def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict:
-    """Write ``frontier.json``, ``frontier.png`` and ``frontier.html`` atomically into
-    ``out_dir``; returns their paths {"json": ..., "png": ..., "html": ...}. ``axes`` picks the
-    two objectives plotted when J > 2."""
-    validate_frontier(frontier)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f"frontier.{k}") for k in ("json", "png", "html")}
-    atomic_write_text(paths["json"], dumps(frontier))
-    fig = frontier_figure(frontier, axes)
-    atomic_write_bytes(paths["png"], figure_png(fig))
-    page = report_html.render_html(frontier, report_html.figure_svg(fig, "front-"), LOW_ESS)
-    atomic_write_bytes(paths["html"], page.encode("utf-8"))
-    return paths
+    """Write ``frontier.json``, ``frontier.png`` and ``frontier.html`` into ``out_dir`` as one
+    set; returns their paths {"json": ..., "png": ..., "html": ...}. ``axes`` picks the two
+    objectives plotted when J > 2.
+
+    All three are rendered in memory first, then written into a staging folder inside
+    ``out_dir`` and moved into place with Ctrl-C deferred (``publish_files``): after an error or
+    an interrupt ``out_dir`` holds its previous complete set (or the new complete set), never a
+    mix, and a folder this call created is removed again when nothing was moved into it."""
+    data = render_frontier(frontier, axes)
+    publish_files(out_dir, {f"frontier.{k}": b for k, b in data.items()})
+    return {k: os.path.join(out_dir, f"frontier.{k}") for k in data}
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it (train's checkpointing and
+    the simulator do the same around their saves). Outside the main thread the block runs as
+    it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(*got[0])  # the default handler raises KeyboardInterrupt
+
+
+def _make_folder(folder: str) -> list[str]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first. Raises
+    InputError("out") when ``folder`` or a parent is a file."""
+    made, d = [], os.path.abspath(folder)
+    while not os.path.isdir(d):
+        if os.path.exists(d):
+            raise InputError("out", [], f"{d} is a file, not a folder (nothing written)")
+        made.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(made):
+        os.mkdir(d)
+    return made
+
+
+def publish_files(out_dir: str, files: Mapping[str, bytes]) -> None:
+    """Write ``files`` {name: bytes} into ``out_dir`` as one set: each into a staging folder
+    ``out_dir/.frontier-staging-*`` (fsynced), then all moved in with SIGINT deferred (a few
+    renames). On an error or an interrupt before the move, the staging folder is deleted,
+    ``out_dir`` keeps its old files, and the folders this call created are removed. A process
+    killed outright (SIGKILL) may leave the hidden staging folder behind, never a partial file."""
+    made = _make_folder(out_dir)
+    stage = None
+    try:
+        stage = tempfile.mkdtemp(dir=out_dir, prefix=".frontier-staging-")
+        for name, data in files.items():
+            atomic_write_bytes(os.path.join(stage, name), data)
+        with _deferred_interrupt():
+            for name in files:
+                os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+            stage = None
+        for d in made:  # deepest first; a folder that holds anything stays
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _fmt(v) -> str:
@@ -58,10 +137,43 @@ def _fmt_count(v) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
 
+def _cell(v, lo, hi) -> str:
+    """One estimate with its interval; "not estimable" when the value is not a number."""
+    return "not estimable" if v is None else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
 def _row(name, block_est, i, est, J) -> list[str]:
     b = block_est[est]
-    return [name] + [f"{_fmt(b['value'][i][j])} [{_fmt(b['lo'][i][j])}, {_fmt(b['hi'][i][j])}]"
-                     for j in range(J)]
+    return [name] + [_cell(b["value"][i][j], b["lo"][i][j], b["hi"][i][j]) for j in range(J)]
+
+
+def _summary_lines(doc: Mapping, missing: bool) -> list[str]:
+    """The lines under the table: hypervolume, what "not estimable" / "n/a" mean (``missing``:
+    the table shows either), the verdict and the simultaneous band, each naming the estimates it
+    rests on, the operating point and the warnings."""
+    hv = doc["hypervolume"]
+    ref = hv["reference"]
+    ref = "n/a" if ref is None else "[" + ", ".join(_fmt(x) for x in ref) + "]"
+    lines = [f"hypervolume ({doc['primary_estimator']}): {_fmt(hv['value'])} (reference {ref})"]
+    if missing:
+        lines.append("not estimable: no finite estimate from these data; n/a: an interval bound "
+                     "the data cannot give (e.g. no matched rows, or every matched reward equal);"
+                     " the plot draws neither as an interval bar")
+    lines.append(f"verdict (per-point {doc['confidence']:.0%} intervals of the "
+                 f"{doc['primary_estimator']} estimates): {doc['verdict']}")
+    band = doc.get("band")
+    if band:
+        counts = {v: band["verdicts"].count(v) for v in dict.fromkeys(band["verdicts"])}
+        crit = band.get("critical", 0.0)
+        why = ("; the band is undefined: some point's estimate is undefined or unbounded in too "
+               "many resamples (too few matched rows)"
+               if crit is None or not math.isfinite(crit) else "")
+        lines.append(f"simultaneous {band['confidence']:.0%} band on the "
+                     f"{band.get('estimator', 'snips').upper()} estimates ({band['method']}): " +
+                     ", ".join(f"{n} {v}" for v, n in counts.items()) + why)
+    if doc.get("operating_point"):
+        lines.append(f"operating point: {doc['operating_point']['reason']}")
+    return lines + [f"warning: {w}" for w in doc["warnings"]]
 
 
 def format_table(doc: Mapping, estimator: str | None = None) -> str:
@@ -100,18 +212,6 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
                          _fmt_count(bl["ess"][i]), "baseline"])
     widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-    hv = doc["hypervolume"]
-    ref = hv["reference"]
-    ref = "n/a" if ref is None else "[" + ", ".join(_fmt(x) for x in ref) + "]"
-    lines.append(f"hypervolume ({doc['primary_estimator']}): {_fmt(hv['value'])} "
-                 f"(reference {ref})")
-    lines.append(f"verdict: {doc['verdict']}")
-    band = doc.get("band")
-    if band:
-        counts = {v: band["verdicts"].count(v) for v in dict.fromkeys(band["verdicts"])}
-        lines.append(f"simultaneous {band['confidence']:.0%} band ({band['method']}): " +
-                     ", ".join(f"{n} {v}" for v, n in counts.items()))
-    if doc.get("operating_point"):
-        lines.append(f"operating point: {doc['operating_point']['reason']}")
-    lines += [f"warning: {w}" for w in doc["warnings"]]
+    missing = any(c == "not estimable" or "n/a" in c for r in rows for c in r[2:2 + J])
+    lines += _summary_lines(doc, missing)
     return "\n".join(lines)

@@ -1,13 +1,15 @@
 """The frontier plot of a frontier document (``frontier.png``; ``puts_jax.report_html`` embeds the
 same figure as SVG): points with interval crosses, the nondominated ones connected, baselines as
-distinct markers, the operating point starred. Re-exported by ``puts_jax.report``.
+distinct markers, the operating point starred. A point or baseline whose value is not finite is
+not drawn (the figure counts them as not estimable); one whose interval is not finite is drawn
+hollow with no bar. Re-exported by ``puts_jax.report``.
 """
 
 from __future__ import annotations
 
 import io
 import textwrap
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -22,20 +24,68 @@ _STYLE = {"logging": dict(marker="s", color="k", label="logging policy"),
           "actions": dict(marker="x", color="0.55", label="single global actions")}
 
 
-def _plot_baselines(ax, doc: Mapping, xy) -> None:
-    """Baselines as distinct markers with interval crosses; best global actions emphasized."""
+class _Cross(NamedTuple):
+    """One set of policies on the plot's axes: the marker at (x, y) f64[P] and the interval
+    bounds on each axis (NaN where the data cannot give them)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_lo: np.ndarray
+    x_hi: np.ndarray
+    y_lo: np.ndarray
+    y_hi: np.ndarray
+
+    @property
+    def shown(self) -> np.ndarray:
+        """bool[P]: the value is finite on both axes (the marker is drawn)."""
+        return np.isfinite(self.x) & np.isfinite(self.y)
+
+    @property
+    def interval_missing(self) -> np.ndarray:
+        """bool[P]: a shown point with a bound that is not finite (no full interval cross)."""
+        bounds = np.stack([self.x_lo, self.x_hi, self.y_lo, self.y_hi])
+        return self.shown & ~np.isfinite(bounds).all(0)
+
+
+def _draw_cross(ax, c: _Cross, marker: str, color: str, label: str, ms: float, lw: float,
+                zorder: int = 2, alpha: float = 0.9) -> None:
+    """Markers where the value is finite; interval segments drawn from lo to hi (not around the
+    value: an estimate may lie outside its own exact interval, e.g. an IPS value above 1 with a
+    Clopper-Pearson interval clipped at 1) only where both bounds are finite. Shown points whose
+    interval the data cannot give are drawn hollow, with no bar."""
+    ok = c.shown
+    hx = ok & np.isfinite(c.x_lo) & np.isfinite(c.x_hi)
+    vy = ok & np.isfinite(c.y_lo) & np.isfinite(c.y_hi)
+    if hx.any():
+        ax.hlines(c.y[hx], c.x_lo[hx], c.x_hi[hx], color=color, lw=lw, alpha=alpha, zorder=zorder)
+    if vy.any():
+        ax.vlines(c.x[vy], c.y_lo[vy], c.y_hi[vy], color=color, lw=lw, alpha=alpha, zorder=zorder)
+    full = ok & ~c.interval_missing
+    if full.any():
+        ax.plot(c.x[full], c.y[full], marker, color=color, ms=ms, ls="none", alpha=alpha,
+                zorder=zorder + 1, label=label)
+    if c.interval_missing.any():
+        ax.plot(c.x[c.interval_missing], c.y[c.interval_missing], marker, mfc="white",
+                color=color, ms=ms, ls="none", zorder=zorder + 1,
+                label=f"{label}: interval not estimable")
+
+
+def _plot_baselines(ax, doc: Mapping, xy) -> int:
+    """Baselines as distinct markers with interval crosses; best global actions emphasized.
+    Returns how many baselines have no finite value (not drawn)."""
+    hidden = 0
     for n_kind, (kind, bl) in enumerate(doc["baselines"].items()):
         if doc["primary_estimator"] not in bl["estimators"]:
             continue
         st = _STYLE.get(kind, dict(marker="v", color=f"C{4 + n_kind}", label=kind))
-        bx, by, bxl, bxh, byl, byh = xy(bl["estimators"][doc["primary_estimator"]])
-        ax.errorbar(bx, by, xerr=[bxl, bxh], yerr=[byl, byh], fmt=st["marker"], color=st["color"],
-                    ms=6, elinewidth=0.6, capsize=2, alpha=0.9, label=st["label"], ls="none",
-                    zorder=3)
+        c = xy(bl["estimators"][doc["primary_estimator"]])
+        hidden += int((~c.shown).sum())
+        _draw_cross(ax, c, st["marker"], st["color"], st["label"], ms=6, lw=0.6, zorder=3)
         if kind == "actions" and any(bl.get("is_best", [])):
-            best = np.asarray(bl["is_best"], bool)
-            ax.plot(bx[best], by[best], "P", color="C1", ms=10, ls="none", zorder=4,
+            best = np.asarray(bl["is_best"], bool) & c.shown
+            ax.plot(c.x[best], c.y[best], "P", color="C1", ms=10, ls="none", zorder=4,
                     label="best global action")
+    return hidden
 
 
 def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
@@ -64,29 +114,34 @@ def frontier_figure(doc: Mapping, axes: tuple[int, int] = (0, 1)):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
 
-    def xy(block):
+    def xy(block) -> _Cross:
         v, lo, hi = (_arr(block[k]) for k in ("value", "lo", "hi"))
         if J == 1:
             idx = np.arange(v.shape[0], dtype=np.float64)
-            return idx, v[:, 0], np.zeros_like(idx), np.zeros_like(idx), v[:, 0] - lo[:, 0], hi[:, 0] - v[:, 0]
-        return (v[:, jx], v[:, jy], v[:, jx] - lo[:, jx], hi[:, jx] - v[:, jx],
-                v[:, jy] - lo[:, jy], hi[:, jy] - v[:, jy])
+            return _Cross(idx, v[:, 0], idx, idx, lo[:, 0], hi[:, 0])
+        return _Cross(v[:, jx], v[:, jy], lo[:, jx], hi[:, jx], lo[:, jy], hi[:, jy])
 
-    x, y, xl, xh, yl, yh = xy(doc["estimators"][prim])
-    nd = np.asarray(doc["nondominated"], bool)
-    ax.errorbar(x, y, xerr=[xl, xh], yerr=[yl, yh], fmt="o", color="C0", ms=4, alpha=0.8,
-                elinewidth=0.8, capsize=2, label=f"lambda points ({prim}, {doc['confidence']:.0%} CI)")
+    c = xy(doc["estimators"][prim])
+    x, y = c.x, c.y
+    _draw_cross(ax, c, "o", "C0", f"lambda points ({prim}, {doc['confidence']:.0%} CI)", ms=4,
+                lw=0.8, alpha=0.8)
+    nd = np.asarray(doc["nondominated"], bool) & c.shown
     order = np.argsort(x[nd])
     ax.plot(x[nd][order], y[nd][order], "-", color="C0", lw=1.5, label="nondominated")
     for k, i in enumerate(np.flatnonzero(nd)[order]):  # labels alternate above / below
         lam = doc["lambdas"][i]
         ax.annotate("(" + ", ".join(f"{v:.2f}" for v in lam) + ")", (x[i], y[i]), fontsize=6,
                     xytext=(3, 3 if k % 2 == 0 else -9), textcoords="offset points")
-    _plot_baselines(ax, doc, xy)
+    hidden_base = _plot_baselines(ax, doc, xy)
     op = doc.get("operating_point")
-    if op and op.get("index") is not None:
+    if op and op.get("index") is not None and c.shown[op["index"]]:
         i = op["index"]
         ax.plot([x[i]], [y[i]], "*", color="gold", mec="k", ms=18, ls="none", label="operating point")
+    hidden = int((~c.shown).sum())
+    if hidden or hidden_base:
+        ax.text(0.01, 0.99, f"not estimable, not drawn: {hidden} of {len(x)} lambda points"
+                + (f", {hidden_base} baselines" if hidden_base else ""),
+                transform=ax.transAxes, fontsize=7, va="top", color="C3")
     word = {"max": "higher is better", "min": "lower is better"}
     if J == 1:
         ax.set_xlabel("point")

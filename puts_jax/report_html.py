@@ -55,6 +55,7 @@ td .ci{display:block;color:#666;font-size:11px}td.vcell{white-space:normal;min-w
 tr.op td{background:#fff6cf}tr.op td.prim{background:#f7edc0}
 .v-nondominated{color:#1b5e20;font-weight:600}.v-clearly-dominated{color:#8a1c1c}
 .v-not-separable{color:#8a4b00}.v-not-estimable{color:#b3261e;font-weight:600}
+span.ne{color:#b3261e}
 .cmp-better{color:#1b5e20}.cmp-worse{color:#8a1c1c}
 table.kv td{text-align:left;white-space:normal;word-break:break-all}
 table.kv td.k{white-space:nowrap;color:#444;word-break:normal}
@@ -202,8 +203,15 @@ def _est_cells(block_est: Mapping, i: int, ests: list[str], J: int, cls: str) ->
                 cells.append(f'<td class="{cls}">\u2014</td>')
                 continue
             v, lo, hi = b["value"][i][j], b["lo"][i][j], b["hi"][i][j]
-            cells.append(f'<td class="{cls}">{_num(v)}<span class="ci">[{_num(lo)}, {_num(hi)}]'
-                         "</span></td>")
+            if _num(v) == "\u2014":
+                cells.append(f'<td class="{cls}">\u2014<span class="ci ne">not estimable'
+                             "</span></td>")
+            elif "\u2014" in (_num(lo), _num(hi)):
+                cells.append(f'<td class="{cls}">{_num(v)}<span class="ci ne">[{_num(lo)}, '
+                             f"{_num(hi)}] interval not estimable</span></td>")
+            else:
+                cells.append(f'<td class="{cls}">{_num(v)}<span class="ci">[{_num(lo)}, '
+                             f"{_num(hi)}]</span></td>")
     return "".join(cells)
 
 
@@ -370,7 +378,9 @@ def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
     legend = ("verdicts: <i>nondominated</i> = no other point beats it by point estimate; "
               "<i>clearly dominated</i> = another point is better with non-overlapping intervals; "
               "<i>not separable</i> = dominated by point estimate only, the intervals overlap; "
-              "<i>not estimable</i> = no finite estimate. vs logging / vs production: per "
+              "<i>not estimable</i> = no finite estimate (a cell reads <i>not estimable</i>; "
+              "one whose interval the data cannot give reads <i>interval not estimable</i>, and "
+              "the frontier plot draws it hollow with no bar). vs logging / vs production: per "
               "objective, <i>better</i> / <i>worse</i> when the intervals are disjoint. "
               "\u2605 marks the operating point; \u2014 marks a number not available.")
     return (

@@ -158,7 +158,11 @@ def frontier_point(doc: Mapping, index: int) -> dict:
 
 def dumps(doc, indent: int = 1, _level: int = 0) -> str:
     """JSON text with objects indented and lists of scalars (a row of numbers) kept on one line.
-    Raises ValueError on NaN/inf (``_js`` turns them into null first)."""
+    A NaN or infinite number anywhere (an estimate or bound the data cannot give) is written as
+    null, as ``build_frontier`` writes them, so blocks added to a document later (a bootstrap
+    band's critical value, per-half estimates) never make the file invalid JSON."""
+    if _level == 0:
+        doc = _js(doc)
     pad, inner = " " * indent * _level, " " * indent * (_level + 1)
     if isinstance(doc, Mapping) and doc:
         items = [f"{inner}{json.dumps(str(k))}: {dumps(v, indent, _level + 1)}" for k, v in doc.items()]

@@ -15,6 +15,7 @@ point dominates each other ("dominance"); see ``puts_jax.bootstrap``.
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -54,7 +55,7 @@ def with_auto(pe: report.PolicyEstimates) -> report.PolicyEstimates:
         if name == "exact":
             continue  # Clopper-Pearson never collapses: [0, hi > 0] with zero successes
         keep = use if name == "auto" else np.zeros_like(use)
-        collapsed = ~keep & (block["hi"] - block["lo"] <= 0) & (n > 1)
+        collapsed = ~keep & (block["hi"] - block["lo"] <= 0) & (n >= 1)  # one row: no spread
         out[name] = {**block, **{q: np.where(collapsed, np.nan, block[q]) for q in ("lo", "hi")}}
     return pe._replace(estimates=out)
 
@@ -128,7 +129,8 @@ def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, se
                                for v, ok in zip(fe.verdicts, defined.all(axis=1))])
     per = fe.band_per_objective
     band = {"estimator": "snips", "method": fe.band.method, "confidence": confidence,
-            "simultaneous_over": "points and objectives", "critical": float(fe.band.critical[0]),
+            "simultaneous_over": "points and objectives",
+            "critical": _json_rows(fe.band.critical[:1])[0],  # null when undefined
             "lo": _json_rows(fe.band.lo), "hi": _json_rows(fe.band.hi), "verdicts": fe.verdicts,
             "per_objective": {"method": per.method, "critical": _json_rows(per.critical),
                               "lo": _json_rows(per.lo), "hi": _json_rows(per.hi)}}
@@ -143,6 +145,69 @@ def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, se
     return {"band": band, "dominance": dom, "bootstrap": boot}
 
 
+MAX_LAMBDA_POINTS = 1001  # lambda points a sweep evaluates at most (see ``check_grid_size``)
+
+
+def grid_points(n_objectives: int, n_lambdas: int) -> int:
+    """P, the number of points of ``lambda_grid(n_objectives, n_lambdas)``, computed without
+    building the grid: 1 for J = 1, n_lambdas for J = 2, C(n_lambdas - 2 + J, J - 1) beyond."""
+    J, n = int(n_objectives), int(n_lambdas)
+    return 1 if J == 1 else n if J == 2 else math.comb(n - 2 + J, J - 1)
+
+
+def check_grid_size(n_objectives: int, n_lambdas: int, bootstrap: int) -> int:
+    """P (``grid_points``), or InputError("n_lambdas") before anything is built or allocated when
+    P > ``MAX_LAMBDA_POINTS``. Memory grows with P on both sides: the compiled sweep keeps
+    [rows, P] sums per row block (f32[chunk_rows x P x J] per-row terms with a bootstrap), and the
+    pairwise verdicts and the bootstrap dominance matrix hold P^2 (x R x J) entries, written into
+    frontier.json as a P x P table. Measured on CPU (J = 2, R = 200, 65,536-row chunks): 1,001
+    points peak at 6.8 GB of resident memory (about 100 bytes per chunk row and point; a smaller
+    --chunk-rows lowers it), and 100,000 points asked for some 59 GB of device memory."""
+    J, n = int(n_objectives), int(n_lambdas)
+    if n < 2:
+        raise InputError("n_lambdas", [], "must be >= 2")  # as SweepConfig says it
+    P = grid_points(J, n)
+    if P <= MAX_LAMBDA_POINTS:
+        return P
+    most, too_many = 2, n  # bisect: the largest n_lambdas whose grid fits (P grows with it)
+    while too_many - most > 1:
+        mid = (most + too_many) // 2
+        fits = grid_points(J, mid) <= MAX_LAMBDA_POINTS
+        most, too_many = (mid, too_many) if fits else (most, mid)
+    gib = max(int(bootstrap), 1) * float(P) ** 2 * J / 2 ** 30  # R x P x P x J booleans
+    raise InputError("n_lambdas", [], f"{n} gives {P:,} lambda points for J = {J} objectives; a "
+                     f"sweep evaluates at most {MAX_LAMBDA_POINTS:,} (memory grows as points^2: "
+                     f"the pairwise comparisons alone would take {gib:.3g} GiB); use at most "
+                     f"{most:,} for J = {J} (nothing written)")
+
+
+def _log_rows(logs_path: str) -> int:
+    """Rows of a Parquet log, from its footer (no data read)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(logs_path).metadata.num_rows)
+
+
+def _check_sweep_inputs(out_dir: str, logs_path: str, meta: logs.LogMeta, n_lambdas: int,
+                        bootstrap: int, primary: str | None) -> None:
+    """InputError naming what ``run_sweep`` cannot use, before any work:
+    ``out_dir`` a file, too many lambda points (``check_grid_size``), an empty log, "exact"
+    asked for a non-binary objective."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError("out", [], f"{out_dir} is a file, not a folder (nothing written)")
+    check_grid_size(len(meta.reward_names), n_lambdas, bootstrap)
+    if primary == "exact" and any(k != "binary" for k in meta.reward_kinds):
+        other = [f"{n} ({k})" for n, k in zip(meta.reward_names, meta.reward_kinds)
+                 if k != "binary"]
+        raise InputError("--estimator", [], f"exact (Clopper-Pearson) intervals need binary "
+                                            f"rewards; {', '.join(other)} is not: use auto "
+                                            f"(exact where valid, SNIPS elsewhere)")
+    rows = _log_rows(logs_path)
+    if rows == 0:
+        raise InputError("logs", [], f"{logs_path} has no rows: the sweep needs logged rows to "
+                                     f"estimate anything (nothing written)")
+
+
 def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
               chunk_rows: int = 65536, primary: str | None = None, bootstrap: int = 200,
               seed: int = 0, halves: bool = False) -> tuple[dict, dict]:
@@ -153,20 +218,17 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     halves: also estimate every point and baseline on each half of the log (``puts_jax.halves``:
     split by request-id hash) into ``doc["halves"]``, so that ``select`` chooses on one half and
     publishes the other's estimate (no winner's curse); one more streamed pass per half.
-    Returns (frontier document, written paths). Raises InputError when the model and the log
-    disagree on the action set size or the number of objectives, or when ``primary`` is
-    "exact" and an objective is not binary (Clopper-Pearson needs 0/1 rewards; "auto" uses it
-    where it is valid).
+    Returns (frontier document, written paths). Raises InputError, before any work, when the
+    model and the log disagree on the action set size or the number of objectives, and for what
+    ``_check_sweep_inputs`` names (--out a file, too many lambda points, an empty log, "exact"
+    for a non-binary objective). A log too small for some estimate still gives a complete
+    frontier: each such number is null in frontier.json and "not estimable" in the table, page
+    and plot. The three files replace an earlier set together (``report.write_frontier``).
     """
-    model, info = model_io.load_model(model_dir)
     meta = logs.read_meta(logs_path)
     A, J = meta.action_set.n_actions, len(meta.reward_names)
-    if primary == "exact" and any(k != "binary" for k in meta.reward_kinds):
-        other = [f"{n} ({k})" for n, k in zip(meta.reward_names, meta.reward_kinds)
-                 if k != "binary"]
-        raise InputError("--estimator", [], f"exact (Clopper-Pearson) intervals need binary "
-                                            f"rewards; {', '.join(other)} is not: use auto "
-                                            f"(exact where valid, SNIPS elsewhere)")
+    _check_sweep_inputs(out_dir, logs_path, meta, n_lambdas, bootstrap, primary)
+    model, info = model_io.load_model(model_dir)
     if model.n_actions != A or len(model.reward_kinds) != J:
         raise InputError("model", [], f"scores A={model.n_actions}, J={len(model.reward_kinds)}; "
                                       f"the log has A={A}, J={J}")
@@ -195,19 +257,23 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     doc = report.build_frontier(lams, points, objective_names=list(meta.reward_names),
                                 provenance=prov, baselines=base, confidence=cfg.confidence,
                                 primary=primary or "auto")
-    # Matched successes (sum of rewards over rows consistent with the policy): what exact
-    # intervals rest on, and what a reader needs to judge a sparse log such as OBD's 38 clicks.
-    doc["points"]["matched_rewards"] = np.asarray(ev.stats.sum_match_r, np.float64).tolist()
-    per_action = np.asarray(ev.baseline_stats.sum_match_r, np.float64)
-    doc["baselines"]["actions"]["matched_rewards"] = per_action.tolist()
-    if "production" in doc["baselines"]:
-        doc["baselines"]["production"]["matched_rewards"] = \
-            per_action[[meta.action_set.production]].tolist()
+    _add_matched_rewards(doc, ev, meta.action_set.production)
     doc["auto_estimator"] = ["exact" if u else "snips" for u in auto_uses_exact(raw_points)]
     doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
     if halves:
         doc["halves"] = evaluate_halves(model, lams, names, logs_path, meta, cfg, bootstrap, seed)
     return doc, report.write_frontier(out_dir, doc)
+
+
+def _add_matched_rewards(doc: dict, ev: evaluation.Evaluation, production: int | None) -> None:
+    """Matched successes (sum of rewards over rows consistent with the policy) of the points and
+    the action baselines: what exact intervals rest on, and what a reader needs to judge a
+    sparse log such as OBD's 38 clicks."""
+    doc["points"]["matched_rewards"] = np.asarray(ev.stats.sum_match_r, np.float64).tolist()
+    per_action = np.asarray(ev.baseline_stats.sum_match_r, np.float64)
+    doc["baselines"]["actions"]["matched_rewards"] = per_action.tolist()
+    if "production" in doc["baselines"]:
+        doc["baselines"]["production"]["matched_rewards"] = per_action[[production]].tolist()
 
 
 def evaluate_halves(model, lams, names: list[str], logs_path: str, meta: logs.LogMeta,
@@ -222,10 +288,18 @@ def evaluate_halves(model, lams, names: list[str], logs_path: str, meta: logs.Lo
     for h, half in enumerate(halves_lib.HALF_NAMES):
         stream = halves_lib.HalfChunks(
             lambda: logs.iter_log_chunks(logs_path, cfg.chunk_rows, **widths), h, cfg.chunk_rows)
-        ev = evaluation.evaluate_log(model, lams, stream, cfg, reward_kinds=meta.reward_kinds,
-                                     baselines=evaluation.fixed_action_probs(np.arange(A), A),
-                                     n_actions=A, bootstrap=bootstrap,
-                                     key=jax.random.key(seed) if bootstrap else None)
+        try:
+            ev = evaluation.evaluate_log(model, lams, stream, cfg, reward_kinds=meta.reward_kinds,
+                                         baselines=evaluation.fixed_action_probs(np.arange(A), A),
+                                         n_actions=A, bootstrap=bootstrap,
+                                         key=jax.random.key(seed) if bootstrap else None)
+        except InputError as e:  # an empty half: too few requests to split
+            if e.field != "halves":
+                raise
+            n = _log_rows(logs_path)
+            raise InputError("halves", [], f"{e.msg}; {logs_path} has {n:,} row"
+                                           f"{'' if n == 1 else 's'}: rerun with halves off "
+                                           f"(--no-halves; nothing written)") from None
         points = with_boot(with_auto(report.from_ope(names, ev.estimates)), ev.estimates, ev.boot)
         actions = with_boot(with_auto(report.from_ope([f"action {a}" for a in range(A)],
                                                       ev.baselines)),
