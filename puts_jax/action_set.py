@@ -6,12 +6,15 @@ ranker's K predicted outcomes weighted by the action's utility weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -113,6 +116,25 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 def atomic_write_text(path: str, text: str) -> None:
     """``atomic_write_bytes`` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it: a write that has started
+    (a checkpoint, a model export, the move of a staged output set into place) completes, so an
+    interrupt never leaves a half-written result behind. Outside the main thread (where signals
+    cannot be handled) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got and callable(previous):
+            previous(*got[0])  # the default handler raises KeyboardInterrupt
 
 
 def simplex_grid(objective_names: tuple[str, ...], free: tuple[str, ...], steps: int,

@@ -16,17 +16,14 @@ text), ``report_figure`` (the plot); here ``write_frontier`` writes the three fi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from typing import Mapping
 
 from puts_jax import report_html
-from puts_jax.action_set import atomic_write_bytes
+from puts_jax.action_set import atomic_write_bytes, deferred_interrupt
 from puts_jax.checks import InputError
 from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_estimates,
                                        file_sha256, from_ope, make_provenance)
@@ -66,24 +63,6 @@ def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 
     return {k: os.path.join(out_dir, f"frontier.{k}") for k in data}
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it (train's checkpointing and
-    the simulator do the same around their saves). Outside the main thread the block runs as
-    it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got = []
-    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if got and callable(previous):
-            previous(*got[0])  # the default handler raises KeyboardInterrupt
-
-
 def _make_folder(folder: str) -> list[str]:
     """Create ``folder`` and its missing parents; returns those created, deepest first. Raises
     InputError("out") when ``folder`` or a parent is a file."""
@@ -110,7 +89,7 @@ def publish_files(out_dir: str, files: Mapping[str, bytes]) -> None:
         stage = tempfile.mkdtemp(dir=out_dir, prefix=".frontier-staging-")
         for name, data in files.items():
             atomic_write_bytes(os.path.join(stage, name), data)
-        with _deferred_interrupt():
+        with deferred_interrupt():
             for name in files:
                 os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
     except BaseException:

@@ -26,16 +26,13 @@ of that step replaces; older steps are deleted only after a newer one commits.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import threading
 
 import jax
 import orbax.checkpoint as ocp
 
-from puts_jax.action_set import atomic_write_text
+from puts_jax.action_set import atomic_write_text, deferred_interrupt  # noqa: F401 (train.loop)
 from puts_jax.checks import InputError
 from puts_jax.report import file_sha256
 
@@ -128,24 +125,6 @@ class Checkpointer:
             self.manager.wait_until_finished()
         finally:
             self.manager.close()
-
-
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it: a checkpoint save or a model
-    export that has started completes, so an interrupt never leaves a half-written step or model
-    behind. Outside the main thread (where signals cannot be handled) the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got = []
-    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if got and callable(previous):
-            previous(*got[0])  # the default handler raises KeyboardInterrupt
 
 
 def input_identity(path: str) -> dict:

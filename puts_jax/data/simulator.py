@@ -12,21 +12,19 @@ Everything here is numpy on the host; shapes use the legend of ``puts_jax.types`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
 from puts_jax import slates
-from puts_jax.action_set import ActionSet, atomic_write_bytes, default_mode, simplex_grid
+from puts_jax.action_set import (ActionSet, atomic_write_bytes, default_mode, deferred_interrupt,
+                                 simplex_grid)
 from puts_jax.checks import InputError
 from puts_jax.data import logs
 
@@ -538,7 +536,7 @@ def _move_in(out_dir: str, names: list) -> None:
     deferred, then delete the folder. COMPLETE stays until every file is moved, so a move killed
     midway is finished by ``recover_staging`` (a file already moved is skipped)."""
     stage = os.path.join(out_dir, STAGING)
-    with _deferred_interrupt():
+    with deferred_interrupt():
         for name in names:
             src = os.path.join(stage, name)
             if os.path.exists(src):
@@ -549,23 +547,6 @@ def _move_in(out_dir: str, names: list) -> None:
                                   f"({e}); the rest waits in {stage}, and the next simulate into "
                                   f"{out_dir} moves it in first") from e
         shutil.rmtree(stage)
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it (train's checkpointing does
-    the same around a save). Outside the main thread the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got = []
-    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if got and callable(previous):
-            previous(*got[0])  # the default handler raises KeyboardInterrupt
 
 
 def _write_set(folder: str, world: World, n_logs: int, n_heldout: int, n_eval: int,
