@@ -20,6 +20,9 @@
 #include <immintrin.h>
 #endif
 
+#include <optional>
+#include <string>
+
 #ifndef PUTS_JAX_NO_FFI  // -DPUTS_JAX_NO_FFI: the row kernels alone (micro-benchmarks)
 #include "xla/ffi/api/ffi.h"
 
@@ -317,20 +320,30 @@ int32_t row(const float* pr, const float* wr, const bool* mr, int64_t n, int64_t
 // preds f32[B, N, K], w f32[B, K], mask pred[B, N] -> val f32[B, k] best first (-inf past the
 // real finite candidates), idx s32[B, k] (-1 there), bad s32[B] real candidates with a NaN/inf
 // score.
+// The shapes both handlers share: preds f32[B, N, K] and mask bool[B, N]; k >= 1, K >= 1.
+// Returns an error naming ``who``, or nothing.
+std::optional<ffi::Error> check_tail(const char* who, ffi::Buffer<ffi::F32>& preds,
+                                     ffi::Buffer<ffi::PRED>& mask, int64_t k) {
+  auto d = preds.dimensions();
+  auto dm = mask.dimensions();
+  const std::string w = who;
+  if (d.size() != 3) return ffi::Error::InvalidArgument(w + ": preds must be f32[B, N, K]");
+  if (dm.size() != 2 || dm[0] != d[0] || dm[1] != d[1])
+    return ffi::Error::InvalidArgument(w + ": mask must be bool[B, N]");
+  if (k < 1 || d[2] < 1) return ffi::Error::InvalidArgument(w + ": need k >= 1, K >= 1");
+  return std::nullopt;
+}
+
 ffi::Error RerankImpl(ffi::Buffer<ffi::F32> preds, ffi::Buffer<ffi::F32> w,
                       ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::F32> vals,
                       ffi::ResultBuffer<ffi::S32> idx, ffi::ResultBuffer<ffi::S32> bad,
                       int64_t k) {
+  if (auto e = check_tail("puts_jax_rerank", preds, mask, k)) return *e;
   auto d = preds.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("puts_jax_rerank: preds must be f32[B, N, K]");
   const int64_t B = d[0], n = d[1], K = d[2];
   auto dw = w.dimensions();
-  auto dm = mask.dimensions();
   if (dw.size() != 2 || dw[0] != B || dw[1] != K)
     return ffi::Error::InvalidArgument("puts_jax_rerank: w must be f32[B, K]");
-  if (dm.size() != 2 || dm[0] != B || dm[1] != n)
-    return ffi::Error::InvalidArgument("puts_jax_rerank: mask must be bool[B, N]");
-  if (k < 1 || K < 1) return ffi::Error::InvalidArgument("puts_jax_rerank: need k >= 1, K >= 1");
   const float* P = preds.typed_data();
   const float* W = w.typed_data();
   const bool* M = mask.typed_data();
@@ -342,7 +355,6 @@ ffi::Error RerankImpl(ffi::Buffer<ffi::F32> preds, ffi::Buffer<ffi::F32> w,
   }
   return ffi::Error::Success();
 }
-
 
 // First argmax of one row of scalarized Q-values s[A] (kernels.first_argmax_rows): the lowest
 // index of the maximum, or fallback (and used = true) when any entry is NaN/inf.
@@ -371,22 +383,19 @@ ffi::Error ServeTailImpl(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> Wa,
                          ffi::ResultBuffer<ffi::PRED> used, ffi::ResultBuffer<ffi::F32> vals,
                          ffi::ResultBuffer<ffi::S32> idx, ffi::ResultBuffer<ffi::S32> bad,
                          int64_t k) {
+  if (auto e = check_tail("puts_jax_serve_tail", preds, mask, k)) return *e;
   auto d = preds.dimensions();
   auto ds = s.dimensions();
   auto dw = Wa.dimensions();
-  auto dm = mask.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("puts_jax_serve_tail: preds must be f32[B, N, K]");
   const int64_t B = d[0], n = d[1], K = d[2];
-  if (ds.size() != 2 || ds[0] != B) return ffi::Error::InvalidArgument("puts_jax_serve_tail: s must be f32[B, A]");
+  if (ds.size() != 2 || ds[0] != B)
+    return ffi::Error::InvalidArgument("puts_jax_serve_tail: s must be f32[B, A]");
   const int64_t A = ds[1];
   if (dw.size() != 2 || dw[0] != A || dw[1] != K)
     return ffi::Error::InvalidArgument("puts_jax_serve_tail: W must be f32[A, K]");
-  if (dm.size() != 2 || dm[0] != B || dm[1] != n)
-    return ffi::Error::InvalidArgument("puts_jax_serve_tail: mask must be bool[B, N]");
   const int32_t fb = fallback.typed_data()[0];
   if (A < 1 || fb < 0 || fb >= A)
     return ffi::Error::InvalidArgument("puts_jax_serve_tail: fallback outside [0, A)");
-  if (k < 1 || K < 1) return ffi::Error::InvalidArgument("puts_jax_serve_tail: need k >= 1, K >= 1");
   const float* S = s.typed_data();
   const float* W = Wa.typed_data();
   const float* P = preds.typed_data();
