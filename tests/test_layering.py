@@ -7,7 +7,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
-    "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.logs",
+    "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
+    "data.log_writer", "data.logs",
     "data.simulator", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
     "report_html", "report_estimates", "report_verdicts", "report_json", "report_figure",
     "report", "sweep_job", "score_job", "reference", "cli_checks", "cli_policy", "cli",
