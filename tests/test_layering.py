@@ -9,7 +9,7 @@ ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
     "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
     "data.log_writer", "data.logs",
-    "data.simulator", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
+    "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
     "report_html", "report_estimates", "report_verdicts", "report_json", "report_figure",
     "report", "sweep_job", "score_job", "reference", "cli_checks", "cli_policy", "cli",
 ]
