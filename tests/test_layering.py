@@ -7,13 +7,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
-    "ope", "pareto", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
+    "ope", "pareto", "bands", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
     "data.log_writer", "data.logs",
     "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
     "report_html", "report_estimates", "report_verdicts", "report_json", "report_figure",
     "report", "sweep_job", "score_job", "reference", "cli_checks", "cli_policy", "cli",
 ]
-PURE = {"kernels", "slates", "losses", "ope", "pareto", "bootstrap", "planning", "halves",
+PURE = {"kernels", "slates", "losses", "ope", "pareto", "bands", "bootstrap", "planning", "halves",
         "reference", "scalarization", "types", "checks"}
 HEAVY = ("flax", "grain", "orbax")
 
