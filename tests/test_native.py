@@ -63,7 +63,9 @@ def test_native_rerank_equals_xla_forms_bit_for_bit(B, N, K, k, kind):
 
 
 @pytest.mark.parametrize("B,A,N,K,k", [(300, 64, 500, 6, 25), (8, 3, 17, 2, 1),
-                                       (32, 16, 1000, 8, 32), (20, 5, 100, 6, 40)])
+                                       (32, 16, 1000, 8, 32), (20, 5, 100, 6, 40),
+                                       (12, 17, 40, 6, 25), (12, 70, 40, 6, 25),
+                                       (12, 2, 40, 3, 5)])
 def test_native_serve_tail_equals_the_xla_select_and_rerank(B, A, N, K, k):
     require_native()
     rng = np.random.default_rng(A)
@@ -73,6 +75,14 @@ def test_native_serve_tail_equals_the_xla_select_and_rerank(B, A, N, K, k):
     s[1, 0] = -0.0
     s[2, 0] = np.inf
     s[3] = np.round(s[3])
+    if B >= 8:  # the vector select reads 16 actions at a time: ties across and inside blocks
+        s[4, :] = -1.0
+        s[4, [A // 2, A - 1]] = 2.0  # the same maximum twice: the lower index
+        s[5, :] = -1.0
+        s[5, A - 1] = -0.0  # the maximum in the last, partial block
+        s[5, max(A - 2, 0)] = 0.0  # ... tied with +0.0 one index earlier: that index
+        s[6, A - 1] = -np.inf  # -inf is non-finite too: fallback
+        s[7, :] = np.float32(3.0)  # all equal: action 0
     W = rng.random((A, K), dtype=np.float32)
     preds, _, mask = _inputs(rng, B, N, K)
     fn = jax.jit(kernels.serve_scores, static_argnums=(4, 5, 6))
@@ -81,6 +91,10 @@ def test_native_serve_tail_equals_the_xla_select_and_rerank(B, A, N, K, k):
         np.testing.assert_array_equal(np.asarray(getattr(got, name)),
                                       np.asarray(getattr(want, name)), err_msg=name)
     assert np.asarray(got.q_fallback)[[0, 2]].all() and np.asarray(got.action)[0] == 1
+    if B >= 8:
+        want_rows = [min(A // 2, A - 1), max(A - 2, 0), 1, 0]
+        np.testing.assert_array_equal(np.asarray(got.action)[4:8], want_rows)
+        assert np.asarray(got.q_fallback)[6] and not np.asarray(got.q_fallback)[[4, 5, 7]].any()
     auto = jax.jit(lambda *a: kernels.serve_scores(*a, k, 1, "auto")).lower(s, W, preds, mask)
     assert (native.SERVE_TAIL_TARGET in auto.as_text()) == (k <= kernels.NATIVE_MAX_K)
     xla = jax.jit(lambda *a: kernels.serve_scores(*a, k, 1, "xla")).lower(s, W, preds, mask)
