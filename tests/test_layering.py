@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ORDER = [
     "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
     "ope", "pareto", "bands", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
-    "data.log_writer", "data.logs",
+    "data.log_writer", "data.logs", "data.sim_world",
     "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
     "report_html_figures", "report_html", "report_estimates", "report_verdicts", "report_json",
     "report_figure", "report", "sweep_job", "score_job", "reference", "cli_checks", "cli_policy",
