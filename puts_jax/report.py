@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from typing import Mapping
 
-from puts_jax import report_html
-from puts_jax.action_set import atomic_write_bytes, deferred_interrupt
-from puts_jax.checks import InputError
+from puts_jax import report_html, staging
+from puts_jax.action_set import atomic_write_bytes
 from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_estimates,
                                        file_sha256, from_ope, make_provenance)
 from puts_jax.report_figure import figure_png, frontier_figure, render_png
@@ -32,11 +29,11 @@ from puts_jax.report_json import (BASELINE_KINDS, REQUIRED_KEYS, SCHEMA, build_f
                                   frontier_point, read_frontier, validate_frontier)
 from puts_jax.report_verdicts import LOW_ESS
 
-__all__ = ["BASELINE_KINDS", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS", "SCHEMA",
+__all__ = ["BASELINE_KINDS", "FRONTIER_STAGING", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS", "SCHEMA",
            "PolicyEstimates", "as_estimates", "build_frontier", "dumps", "file_sha256",
            "format_table", "from_ope", "frontier_figure", "frontier_point", "make_provenance",
-           "publish_files", "read_frontier", "render_frontier", "render_png", "validate_frontier",
-           "write_frontier"]
+           "publish_files", "read_frontier", "recover_frontier", "render_frontier", "render_png",
+           "validate_frontier", "write_frontier"]
 
 
 def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[str, bytes]:
@@ -49,62 +46,52 @@ def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[s
             "html": page.encode("utf-8")}
 
 
+FRONTIER_STAGING = ".frontier-staging"  # staging folder of a frontier set inside its out_dir
+
+
+def _target(out_dir: str) -> staging.Target:
+    return staging.Target(out_dir, FRONTIER_STAGING, "the new frontier files",
+                          f"the next frontier written into {out_dir}")
+
+
 def write_frontier(out_dir: str, frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict:
     """Write ``frontier.json``, ``frontier.png`` and ``frontier.html`` into ``out_dir`` as one
     set; returns their paths {"json": ..., "png": ..., "html": ...}. ``axes`` picks the two
     objectives plotted when J > 2.
 
-    All three are rendered in memory first, then written into a staging folder inside
-    ``out_dir`` and moved into place with Ctrl-C deferred (``publish_files``): after an error or
-    an interrupt ``out_dir`` holds its previous complete set (or the new complete set), never a
-    mix, and a folder this call created is removed again when nothing was moved into it."""
+    All three are rendered in memory first, then published as one set (``publish_files``):
+    after an error, an interrupt or a kill ``out_dir`` holds its previous complete set or the new
+    complete set, never a mix, and a folder this call created is removed again when nothing was
+    moved into it. Raises InputError for a document missing keys or an ``out_dir`` that is a
+    file, and what ``publish_files`` raises."""
     data = render_frontier(frontier, axes)
     publish_files(out_dir, {f"frontier.{k}": b for k, b in data.items()})
     return {k: os.path.join(out_dir, f"frontier.{k}") for k in data}
 
 
-def _make_folder(folder: str) -> list[str]:
-    """Create ``folder`` and its missing parents; returns those created, deepest first. Raises
-    InputError("out") when ``folder`` or a parent is a file."""
-    made, d = [], os.path.abspath(folder)
-    while not os.path.isdir(d):
-        if os.path.exists(d):
-            raise InputError("out", [], f"{d} is a file, not a folder (nothing written)")
-        made.append(d)
-        d = os.path.dirname(d)
-    for d in reversed(made):
-        os.mkdir(d)
-    return made
-
-
 def publish_files(out_dir: str, files: Mapping[str, bytes]) -> None:
-    """Write ``files`` {name: bytes} into ``out_dir`` as one set: each into a staging folder
-    ``out_dir/.frontier-staging-*`` (fsynced), then all moved in with SIGINT deferred (a few
-    renames). On an error or an interrupt before the move, the staging folder is deleted,
-    ``out_dir`` keeps its old files, and the folders this call created are removed. A process
-    killed outright (SIGKILL) may leave the hidden staging folder behind, never a partial file."""
-    made = _make_folder(out_dir)
-    stage = None
-    try:
-        stage = tempfile.mkdtemp(dir=out_dir, prefix=".frontier-staging-")
+    """Write ``files`` {name: bytes} into ``out_dir`` as one set (``puts_jax.staging``): each
+    into the staging folder ``out_dir/.frontier-staging`` (fsynced), a COMPLETE marker, then all
+    moved in with SIGINT deferred. On an error or an interrupt before the marker, the staging
+    folder is deleted, ``out_dir`` keeps its old files, and the folders this call created are
+    removed. A staging folder that a killed call left is settled first (``recover_frontier``).
+    Raises:
+      InputError("out"): ``out_dir`` or a parent is a file (nothing written).
+      OSError: a move into ``out_dir`` failed; the message names the file, and the next call
+        moves the rest in first.
+    """
+    def write(stage: str) -> None:  # through this module's name, so tests can interrupt it
         for name, data in files.items():
             atomic_write_bytes(os.path.join(stage, name), data)
-        with deferred_interrupt():
-            for name in files:
-                os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
-    except BaseException:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-            stage = None
-        for d in made:  # deepest first; a folder that holds anything stays
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        raise
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
+    staging.publish(_target(out_dir), list(files), write)
+
+
+def recover_frontier(out_dir: str) -> str | None:
+    """Settle the staging folder a killed ``publish_files`` left in ``out_dir``: its set is moved
+    in when it was complete ("completed"), deleted when not ("removed"; the old files stay);
+    None when there is none. Call it before reading frontier files from ``out_dir``. Raises
+    OSError when a move fails (the message names the file)."""
+    return staging.recover(_target(out_dir))
 
 
 def _fmt(v) -> str:

@@ -228,6 +228,7 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     meta = logs.read_meta(logs_path)
     A, J = meta.action_set.n_actions, len(meta.reward_names)
     _check_sweep_inputs(out_dir, logs_path, meta, n_lambdas, bootstrap, primary)
+    report.recover_frontier(out_dir)  # settle a frontier set that a killed run left half-moved
     model, info = model_io.load_model(model_dir)
     if model.n_actions != A or len(model.reward_kinds) != J:
         raise InputError("model", [], f"scores A={model.n_actions}, J={len(model.reward_kinds)}; "

@@ -6,7 +6,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
-    "types", "config", "checks", "action_set", "scalarization", "native", "kernels", "slates", "losses",
+    "types", "config", "checks", "action_set", "staging", "scalarization", "native", "kernels", "slates", "losses",
     "ope", "pareto", "bands", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
     "data.log_writer", "data.logs", "data.sim_world",
     "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",

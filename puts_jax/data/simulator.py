@@ -15,16 +15,14 @@ of ``puts_jax.types``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 import tempfile
 import zipfile
 
 import numpy as np
 
-from puts_jax import slates
-from puts_jax.action_set import atomic_write_bytes, default_mode, deferred_interrupt
+from puts_jax import slates, staging
+from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.data import logs
 from puts_jax.data.sim_world import (OBJECTIVES, REWARD_KINDS, REWARD_NAMES, RNG_BLOCK, STREAM_LOG,
@@ -242,10 +240,13 @@ def truth_arrays(world: World, n_eval: int, seed: int, chunk_rows: int = 8192) -
     return out
 
 STAGING = ".simulate-staging"  # folder inside out_dir where a new set is written before the swap
-_COMPLETE = "COMPLETE"  # written last into STAGING: JSON list of the set's file names
 _FILES = (("logs", "logs.parquet"), ("heldout", "heldout.parquet"),
           ("requests", "requests.parquet"), ("truth", "truth.npz"),
           ("evaluation", "evaluation.parquet"))
+
+
+def _target(out_dir: str) -> staging.Target:
+    return staging.Target(out_dir, STAGING, "the new data set", f"the next simulate into {out_dir}")
 
 
 def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, n_eval: int,
@@ -263,12 +264,16 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     slate_matching: the logs carry slate-level ``consistent``, slate propensities and ``preds``
     (``simulate_log``); the draws are the same as without it.
 
-    All or nothing: every file is written into ``out_dir/.simulate-staging`` and moved into
-    ``out_dir`` at the end with Ctrl-C held back, so after an interrupt or a failure ``out_dir``
-    holds the whole previous set or the whole new one, never a mix. A staging folder left by a
-    killed run is finished (its set was complete) or deleted (it was not) before anything else.
-    Sizes below 1, a negative seed or an unusable ``out_dir`` raise InputError naming the
-    argument (``n_logs``, ``seed``, ``out``) before anything is written.
+    All or nothing (``puts_jax.staging``): every file is written into ``out_dir/.simulate-staging``
+    and moved into ``out_dir`` at the end with Ctrl-C held back, so after an interrupt, a failure
+    or a kill ``out_dir`` holds the whole previous set or the whole new one, never a mix. A
+    staging folder left by a killed run is finished (its set was complete) or deleted (it was
+    not) before anything else (``recover_staging``).
+    Raises:
+      InputError: sizes below 1, a negative seed or an unusable ``out_dir`` name the argument
+        (``n_logs``, ``seed``, ``out``) before anything is written.
+      OSError: a move into ``out_dir`` failed; the message names the file, and the next run
+        into ``out_dir`` moves the rest in first.
     """
     sizes = {"n_logs": n_logs, "n_heldout": n_heldout, "n_eval": n_eval,
              "n_requests": n_requests}
@@ -277,17 +282,9 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     names = [f for k, f in _FILES if k != "evaluation" or n_evaluation is not None]
     _check_arguments(out_dir, sizes, seed, names)
     world = make_world(cfg)
-    recover_staging(out_dir)
-    stage = os.path.join(out_dir, STAGING)
-    os.makedirs(stage)
-    try:
-        _write_set(stage, world, n_logs, n_heldout, n_eval, n_requests, seed, logging,
-                   slate_matching, n_evaluation)
-        atomic_write_bytes(os.path.join(stage, _COMPLETE), json.dumps(names).encode())
-    except BaseException:  # an interrupt or a failure while writing: the old set stays
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    _move_in(out_dir, names)
+    staging.publish(_target(out_dir), names, lambda stage: _write_set(
+        stage, world, n_logs, n_heldout, n_eval, n_requests, seed, logging, slate_matching,
+        n_evaluation))
     return {k: os.path.join(out_dir, f) for k, f in _FILES if f in names}
 
 
@@ -307,38 +304,11 @@ def _check_arguments(out_dir: str, sizes: dict, seed: int, names: list) -> None:
 
 
 def recover_staging(out_dir: str) -> str | None:
-    """Finish or drop a staging folder that a killed ``write_simulation`` left in ``out_dir``:
-    a complete set (its COMPLETE list written) is moved in, "completed"; a partial one is
-    deleted, "removed" (``out_dir`` keeps the old set); None when there is none."""
-    stage = os.path.join(out_dir, STAGING)
-    if not os.path.isdir(stage):
-        return None
-    try:
-        with open(os.path.join(stage, _COMPLETE)) as f:
-            names = json.load(f)
-    except (OSError, ValueError):
-        shutil.rmtree(stage)
-        return "removed"
-    _move_in(out_dir, names)
-    return "completed"
-
-
-def _move_in(out_dir: str, names: list) -> None:
-    """Move the files ``names`` of the complete staging folder into ``out_dir`` with SIGINT
-    deferred, then delete the folder. COMPLETE stays until every file is moved, so a move killed
-    midway is finished by ``recover_staging`` (a file already moved is skipped)."""
-    stage = os.path.join(out_dir, STAGING)
-    with deferred_interrupt():
-        for name in names:
-            src = os.path.join(stage, name)
-            if os.path.exists(src):
-                try:
-                    os.replace(src, os.path.join(out_dir, name))
-                except OSError as e:
-                    raise OSError(f"out: moving the new data set into {out_dir} failed at {name} "
-                                  f"({e}); the rest waits in {stage}, and the next simulate into "
-                                  f"{out_dir} moves it in first") from e
-        shutil.rmtree(stage)
+    """Finish or drop a staging folder that a killed ``write_simulation`` left in ``out_dir``
+    (``staging.recover``): a complete set (its COMPLETE list written) is moved in, "completed";
+    a partial one is deleted, "removed" (``out_dir`` keeps the old set); None when there is none.
+    Raises OSError when a move fails (the message names the file)."""
+    return staging.recover(_target(out_dir))
 
 
 def _write_set(folder: str, world: World, n_logs: int, n_heldout: int, n_eval: int,
