@@ -19,7 +19,7 @@ compilation and memory analysis).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from puts_jax.config import SweepConfig
 from puts_jax.scorer import Scorer
 from puts_jax.serving import (TRACE_COUNTS, build_serve, compile_latency_serve, export_serve,
                               q_values, scalarized_q, split_model)
-from puts_jax.types import LoggedBatch
+from puts_jax.types import BootstrapStats, EstimatorStats, LoggedBatch
 
 # The public names, those of serving and scorer included (re-exported here).
 __all__ = ["TRACE_COUNTS", "Scorer", "build_fixed", "build_fixed_rows", "build_serve",
@@ -113,38 +113,82 @@ def _key_u32(key, n_resamples: int):
     return key
 
 
+class _SweepSums(NamedTuple):
+    """Sums of the sweep over rows, f32 (counts i32).
+
+    stats: EstimatorStats with a leading L axis.
+    boot: BootstrapStats [R, L, ...] with second moments; None without a bootstrap.
+    """
+
+    stats: EstimatorStats
+    boot: BootstrapStats | None
+
+
+class _Running(NamedTuple):
+    """The ``lax.scan`` carry of the sweep over row blocks: ``total`` the f32 running sums and
+    ``error`` the rounding error of each f32 addition (2Sum, Knuth 1969; zero for the i32
+    counts), added back at the end: summing thousands of block sums one after the other then
+    stays as accurate as one reduction over all rows (compensated summation, Kahan 1965)."""
+
+    total: _SweepSums
+    error: _SweepSums
+
+
+def _two_sum(run: _Running, x: _SweepSums) -> _Running:
+    """total + x, with each f32 addition's exact rounding error added to ``error``."""
+    def error(t, y, s, e):
+        if not jnp.issubdtype(s.dtype, jnp.floating):
+            return e  # i32 counts add exactly
+        z = s - t
+        return e + ((t - (s - z)) + (y - z))
+
+    total = jax.tree.map(jnp.add, run.total, x)
+    return _Running(total, jax.tree.map(error, run.total, x, total, run.error))
+
+
+def _block_sums(graphdef, policy: str, fallback: int, floor, with_dr: bool, n_resamples: int,
+                params, lams_LxJ, policy_param, key_u32, lb: LoggedBatch, first) -> _SweepSums:
+    """Every lambda's sums over one block of rows: Q of the block (f32[rows, A, J]), each
+    lambda's target, the estimator terms on [rows, L] arrays summed over the rows, and with a
+    bootstrap their Poisson-bootstrap sums (rows ``first + arange(rows)`` of the log)."""
+    q = q_values(graphdef, params, lb.context, lb.context_ids)
+    ql = _q_logged(q, lb.action)
+    pi, qp = _policy_rows(q, lams_LxJ, lb.consistent, policy, policy_param, fallback)
+    per_row = ope.lambda_rows_stats(pi, lb.propensity, lb.rewards, lb.valid,
+                                    qp if with_dr else None, ql if with_dr else None, floor=floor)
+    if not n_resamples:
+        return _SweepSums(ope.sum_rows(per_row), None)
+    terms = bootstrap.row_terms(per_row, moments=True)
+    terms = terms._replace(n=terms.n[:, 0])  # the same for every lambda
+    return _SweepSums(ope.sum_rows(per_row),
+                      bootstrap.resample_sums(key_u32, first, terms, n_resamples))
+
+
 def _sweep(graphdef, policy: str, fallback: int, floor, with_dr: bool, n_resamples: int,
            params, lams_LxJ, logged: LoggedBatch, policy_param=0.0, key=None, first_row=0):
     TRACE_COUNTS["sweep"] += 1
-    key_u32 = _key_u32(key, n_resamples)
-    q = q_values(graphdef, params, logged.context, logged.context_ids)  # once per chunk
-    ql = _q_logged(q, logged.action)
-    B, A, _ = q.shape
-    L = lams_LxJ.shape[0]
-    rows = _sweep_block_rows(B, L, A, policy)
-    nb = -(-B // rows)
-    lb = _pad_logged(logged, nb * rows)
-    pad = nb * rows - B
-    q, ql = (jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) for x in (q, ql))
-    lams = lams_LxJ.astype(jnp.float32)
+    one = functools.partial(_block_sums, graphdef, policy, fallback, floor, with_dr, n_resamples,
+                            params, lams_LxJ.astype(jnp.float32), policy_param,
+                            _key_u32(key, n_resamples))
+    first_row = jnp.asarray(first_row).astype(jnp.uint32)
+    B, A = logged.consistent.shape
+    rows = _sweep_block_rows(B, lams_LxJ.shape[0], A, policy)
+    lb = _pad_logged(logged, max(B, rows))  # only a chunk shorter than one block is padded
+    end = lb.action.shape[0]
 
-    def block(xs):  # rows of every lambda: EstimatorStats f[rows, L] / f[rows, L, J]
-        q_b, ql_b, lb_b = xs
-        pi, qp = _policy_rows(q_b, lams, lb_b.consistent, policy, policy_param, fallback)
-        out = ope.lambda_rows_stats(pi, lb_b.propensity, lb_b.rewards, lb_b.valid,
-                                    qp if with_dr else None, ql_b if with_dr else None,
-                                    floor=floor)
-        return out if n_resamples else ope.sum_rows(out)
+    def step(run: _Running, i):
+        start = jnp.minimum(i * rows, end - rows)  # a last, partial block overlaps the one before
+        blk = jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, start, rows), lb)
+        fresh = start + jnp.arange(rows) >= i * rows  # rows that no earlier block counted
+        sums = one(blk._replace(valid=blk.valid & fresh), first_row + start.astype(jnp.uint32))
+        return _two_sum(run, sums), None
 
-    split = lambda x: x.reshape((nb, rows) + x.shape[1:])  # noqa: E731
-    out = lax.map(block, (split(q), split(ql), jax.tree.map(split, lb)))
-    if not n_resamples:
-        return ope.sum_rows(out)  # f32 sums of the blocks' sums
-    per_row = jax.tree.map(lambda x: x.reshape((nb * rows,) + x.shape[2:])[:B], out)
-    terms = bootstrap.row_terms(per_row, moments=True)
-    terms = terms._replace(n=terms.n[:, 0])  # the same for every lambda
-    return ope.sum_rows(per_row), bootstrap.resample_sums(
-        key_u32, jnp.asarray(first_row).astype(jnp.uint32), terms, n_resamples)
+    block_in = jax.tree.map(lambda x: jax.ShapeDtypeStruct((rows,) + x.shape[1:], x.dtype), lb)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        jax.eval_shape(one, block_in, first_row))
+    run, _ = lax.scan(step, _Running(zero, zero), jnp.arange(-(-B // rows), dtype=jnp.int32))
+    sums = jax.tree.map(jnp.add, run.total, run.error)
+    return (sums.stats, sums.boot) if n_resamples else sums.stats
 
 
 @functools.lru_cache(maxsize=32)
@@ -156,21 +200,28 @@ def build_sweep(graphdef, cfg: SweepConfig, policy: str = "greedy", fallback_act
     i32 counts); ``sweep.lower(...).compile()`` compiles ahead of time (memory analysis
     included).
 
-    Q f32[B, A, J] is computed once per chunk; then, on blocks of rows (a power of two with
-    rows * L <= 2^17, so temporaries are f32[rows, L], bounded whatever B and L), every lambda's
-    target policy at once (greedy: ``kernels.sweep_select``, one running argmax over the actions
-    with the lambdas in the vector lanes) and the estimator terms on [rows, L] arrays
-    (``ope.lambda_rows_stats``), summed per block. ``cfg`` is part of the cache key only: the
-    sweep no longer chunks lambdas (``cfg.lambda_chunk`` is not used). policy: "greedy"
-    (PRL-PUTS target), "epsilon_greedy" or "softmax" (policy_param = epsilon / temperature,
-    traced; not validated here: ``evaluation.evaluate_log`` checks it). DM/DR use the Q-network
-    itself as the reward model qhat (Dudik et al. 2011); ``with_dr=False`` leaves those fields
-    None. With ``n_resamples`` R > 0 the program returns ``(EstimatorStats, BootstrapStats)``,
-    the second with [R, L, ...] Poisson-bootstrap sums of the same rows, second moments
-    included (the bootstrap-t band over the frontier needs them; ``puts_jax.bootstrap``): ``key``
-    a threefry ``jax.random.key`` (required), ``first_row`` the chunk's first row index in the
-    log (traced; ``np.uint32`` for logs beyond 2^31 rows). Cached per arguments, so repeated
-    evaluations reuse the compiled program.
+    One ``lax.scan`` over blocks of rows (a power of two with rows * L <= 2^17, * A for softmax;
+    a last, partial block overlaps the one before and counts only its new rows): per block, Q
+    f32[rows, A, J] once, every lambda's target policy at once (greedy: ``kernels.sweep_select``,
+    one running argmax over the actions with the lambdas in the vector lanes), the estimator
+    terms on [rows, L] arrays (``ope.lambda_rows_stats``) and, with a bootstrap, their resample
+    sums; the block's sums are added to the carry (compensated f32, ``_Running``). A row's
+    bootstrap multiplicities depend only on (key, its row index, the resample), so its resample
+    sums add over blocks like the rest and every lambda gets the same draws (paired comparisons)
+    without keeping rows: nothing per-row outlives its block, and the scratch memory is one
+    block's whatever B (compiled, J = 2, L = 1,001, R = 200, 65,536 rows: 35 MiB; stacking the
+    blocks' per-row terms took 6 GiB). ``cfg`` is part of the cache key only: the sweep does not
+    chunk lambdas (``cfg.lambda_chunk`` is not used).
+
+    policy: "greedy" (PRL-PUTS target), "epsilon_greedy" or "softmax" (policy_param = epsilon /
+    temperature, traced; not validated here: ``evaluation.evaluate_log`` checks it). DM/DR use
+    the Q-network itself as the reward model qhat (Dudik et al. 2011); ``with_dr=False`` leaves
+    those fields None. With ``n_resamples`` R > 0 the program returns ``(EstimatorStats,
+    BootstrapStats)``, the second with [R, L, ...] Poisson-bootstrap sums of the same rows,
+    second moments included (the bootstrap-t band over the frontier needs them;
+    ``puts_jax.bootstrap``): ``key`` a threefry ``jax.random.key`` (required), ``first_row`` the
+    chunk's first row index in the log (traced; ``np.uint32`` for logs beyond 2^31 rows). Cached
+    per arguments, so repeated evaluations reuse the compiled program.
     """
     if policy not in ope.POLICY_KINDS:
         raise ValueError(f"policy: must be one of {ope.POLICY_KINDS}, got {policy!r}")

@@ -157,12 +157,12 @@ def grid_points(n_objectives: int, n_lambdas: int) -> int:
 
 def check_grid_size(n_objectives: int, n_lambdas: int, bootstrap: int) -> int:
     """P (``grid_points``), or InputError("n_lambdas") before anything is built or allocated when
-    P > ``MAX_LAMBDA_POINTS``. Memory grows with P on both sides: the compiled sweep keeps
-    [rows, P] sums per row block (f32[chunk_rows x P x J] per-row terms with a bootstrap), and the
-    pairwise verdicts and the bootstrap dominance matrix hold P^2 (x R x J) entries, written into
-    frontier.json as a P x P table. Measured on CPU (J = 2, R = 200, 65,536-row chunks): 1,001
-    points peak at 6.8 GB of resident memory (about 100 bytes per chunk row and point; a smaller
-    --chunk-rows lowers it), and 100,000 points asked for some 59 GB of device memory."""
+    P > ``MAX_LAMBDA_POINTS``. Memory grows with P: the compiled sweep holds one row block's
+    f32[rows, P] terms and the [R, P, J] bootstrap sums (J = 2, R = 200, 65,536-row chunks, 1,001
+    points: 35 MiB of compiled scratch memory, whatever the chunk's rows), and the pairwise
+    verdicts and the bootstrap dominance matrix hold P^2 (x R x J) entries, written into
+    frontier.json as a P x P table. (Before the sweep accumulated over row blocks, its per-row
+    terms of a whole chunk took 6 GiB there and the run peaked at 6.8 GB of resident memory.)"""
     J, n = int(n_objectives), int(n_lambdas)
     if n < 2:
         raise InputError("n_lambdas", [], "must be >= 2")  # as SweepConfig says it
