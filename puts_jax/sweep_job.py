@@ -10,7 +10,8 @@ With a bootstrap (R resamples, on by default) the frontier also carries the "sni
 (SNIPS with Poisson-bootstrap percentile intervals, the denominator recomputed per resample), a
 simultaneous band over all lambda points and objectives ("band": bootstrap-t max, or Bonferroni
 without a bootstrap) with the Pareto verdicts it supports, and the bootstrap probability that each
-point dominates each other ("dominance"); see ``puts_jax.bootstrap``.
+point dominates each other ("dominance"); see ``puts_jax.bootstrap``. The simulator's
+ground-truth table (``truth_table``) lives in ``puts_jax.sweep_truth``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from puts_jax.checks import InputError
 from puts_jax.config import SweepConfig
 from puts_jax.data import logs
 from puts_jax.scalarization import lambda_grid
+from puts_jax.sweep_truth import truth_table  # noqa: F401  (re-exported: ``puts-jax truth``)
 
 
 def auto_uses_exact(pe: report.PolicyEstimates) -> np.ndarray:
@@ -382,111 +384,3 @@ def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
             "report_passes_guardrails": passes, "split": split.get("rule", halves_lib.RULE),
             "reason": reason}
 
-
-def _row(name: str, truth_J: np.ndarray, est: dict | None) -> list[str]:
-    cells = [name] + [f"{t:.4f}" for t in truth_J]
-    if est is None:
-        return cells + ["(not estimated)"] * len(truth_J) + ["", ""]
-    cells += [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in zip(est["value"], est["lo"],
-                                                                    est["hi"])]
-    return cells + [str(est["n"]), str(est["matched"])]
-
-
-def _estimate_actions(path: str, actions_fn, A: int, confidence: float, chunk_rows: int,
-                      widths: dict | None = None) -> dict:
-    """SNIPS of a deterministic per-row policy (actions_fn(context) -> i32[b]) on a log."""
-    total = None
-    for _, _, lb in logs.iter_log_chunks(path, chunk_rows, **(widths or {})):
-        a = actions_fn(lb.context)
-        pi = lb.consistent[np.arange(len(a)), a].astype(np.float32)
-        s = ope.to_host(ope.chunk_stats(pi, lb.propensity.astype(np.float32), lb.rewards,
-                                        lb.valid))
-        total = ope.merge_stats(total, s)
-    e = ope.finalize(total, confidence)
-    return {"value": e.snips, "lo": e.snips_lo, "hi": e.snips_hi, "n": int(e.n),
-            "matched": int(e.matched)}
-
-
-def _baseline(doc: dict, kind: str) -> dict | None:
-    """Row 0 of a frontier baseline as {value, lo, hi, n, matched} (primary estimator)."""
-    b = doc["baselines"].get(kind)
-    if b is None:
-        return None
-    e = b["estimators"][doc["primary_estimator"]]
-    return {"value": e["value"][0], "lo": e["lo"][0], "hi": e["hi"][0], "n": b["n"][0],
-            "matched": b["matched"][0]}
-
-
-def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str | None = None,
-                chunk_rows: int = 65536) -> str:
-    """Simulator only: exact true value per objective of the learned policy (at the registry's
-    lambda, else lambda = (1, 0)), the Bayes context policy, the best single global action, the
-    production action and the logging policy, on fresh requests (``truth.npz``), next to their
-    SNIPS estimates with 95% intervals on the evaluation log; plus the personalization gain and
-    the fraction of the Bayes policy's headroom the learned policy reaches."""
-    import jax.numpy as jnp
-
-    from puts_jax import policy
-    from puts_jax.data import simulator
-
-    truth = np.load(os.path.join(data_dir, "truth.npz"))
-    ev_path = os.path.join(data_dir, "evaluation.parquet")
-    meta = logs.read_meta(ev_path)
-    world = simulator.make_world(simulator.config_from_dict(meta.extra["sim_config"]))
-    if registry is not None:
-        op = policy.load(registry)
-        model, lam_op, label = op.model, np.asarray(op.lam, np.float32), f"operating policy {op.version}"
-    else:
-        model, _ = model_io.load_model(model_dir)
-        lam_op, label = None, None
-    J = len(meta.reward_names)
-    lam_0 = np.eye(J, dtype=np.float32)[0]  # all weight on objective 0: the personalization test
-
-    def greedy(lam):
-        def actions(ctx):
-            q = np.asarray(model(jnp.asarray(ctx)))
-            return np.argmax(q @ lam, axis=1)  # ties to the lowest index, like the kernels
-        return actions
-
-    tv = truth["true_values"]
-    widths = model_io.model_widths(model)
-    if widths["context_dim"] is not None and truth["context"].shape[1] != widths["context_dim"]:
-        raise InputError("context", [], f"{data_dir} has {truth['context'].shape[1]}-wide "
-                                        f"contexts; the model reads {widths['context_dim']}")
-    doc = report.read_frontier(frontier_path)
-    files = doc.get("provenance", {}).get("data_files", {})
-    if report.file_sha256(ev_path) not in files.values():
-        raise InputError("--frontier", [], f"{frontier_path} was estimated on "
-                                           f"{sorted(files) or 'unknown data'}, not on {ev_path}; "
-                                           f"its logging-policy estimate would not be this "
-                                           f"world's")
-    conf = doc["confidence"]
-    A = meta.action_set.n_actions
-    g, prod = (int(np.ravel(truth[k])[0]) for k in ("best_global_action", "production_action"))
-    ctx = truth["context"]
-
-    def policy_row(name, act):
-        return _row(name, simulator.policy_value(tv, act(ctx)),
-                    _estimate_actions(ev_path, act, A, conf, chunk_rows, widths))
-
-    rows = [policy_row(f"learned, lam={lam_0.tolist()}", greedy(lam_0))]
-    if lam_op is not None:
-        rows.append(policy_row(f"{label}, lam={[round(float(x), 2) for x in lam_op]}",
-                               greedy(lam_op)))
-    rows += [policy_row("Bayes context policy", lambda c: simulator.bayes_actions(world, c)),
-             policy_row(f"best global action ({g})", lambda c: np.full(len(c), g)),
-             policy_row(f"production action ({prod})", lambda c: np.full(len(c), prod)),
-             _row("logging policy (uniform)", truth["value_uniform"], _baseline(doc, "logging")),
-             _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
-    names = list(meta.reward_names)
-    header = ["policy"] + [f"true {n}" for n in names] + \
-        [f"SNIPS {n} ({conf:.0%} CI)" for n in names] + ["n", "matched"]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-    v_l = float(simulator.policy_value(tv, greedy(lam_0)(ctx))[0])
-    v_g, v_b = float(truth["value_best_global"][0]), float(truth["value_bayes"][0])
-    lines.append(f"personalization gain ({names[0]}, learned at lam={lam_0.tolist()}): learned - "
-                 f"best global = {v_l - v_g:+.4f} ({(v_l - v_g) / v_g:+.2%}); fraction of the "
-                 f"Bayes context policy's headroom ({v_b - v_g:+.4f}) reached: "
-                 f"{(v_l - v_g) / (v_b - v_g):.2f}")
-    return "\n".join(lines)
