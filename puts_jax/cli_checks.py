@@ -73,9 +73,21 @@ def floats(flag: str, text: str, example: str) -> list[float]:
 
 
 def read_frontier(path: str) -> dict:
-    """``report.read_frontier``; a file that is not a frontier.json is named as --frontier."""
+    """``report.read_frontier``; a file that is not a frontier.json is named as --frontier.
+
+    A frontier set that a killed sweep left half-moved in the file's folder (its staging folder
+    holds the rest) is settled first (``report.recover_frontier``), so a reader never sees new
+    and old files mixed; when that fails (a read-only folder), the error says so, naming the
+    folder, instead of reading a possibly mixed set."""
     from puts_jax import report
 
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        report.recover_frontier(folder)
+    except OSError as e:
+        raise UsageError(f"--frontier: a killed sweep left the frontier set in {folder} half "
+                         f"moved and it could not be settled ({e}); run the command again "
+                         "where that folder is writable, or re-run the sweep") from None
     try:
         return report.read_frontier(path)
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, InputError, shape

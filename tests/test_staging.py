@@ -219,6 +219,40 @@ def test_frontier_publish_killed_between_renames_recovers_the_new_set(tmp_path, 
     assert _snapshot(out) == NEW
 
 
+def _half_moved(out, monkeypatch):
+    """``out`` holding a frontier set a killed publish left half moved (new json, old rest)."""
+    report.publish_files(str(out), OLD)
+    monkeypatch.setattr(os, "replace", _moves_into(out, lambda n: n == 2 and _raise(Killed)))
+    with pytest.raises(Killed):
+        report.publish_files(str(out), NEW)
+    monkeypatch.undo()
+
+
+def _raise(e):
+    raise e
+
+
+def test_readers_of_a_frontier_settle_a_half_moved_set_before_reading(tmp_path, monkeypatch):
+    from puts_jax.cli_checks import UsageError, read_frontier
+    out = tmp_path / "out"
+    _half_moved(out, monkeypatch)
+    # report / policy select / score read through cli_checks.read_frontier: the set is made
+    # whole first (these bytes are no frontier document, so the read itself then fails)
+    with pytest.raises(UsageError, match="not a frontier.json"):
+        read_frontier(str(out / "frontier.json"))
+    assert _snapshot(out) == NEW
+
+    _half_moved(tmp_path / "ro", monkeypatch)  # a folder where the moves fail: said, not read
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(UsageError, match=r"^--frontier: a killed sweep left the frontier set in "
+                                         rf"{tmp_path / 'ro'} half moved and it could not be "
+                                         r"settled \("):
+        read_frontier(str(tmp_path / "ro" / "frontier.json"))
+
+
 def test_a_failed_rename_is_named_and_the_next_publish_moves_the_rest_in_first(
         tmp_path, monkeypatch):
     out = tmp_path / "out"
