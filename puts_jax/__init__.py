@@ -11,6 +11,7 @@ from puts_jax.action_set import ActionSet, around_production, simplex_grid
 from puts_jax.checks import InputError
 from puts_jax.config import QNetConfig, ScoringConfig, SweepConfig
 from puts_jax.engine import Scorer, build_serve, build_sweep, compile_latency_serve, export_serve
+from puts_jax.hostmem import keep_scratch_resident
 from puts_jax.evaluation import Evaluation, evaluate_fixed, evaluate_fixed_actions, evaluate_log
 from puts_jax.model_io import load_model, save_model
 from puts_jax.ope import Estimates, finalize
@@ -24,6 +25,7 @@ __all__ = [
     "InputError",
     "QNetConfig", "ScoringConfig", "SweepConfig",
     "Scorer", "build_serve", "build_sweep", "compile_latency_serve", "export_serve",
+    "keep_scratch_resident",
     "Evaluation", "evaluate_fixed", "evaluate_fixed_actions", "evaluate_log",
     "load_model", "save_model",
     "Estimates", "finalize",

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from puts_jax import cli_policy
+from puts_jax import cli_policy, hostmem
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
     Ctrl-C."""
     args = build_parser().parse_args(argv)
+    hostmem.keep_scratch_resident()  # compiled passes reuse their scratch, no fault per page
     try:
         check_inputs(args)
         args.fn(args)
