@@ -16,7 +16,6 @@ ground-truth table (``truth_table``) lives in ``puts_jax.sweep_truth``.
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -29,6 +28,9 @@ from puts_jax.checks import InputError
 from puts_jax.config import SweepConfig
 from puts_jax.data import logs
 from puts_jax.scalarization import lambda_grid
+from puts_jax.sweep_limits import (MAX_BOOTSTRAP_BYTES, MAX_LAMBDA_POINTS,  # noqa: F401
+                                   MAX_RESAMPLES, check_bootstrap_size, check_grid_size,
+                                   grid_points)  # (re-exported: sweep_job.X still works)
 from puts_jax.sweep_truth import truth_table  # noqa: F401  (re-exported: ``puts-jax truth``)
 
 
@@ -147,42 +149,6 @@ def evidence_blocks(ev: evaluation.Evaluation, confidence: float, directions, se
     return {"band": band, "dominance": dom, "bootstrap": boot}
 
 
-MAX_LAMBDA_POINTS = 1001  # lambda points a sweep evaluates at most (see ``check_grid_size``)
-
-
-def grid_points(n_objectives: int, n_lambdas: int) -> int:
-    """P, the number of points of ``lambda_grid(n_objectives, n_lambdas)``, computed without
-    building the grid: 1 for J = 1, n_lambdas for J = 2, C(n_lambdas - 2 + J, J - 1) beyond."""
-    J, n = int(n_objectives), int(n_lambdas)
-    return 1 if J == 1 else n if J == 2 else math.comb(n - 2 + J, J - 1)
-
-
-def check_grid_size(n_objectives: int, n_lambdas: int, bootstrap: int) -> int:
-    """P (``grid_points``), or InputError("n_lambdas") before anything is built or allocated when
-    P > ``MAX_LAMBDA_POINTS``. Memory grows with P: the compiled sweep holds one row block's
-    f32[rows, P] terms and the [R, P, J] bootstrap sums (J = 2, R = 200, 65,536-row chunks, 1,001
-    points: 35 MiB of compiled scratch memory, whatever the chunk's rows), and the pairwise
-    verdicts and the bootstrap dominance matrix hold P^2 (x R x J) entries, written into
-    frontier.json as a P x P table. (Before the sweep accumulated over row blocks, its per-row
-    terms of a whole chunk took 6 GiB there and the run peaked at 6.8 GB of resident memory.)"""
-    J, n = int(n_objectives), int(n_lambdas)
-    if n < 2:
-        raise InputError("n_lambdas", [], "must be >= 2")  # as SweepConfig says it
-    P = grid_points(J, n)
-    if P <= MAX_LAMBDA_POINTS:
-        return P
-    most, too_many = 2, n  # bisect: the largest n_lambdas whose grid fits (P grows with it)
-    while too_many - most > 1:
-        mid = (most + too_many) // 2
-        fits = grid_points(J, mid) <= MAX_LAMBDA_POINTS
-        most, too_many = (mid, too_many) if fits else (most, mid)
-    gib = max(int(bootstrap), 1) * float(P) ** 2 * J / 2 ** 30  # R x P x P x J booleans
-    raise InputError("n_lambdas", [], f"{n} gives {P:,} lambda points for J = {J} objectives; a "
-                     f"sweep evaluates at most {MAX_LAMBDA_POINTS:,} (memory grows as points^2: "
-                     f"the pairwise comparisons alone would take {gib:.3g} GiB); use at most "
-                     f"{most:,} for J = {J} (nothing written)")
-
-
 def _log_rows(logs_path: str) -> int:
     """Rows of a Parquet log, from its footer (no data read)."""
     import pyarrow.parquet as pq
@@ -193,11 +159,13 @@ def _log_rows(logs_path: str) -> int:
 def _check_sweep_inputs(out_dir: str, logs_path: str, meta: logs.LogMeta, n_lambdas: int,
                         bootstrap: int, primary: str | None) -> None:
     """InputError naming what ``run_sweep`` cannot use, before any work:
-    ``out_dir`` a file, too many lambda points (``check_grid_size``), an empty log, "exact"
+    ``out_dir`` a file, too many lambda points (``check_grid_size``) or resamples
+    (``check_bootstrap_size``), an empty log, "exact"
     asked for a non-binary objective."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError("out", [], f"{out_dir} is a file, not a folder (nothing written)")
-    check_grid_size(len(meta.reward_names), n_lambdas, bootstrap)
+    points = check_grid_size(len(meta.reward_names), n_lambdas, bootstrap)
+    check_bootstrap_size(len(meta.reward_names), points, bootstrap)
     if primary == "exact" and any(k != "binary" for k in meta.reward_kinds):
         other = [f"{n} ({k})" for n, k in zip(meta.reward_names, meta.reward_kinds)
                  if k != "binary"]

@@ -9,6 +9,7 @@ say that the simultaneous band rests on the SNIPS estimates.
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -116,6 +117,31 @@ def test_n_lambdas_upper_bound_is_one_error_line(world, tmp_path, capsys):
     assert not out.exists()
     # The largest grid allowed still runs (J = 2: n_lambdas = MAX_LAMBDA_POINTS).
     assert sweep_job.check_grid_size(2, sweep_job.MAX_LAMBDA_POINTS, 200) == 1001
+
+
+@pytest.mark.parametrize("R,why", [
+    ("100000000", r"at most 100,000 resamples \(more adds no precision to a 95% interval, only "
+                  r"time\); got 100,000,000 \(nothing written\)$"),
+    ("-1", r"must be >= 0 \(0: no bootstrap\), got -1$")])
+def test_bootstrap_bounds_are_one_error_line_before_any_work(world, tmp_path, capsys, R, why):
+    out = tmp_path / "front"  # --bootstrap 100000000 used to grow past 20 GB, then be killed
+    assert cli.main(["sweep", "--model", world["model"], "--logs", world["ev"], "--out", str(out),
+                     "--no-halves", "--bootstrap", R]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"puts-jax: error: --bootstrap: " + why, err[0]), err
+    assert not out.exists()
+
+
+def test_the_bootstrap_bound_follows_the_tables_memory():
+    # P = 1,001 points, J = 2: a resample takes 2 (1001^2 + 128 * 1001) bytes = 2.26 MB
+    per = 2 * (1001 ** 2 + 128 * 1001)
+    most = sweep_job.MAX_BOOTSTRAP_BYTES // per
+    assert most == 950
+    sweep_job.check_bootstrap_size(2, 1001, most)  # the largest allowed passes
+    with pytest.raises(InputError, match=rf"^bootstrap: at most 950 resamples \(951 would take "
+                                         rf"about 2 GiB for 1,001 lambda points and J = 2\)"):
+        sweep_job.check_bootstrap_size(2, 1001, most + 1)
+    sweep_job.check_bootstrap_size(2, 21, sweep_job.MAX_RESAMPLES)  # the default grid: 100,000
 
 
 @pytest.mark.parametrize("J", [1, 2, 3, 4])
