@@ -72,3 +72,27 @@ def require_native() -> None:
     if shutil.which(os.environ.get("CXX", "g++")) is None:
         pytest.skip("no C++ compiler: the native tail is not built here")
     pytest.fail(f"native tail did not build: {native.why_unavailable()}")
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder`` (hidden ones too) -> its bytes."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = fh.read()
+    return out
+
+
+def random_log(B: int, A: int, D: int, seed: int = 0):
+    """A LoggedBatch of B uniformly logged rows (propensity 1/A), a binary and a real reward."""
+    import numpy as np
+
+    from puts_jax.types import LoggedBatch
+
+    rng = np.random.default_rng(seed)
+    action = rng.integers(0, A, B).astype(np.int32)
+    rewards = np.stack([rng.random(B) < 0.3, rng.random(B)], 1).astype(np.float32)
+    return LoggedBatch(rng.normal(size=(B, D)).astype(np.float32), action, np.full(B, 1 / A),
+                       rewards, np.eye(A, dtype=bool)[action], np.ones(B, bool))

@@ -12,6 +12,7 @@ import pytest
 from puts_jax import cli
 from puts_jax.checks import InputError
 from puts_jax.data import simulator as sim
+from conftest import snapshot
 from train.main import main as train_main
 
 SIZES = dict(n_logs=300, n_heldout=100, n_eval=50, n_requests=20, n_evaluation=200)
@@ -23,24 +24,13 @@ def _write(out, seed, **kw):
     return sim.write_simulation(str(out), sim.SimConfig.tiny(), seed=seed, **{**SIZES, **kw})
 
 
-def _snapshot(folder) -> dict:
-    """Every file under ``folder`` (hidden ones too) -> its bytes."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = fh.read()
-    return out
-
-
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     """The complete seed-1 and seed-2 sets, each written once into its own folder."""
     d = tmp_path_factory.mktemp("sets")
     _write(d / "seed1", 1)
     _write(d / "seed2", 2)
-    return {1: _snapshot(d / "seed1"), 2: _snapshot(d / "seed2")}
+    return {1: snapshot(d / "seed1"), 2: snapshot(d / "seed2")}
 
 
 @pytest.fixture
@@ -48,7 +38,7 @@ def old(sets, tmp_path):
     """An output folder holding the seed-1 set."""
     out = tmp_path / "sim"
     _write(out, 1)
-    assert _snapshot(out) == sets[1]
+    assert snapshot(out) == sets[1]
     return out
 
 
@@ -86,7 +76,7 @@ def test_an_interrupt_or_failure_while_writing_keeps_the_old_set_byte_identical(
     with pytest.raises(type(exc)):
         _write(old, 2)
     assert len(calls) == nth
-    assert _snapshot(old) == sets[1]  # every old file intact, nothing of seed 2, no staging
+    assert snapshot(old) == sets[1]  # every old file intact, nothing of seed 2, no staging
 
 
 def _moving_in(out):
@@ -107,7 +97,7 @@ def test_ctrl_c_during_the_move_is_held_until_the_new_set_is_in(sets, old, monke
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         _write(old, 2)
-    assert sent and _snapshot(old) == sets[2]
+    assert sent and snapshot(old) == sets[2]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -129,7 +119,7 @@ def test_a_move_that_fails_midway_is_named_and_finished_by_the_next_run(sets, ol
     monkeypatch.setattr(os, "replace", real)
     assert moved == ["logs.parquet", "heldout.parquet"]
     assert sim.recover_staging(str(old)) == "completed"
-    assert _snapshot(old) == sets[2]
+    assert snapshot(old) == sets[2]
     assert sim.recover_staging(str(old)) is None
 
 
@@ -139,19 +129,19 @@ def test_a_partial_staging_folder_is_removed_and_the_next_run_writes_over_it(set
     (stage / "logs.parquet").write_bytes(b"half a file")
     (stage / ".tmp-abc.parquet").write_bytes(b"x")
     assert sim.recover_staging(str(old)) == "removed"
-    assert _snapshot(old) == sets[1]
+    assert snapshot(old) == sets[1]
     stage.mkdir()
     (stage / "logs.parquet").write_bytes(b"half a file")
     paths = _write(old, 2)  # recovers first, then writes the new set
     assert sorted(paths) == ["evaluation", "heldout", "logs", "requests", "truth"]
     assert paths["truth"] == os.path.join(str(old), "truth.npz")
-    assert _snapshot(old) == sets[2]
+    assert snapshot(old) == sets[2]
 
 
 def test_other_files_in_the_folder_are_kept(sets, old):
     (old / "notes.txt").write_text("mine")
     _write(old, 2)
-    assert _snapshot(old) == {**sets[2], "notes.txt": b"mine"}
+    assert snapshot(old) == {**sets[2], "notes.txt": b"mine"}
 
 
 def test_cli_ctrl_c_exits_130_and_keeps_the_old_set(sets, old, monkeypatch, capsys):
@@ -160,7 +150,7 @@ def test_cli_ctrl_c_exits_130_and_keeps_the_old_set(sets, old, monkeypatch, caps
                      "--n-logs", "300", "--n-heldout", "100", "--n-eval", "50",
                      "--n-requests", "20", "--n-evaluation", "200"]) == 130
     assert capsys.readouterr().err == "puts-jax: interrupted\n"
-    assert _snapshot(old) == sets[1]
+    assert snapshot(old) == sets[1]
 
 
 # ----------------------------------------------------------------------------- error texts
@@ -189,7 +179,7 @@ def test_an_out_that_is_a_file_or_holds_a_folder_in_a_files_place_is_named(old, 
     with pytest.raises(InputError, match=f"^out: {old}/truth.npz is a folder; the data set "
                                          f"writes a file there \\(nothing written\\)$"):
         _write(old, 2)
-    assert _snapshot(old) == {k: v for k, v in sets[1].items() if k != "truth.npz"}
+    assert snapshot(old) == {k: v for k, v in sets[1].items() if k != "truth.npz"}
 
 
 @pytest.mark.parametrize("flag, value, msg", [

@@ -18,7 +18,7 @@ import pytest
 
 from puts_jax import cli, report, staging
 from puts_jax.data import simulator as sim
-from conftest import make_tiny_world
+from conftest import make_tiny_world, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(n_logs=300, n_heldout=100, n_eval=50, n_requests=20, n_evaluation=200)
@@ -30,17 +30,6 @@ NEW = {f"frontier.{k}": f"new {k} set\n".encode() for k in KINDS}  # the driver'
 class Killed(BaseException):
     """A kill emulated in-process: no ``except Exception`` catches it (cleanup still runs, as
     for any exception; the SIGKILL tests below have none)."""
-
-
-def _snapshot(folder) -> dict:
-    """Every file under ``folder`` (hidden ones too) -> its bytes."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = fh.read()
-    return out
 
 
 def _moves_into(out, hook):
@@ -130,7 +119,7 @@ def test_sigkill_at_any_point_of_the_frontier_publish_recovers_to_one_whole_set(
     (out / "notes.txt").write_bytes(b"mine")
     _run_killed(tmp_path, "frontier", out, *point)
     stage = out / report.FRONTIER_STAGING
-    left = {k: v for k, v in _snapshot(out).items() if not k.startswith(".")}
+    left = {k: v for k, v in snapshot(out).items() if not k.startswith(".")}
     if after_kill == "mixed":  # the state the old publish_files left for good
         moved = point[1]
         names = list(NEW)
@@ -140,7 +129,7 @@ def test_sigkill_at_any_point_of_the_frontier_publish_recovers_to_one_whole_set(
         assert left == {**(OLD if after_kill == "old" else NEW), "notes.txt": b"mine"}
     assert stage.is_dir() and (stage / "COMPLETE").exists() == (answer == "completed")
     assert report.recover_frontier(str(out)) == answer
-    assert _snapshot(out) == {**final, "notes.txt": b"mine"}  # no staging folder either
+    assert snapshot(out) == {**final, "notes.txt": b"mine"}  # no staging folder either
     assert report.recover_frontier(str(out)) is None
 
 
@@ -152,14 +141,14 @@ def sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("sets")
     for seed in (1, 2):
         sim.write_simulation(str(d / f"seed{seed}"), sim.SimConfig.tiny(), seed=seed, **SIZES)
-    return {s: _snapshot(d / f"seed{s}") for s in (1, 2)}
+    return {s: snapshot(d / f"seed{s}") for s in (1, 2)}
 
 
 @pytest.fixture
 def old(sets, tmp_path):
     out = tmp_path / "sim"
     sim.write_simulation(str(out), sim.SimConfig.tiny(), seed=1, **SIZES)
-    assert _snapshot(out) == sets[1]
+    assert snapshot(out) == sets[1]
     return out
 
 
@@ -172,11 +161,11 @@ def test_simulate_killed_between_two_renames_recovers_the_new_set_byte_identical
     with pytest.raises(Killed):
         sim.write_simulation(str(old), sim.SimConfig.tiny(), seed=2, **SIZES)
     monkeypatch.undo()
-    visible = {k: v for k, v in _snapshot(old).items() if not k.startswith(".")}
+    visible = {k: v for k, v in snapshot(old).items() if not k.startswith(".")}
     assert visible["logs.parquet"] == sets[2]["logs.parquet"]  # moved before the kill
     assert visible["heldout.parquet"] == sets[1]["heldout.parquet"]  # a mix until recovery
     assert sim.recover_staging(str(old)) == "completed"
-    assert _snapshot(old) == sets[2]  # the whole new set, as an uninterrupted run wrote it
+    assert snapshot(old) == sets[2]  # the whole new set, as an uninterrupted run wrote it
 
 
 @pytest.mark.parametrize("point, answer, seed", [(("complete", 0), "removed", 1),
@@ -187,7 +176,7 @@ def test_simulate_sigkilled_before_or_after_complete_recovers_on_the_next_run(
     stage = old / sim.STAGING
     assert (stage / "COMPLETE").exists() == (answer == "completed")
     assert sim.recover_staging(str(old)) == answer
-    assert _snapshot(old) == sets[seed]  # old set intact / new set whole; staging gone
+    assert snapshot(old) == sets[seed]  # old set intact / new set whole; staging gone
 
 
 def test_simulate_interrupted_into_a_new_folder_leaves_no_folder(tmp_path, monkeypatch):
@@ -203,20 +192,12 @@ def test_simulate_interrupted_into_a_new_folder_leaves_no_folder(tmp_path, monke
 
 def test_frontier_publish_killed_between_renames_recovers_the_new_set(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    report.publish_files(str(out), OLD)
-
-    def kill_after_first(n):
-        if n == 2:
-            raise Killed
-    monkeypatch.setattr(os, "replace", _moves_into(out, kill_after_first))
-    with pytest.raises(Killed):
-        report.publish_files(str(out), NEW)
-    monkeypatch.undo()
+    _half_moved(out, monkeypatch)
     assert (out / "frontier.json").read_bytes() == NEW["frontier.json"]
     assert (out / "frontier.png").read_bytes() == OLD["frontier.png"]  # a mix until recovery
     assert (out / report.FRONTIER_STAGING / "COMPLETE").exists()
     assert report.recover_frontier(str(out)) == "completed"
-    assert _snapshot(out) == NEW
+    assert snapshot(out) == NEW
 
 
 def _half_moved(out, monkeypatch):
@@ -240,7 +221,7 @@ def test_readers_of_a_frontier_settle_a_half_moved_set_before_reading(tmp_path, 
     # whole first (these bytes are no frontier document, so the read itself then fails)
     with pytest.raises(UsageError, match="not a frontier.json"):
         read_frontier(str(out / "frontier.json"))
-    assert _snapshot(out) == NEW
+    assert snapshot(out) == NEW
 
     _half_moved(tmp_path / "ro", monkeypatch)  # a folder where the moves fail: said, not read
 
@@ -274,12 +255,12 @@ def test_a_failed_rename_is_named_and_the_next_publish_moves_the_rest_in_first(
     real = staging._recover
 
     def recover(target):  # the next publish settles the half-moved set before it stages
-        seen.append(_snapshot(out))
+        seen.append(snapshot(out))
         return real(target)
     monkeypatch.setattr(staging, "_recover", recover)
     report.publish_files(str(out), newer)
     assert seen[0]["frontier.json"] == NEW["frontier.json"]
-    assert _snapshot(out) == newer
+    assert snapshot(out) == newer
 
 
 def test_the_steps_run_in_the_documented_order(tmp_path, monkeypatch):
@@ -348,20 +329,13 @@ def test_ctrl_c_during_the_publish_is_held_and_raised_after_the_new_set_is_in(
     with pytest.raises(KeyboardInterrupt):
         report.publish_files(str(out), NEW)
     monkeypatch.undo()
-    assert sent and _snapshot(out) == NEW  # the whole new set, no staging folder
+    assert sent and snapshot(out) == NEW  # the whole new set, no staging folder
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_during_recovery_is_held_until_the_set_is_in(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    report.publish_files(str(out), OLD)
-
-    def kill_after_first(n):
-        if n == 2:
-            raise Killed
-    monkeypatch.setattr(os, "replace", _moves_into(out, kill_after_first))
-    with pytest.raises(Killed):
-        report.publish_files(str(out), NEW)
+    _half_moved(out, monkeypatch)
 
     def interrupt(n):
         if n == 1:
@@ -370,7 +344,7 @@ def test_ctrl_c_during_recovery_is_held_until_the_set_is_in(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         report.recover_frontier(str(out))
     monkeypatch.undo()
-    assert _snapshot(out) == NEW
+    assert snapshot(out) == NEW
 
 
 def test_recovery_waits_for_a_live_writer_of_the_folder(tmp_path):
@@ -409,7 +383,7 @@ def test_a_sweep_killed_between_renames_is_recovered_by_the_next_sweep_before_it
         world, tmp_path, monkeypatch):
     out = tmp_path / "front"
     assert _sweep(world, world["ev"], out) == 0
-    old = _snapshot(out)
+    old = snapshot(out)
     rendered, real_render = [], report.render_frontier
 
     def render(doc, *a, **kw):
@@ -434,7 +408,7 @@ def test_a_sweep_killed_between_renames_is_recovered_by_the_next_sweep_before_it
     seen = []
 
     def write_frontier(out_dir, doc, *a, **kw):  # the next sweep, stopped where it would write
-        seen.append(_snapshot(out_dir))
+        seen.append(snapshot(out_dir))
         raise Stop
     monkeypatch.setattr(report, "write_frontier", write_frontier)
     with pytest.raises(Stop):

@@ -11,7 +11,7 @@ from flax import nnx
 from puts_jax import bootstrap, engine, ope, reference
 from puts_jax.config import QNetConfig, SweepConfig
 from puts_jax.qnet import QNetwork
-from puts_jax.types import LoggedBatch
+from conftest import random_log
 
 D, A, J, R = 5, 8, 2, 8
 KINDS = ("binary", "real")
@@ -25,11 +25,7 @@ def model():
 
 
 def _log(B, seed=0):
-    rng = np.random.default_rng(seed)
-    action = rng.integers(0, A, B).astype(np.int32)
-    rewards = np.stack([rng.random(B) < 0.3, rng.random(B)], 1).astype(np.float32)
-    return LoggedBatch(rng.normal(size=(B, D)).astype(np.float32), action, np.full(B, 1 / A),
-                       rewards, np.eye(A, dtype=bool)[action], np.ones(B, bool))
+    return random_log(B, A, D, seed)
 
 
 def _abstract(B):
