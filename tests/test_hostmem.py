@@ -1,6 +1,8 @@
-"""hostmem.keep_scratch_resident: after it, a compiled program's large scratch is reused from
-call to call instead of being mapped and faulted in again (counted with getrusage, in a fresh
-process each, so this process's own allocations do not decide the outcome)."""
+"""hostmem.keep_scratch_resident: after it, a scratch-sized block comes from glibc's heap (kept
+mapped and reused from call to call) instead of a mapping of its own that ``free`` unmaps; checked
+against /proc/self/maps in a fresh process each, so this process's own allocations do not decide
+the outcome. (Counting page faults per call was not stable on this VM: 0 to 729 with the
+thresholds, 2,576 to 4,456 without, as the kernel reclaims idle pages.)"""
 
 import os
 import subprocess
@@ -10,45 +12,37 @@ import pytest
 
 from puts_jax import hostmem
 
-# The serve pass's Q-network at the benchmark's shapes (B = 8192, MLP 256 x 256, mixture head,
-# A = 64, J = 2): ~17 MB of scratch a call, and a 4 MB output.
+# Where glibc puts a 17 MB block (the benchmark Q-network's scratch at B = 8192): in the heap,
+# reused from call to call, or in a fresh mapping of its own that ``free`` unmaps (so the next
+# call faults every page in again: 4,456 minor faults a call measured for that Q-network).
 SCRIPT = r"""
-import resource, sys
-import jax, jax.numpy as jnp
-from flax import nnx
+import ctypes, ctypes.util, sys
 from puts_jax import hostmem
-from puts_jax.config import QNetConfig
-from puts_jax.qnet import QNetwork
 if sys.argv[1] == "keep":
     assert hostmem.keep_scratch_resident()
-model = QNetwork(QNetConfig(hidden=(256, 256)), 64, 64, ("binary", "binary"), rngs=nnx.Rngs(0))
-graphdef, params = nnx.split(model)
-f = jax.jit(lambda p, c: nnx.merge(graphdef, p)(c))
-c = jnp.ones((8192, 64), jnp.float32)
-for _ in range(3):
-    f(params, c).block_until_ready()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    f(params, c).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+ptr = libc.malloc(17 << 20)
+heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if "[heap]" in line]
+print(int(any(int(lo, 16) <= ptr < int(hi, 16) for lo, hi in heap)))
+libc.free(ptr)
 """
 
 
-def _faults_per_call(mode: str) -> float:
+def _in_heap(mode: str) -> bool:
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items()
-                              if not k.startswith(("MALLOC_", "XLA_FLAGS"))}, timeout=300)
+                         env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    return float(out.stdout.strip().splitlines()[-1])
+    return out.stdout.strip().splitlines()[-1] == "1"
 
 
-def test_scratch_is_reused_not_faulted_in_on_every_call():
+def test_scratch_sized_blocks_come_from_the_heap_and_are_reused():
     if hostmem._glibc_mallopt() is None:
         pytest.skip("not glibc: keep_scratch_resident changes nothing here")
-    kept = _faults_per_call("keep")
-    assert kept < 100, f"{kept} minor faults a call with the thresholds set"
-    default = _faults_per_call("default")  # glibc 2.36 here: every call maps it afresh
-    assert default > 1000, f"only {default} faults a call without: is the test still needed?"
+    assert not _in_heap("default")  # its own mapping, unmapped on free: faulted in every call
+    assert _in_heap("keep")  # the heap: freed blocks stay mapped and are handed out again
 
 
 def test_the_environment_and_bad_sizes(monkeypatch):
