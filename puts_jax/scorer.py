@@ -12,8 +12,9 @@ import jax
 import numpy as np
 
 from puts_jax import checks, hostmem
+from puts_jax.checks import InputError
 from puts_jax.config import ScoringConfig
-from puts_jax.serving import build_serve, split_model
+from puts_jax.serving import build_serve, q_values, split_model
 from puts_jax.types import RequestBatch, ServeOutput
 
 
@@ -58,7 +59,64 @@ class Scorer:
         self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
         self._buffers: dict = {}
         self._compiled: set = set()  # (k, padded shapes) compiled so far
+        self._n_objectives: dict = {}  # (context, context_ids) shapes -> J of the model's Q
         self.compile_seconds = 0.0  # wall time spent compiling (tracing, native build, XLA)
+
+    def _model_attr(self, name: str):
+        """An attribute of the merged model (e.g. QNetwork.context_dim), None if it has none."""
+        from flax import nnx
+        try:
+            return getattr(nnx.merge(self.graphdef, self.params), name, None)
+        except Exception:  # a graphdef/params pair that does not merge has no such attribute
+            return None
+
+    def _objectives(self, context: np.ndarray, context_ids: np.ndarray | None) -> int:
+        """J of the model's Q f32[B, A, J] for this context width (traced once per width, no
+        compile); a context the model cannot take is an InputError naming ``context``."""
+        key = (context.shape[1], None if context_ids is None else context_ids.shape[1])
+        if key not in self._n_objectives:
+            ctx = jax.ShapeDtypeStruct((1, key[0]), np.float32)
+            ids = None if key[1] is None else jax.ShapeDtypeStruct((1, key[1]), np.int32)
+            try:
+                q = jax.eval_shape(lambda p, c, i: q_values(self.graphdef, p, c, i),
+                                   self.params, ctx, ids)
+            except (TypeError, ValueError) as e:
+                want = self._model_attr("context_dim")
+                hint = f"the model takes D = {want} columns" if want is not None else str(e)
+                raise InputError("context", [], f"f32[B, {key[0]}] with context_ids "
+                                 f"{'none' if key[1] is None else f'i32[B, {key[1]}]'} does "
+                                 f"not fit the model: {hint}") from None
+            if q.ndim != 3 or q.shape[1] != self.action_weights.shape[0]:
+                raise InputError("model", [], f"Q has shape {q.shape}; expected [B, A, J] "
+                                 f"with A = {self.action_weights.shape[0]} (action_weights)")
+            self._n_objectives[key] = int(q.shape[2])
+        return self._n_objectives[key]
+
+    def _check_shapes(self, lam: np.ndarray, batch: RequestBatch) -> None:
+        """Every field's shape against preds f32[B, N, K], W f32[A, K] and the model's D and J;
+        one InputError naming the field and the shape it expected."""
+        A, K = self.action_weights.shape
+        preds = batch.preds
+        if preds.ndim != 3 or preds.shape[2] != K:
+            raise InputError("preds", [], f"shape {preds.shape}; expected f32[B, N, {K}] (K = "
+                             f"{K} ranker outcomes, the width of the action set's W f32[{A}, "
+                             f"{K}])")
+        B, N = preds.shape[:2]
+        want = {"context": (B, None), "mask": (B, N), "valid": (B,),
+                "context_ids": (B, None)}
+        for field, shape in want.items():
+            x = getattr(batch, field)
+            if x is None:
+                continue
+            if x.ndim != len(shape) or any(w is not None and s != w
+                                           for s, w in zip(x.shape, shape)):
+                text = ", ".join("?" if w is None else str(w) for w in shape)
+                raise InputError(field, [], f"shape {x.shape}; expected [{text}] to match "
+                                 f"preds f32{list(preds.shape)}")
+        J = self._objectives(batch.context, batch.context_ids)
+        if lam.shape != (J,):
+            raise InputError("lambda", [], f"shape {lam.shape}; expected f32[{J}], one "
+                             f"coefficient per objective of the model's Q f32[B, {A}, {J}]")
 
     def set_params(self, params) -> None:
         """Swap parameters (same structure): no recompilation."""
@@ -117,14 +175,20 @@ class Scorer:
         ServeOutput of numpy arrays with exactly B rows in input order and k' = min(top_k, the
         candidate bucket of N) top-k columns: a top_k beyond the bucket returns every candidate
         (slots past a request's real, finite ones hold -1 / -inf) and costs no memory for the
-        rest."""
+        rest.
+
+        Raises InputError naming the field when a shape does not fit: preds not f32[B, N, K]
+        with W's K, mask not [B, N], valid not [B], context not [B, D] with the model's D,
+        context_ids not [B, C], lam not f32[J] with the model's J, or lam not a distribution."""
         lam = checks.check_lambda(np.asarray(lam, np.float32))
-        B, N = batch.preds.shape[:2]
+        preds = np.asarray(batch.preds)
+        B = preds.shape[0] if preds.ndim else 0
         batch = RequestBatch(
-            np.asarray(batch.context, np.float32), np.asarray(batch.preds),
-            np.asarray(batch.mask, bool),
+            np.asarray(batch.context, np.float32), preds, np.asarray(batch.mask, bool),
             np.ones(B, bool) if batch.valid is None else np.asarray(batch.valid, bool),
             None if batch.context_ids is None else np.asarray(batch.context_ids, np.int32))
+        self._check_shapes(lam, batch)
+        N = preds.shape[1]
         n_pad = _bucket(max(N, 1), self.cfg.candidate_buckets)
         step = self.cfg.batch_buckets[-1]
         if B <= step:

@@ -1,0 +1,71 @@
+"""``Scorer.score`` checks every field's shape against preds, the action set and the model before
+anything is compiled: one InputError naming the field and the shape it expected, never a wrong
+row or a raw TypeError from inside the trace."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from puts_jax import engine, reference
+from puts_jax.checks import InputError
+from puts_jax.config import QNetConfig, ScoringConfig
+from puts_jax.qnet import QNetwork
+from puts_jax.types import RequestBatch
+
+D, A, K, B, N = 5, 8, 2, 6, 10
+KINDS = ("binary", "real")  # J = 2
+LAM = np.array([0.5, 0.5], np.float32)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    model = QNetwork(QNetConfig.tiny(), D, A, KINDS, rngs=nnx.Rngs(0))
+    W = (np.random.default_rng(9).integers(0, 5, (A, K)) / 4).astype(np.float32)
+    return engine.Scorer(model, W, ScoringConfig(top_k=3, batch_buckets=(8,),
+                                                 candidate_buckets=(16,)))
+
+
+def _batch(**over):
+    rng = np.random.default_rng(0)
+    fields = dict(context=rng.normal(size=(B, D)).astype(np.float32),
+                  preds=rng.random((B, N, K)).astype(np.float32),
+                  mask=np.ones((B, N), bool), valid=np.ones(B, bool))
+    fields.update(over)
+    return RequestBatch(**fields)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("preds", np.zeros((B, N, K + 1), np.float32), f"expected f32[B, N, {K}]"),
+    ("preds", np.zeros((B, N), np.float32), f"expected f32[B, N, {K}]"),
+    ("mask", np.ones((B - 1, N), bool), f"expected [{B}, {N}]"),
+    ("mask", np.ones((B, N + 1), bool), f"expected [{B}, {N}]"),
+    ("valid", np.ones(B + 2, bool), f"expected [{B}]"),
+    ("context", np.zeros((B + 1, D), np.float32), f"expected [{B}, ?]"),
+    ("context", np.zeros((B, D + 3), np.float32), f"the model takes D = {D} columns"),
+])
+def test_a_field_of_the_wrong_shape_is_named(scorer, field, value, expected):
+    with pytest.raises(InputError) as e:
+        scorer(LAM, _batch(**{field: value}))
+    assert e.value.field == field
+    assert expected in str(e.value)
+
+
+@pytest.mark.parametrize("lam", [np.array([1.0], np.float32),
+                                 np.array([0.2, 0.3, 0.5], np.float32)])
+def test_lambda_of_another_length_than_the_models_objectives_is_named(scorer, lam):
+    with pytest.raises(InputError) as e:
+        scorer(lam, _batch())
+    assert e.value.field == "lambda"
+    assert "expected f32[2]" in str(e.value)
+
+
+def test_a_valid_batch_still_matches_the_reference_after_rejected_ones(scorer):
+    for bad in (dict(mask=np.ones((B - 1, N), bool)), dict(context=np.zeros((B, 1), np.float32))):
+        with pytest.raises(InputError):
+            scorer(LAM, _batch(**bad))
+    batch = _batch()
+    got = scorer(LAM, batch)
+    q = np.asarray(nnx.merge(scorer.graphdef, scorer.params)(batch.context))
+    want = reference.serve(q, LAM, scorer.action_weights, batch.preds, batch.mask, 3)
+    np.testing.assert_array_equal(got.action, want.action)
+    np.testing.assert_array_equal(got.topk_index, want.topk_index)
