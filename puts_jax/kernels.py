@@ -7,9 +7,9 @@ semantics. The batched, fused forms that ``puts_jax.engine`` compiles (``serve_s
 what makes them fast on XLA:CPU, and are tested against the per-example forms and
 ``puts_jax.reference`` (equal actions and top-k indices, ties included):
 
-* ``extract_top_k``: the exact top-k of many rows as k extraction steps over group maxima, the
-  rows in the vector lanes (about 3x faster than XLA:CPU's ``TopK``, a ``partial_sort`` per row,
-  on 8192 x 500 random scores). ``rerank`` re-weights and masks the whole batch in one fusion,
+* ``extract_top_k`` (in ``puts_jax.topk``, re-exported here): the exact top-k of many rows as k
+  extraction steps over group maxima, the rows in the vector lanes (about 3x faster than
+  XLA:CPU's ``TopK``, a ``partial_sort`` per row, on 8192 x 500 random scores). ``rerank`` re-weights and masks the whole batch in one fusion,
   then runs that top-k and the non-finite count on blocks of at most ``TAIL_BLOCK`` rows, so a
   block's scores stay in cache (B = 8192, N = 500: 36 ms, against 60 ms with the re-weighting
   inside the block loop and 68 ms with ``lax.top_k``).
@@ -32,11 +32,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from puts_jax import native
+from puts_jax.topk import TOPK_GROUP, extract_top_k  # noqa: F401  (re-exported: kernels API)
 from puts_jax.types import ServeOutput
 
 _UNROLL_MAX_K = 16  # re-weighting unrolls the K-dot up to this many ranker heads
 _UNROLL_MAX_A = 128  # sweep_select unrolls its running argmax up to this many actions
-TOPK_GROUP = 8  # extract_top_k: about this many entries per group (contiguous groups)
 TAIL_BLOCK = 256  # rerank: at most this many rows per top-k block (a block's f32[rows, N]
 # scores stay in L2; 256 rows ran the B = 8192 tail ~15% faster than 64 or 512 on the 2-core CPU)
 EXTRACT_MIN_ROWS = 128  # rerank "auto": fewer rows use lax.top_k (the k steps cost per call)
@@ -161,61 +161,6 @@ def first_argmax_rows(s_BxA: jax.Array, fallback) -> tuple[jax.Array, jax.Array]
                             jnp.int32(A)), axis=1)
     finite = jnp.all(jnp.isfinite(s_BxA), axis=1)
     return jnp.where(finite, idx, jnp.asarray(fallback, jnp.int32)), ~finite
-
-
-def _group_size(n: int) -> int:
-    """Entries per group of ``extract_top_k``: a divisor of n in [4, 16] closest to
-    ``TOPK_GROUP`` (no padding), else ``TOPK_GROUP``."""
-    divisors = [d for d in range(4, 17) if n % d == 0]
-    return min(divisors, key=lambda d: (abs(d - TOPK_GROUP), -d)) if divisors else TOPK_GROUP
-
-
-def extract_top_k(s_BxN: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-k of every row of ``s: f32[B, N]``: (val f32[B, k], idx i32[B, k]), best first,
-    ties to the lowest index (``reference.masked_top_k``'s order). Entries must be finite or
-    -inf (-inf entries come last, in any order: callers turn them into idx -1); -0.0 and 0.0
-    are equal here.
-
-    k extraction steps over groups of contiguous entries (about ``TOPK_GROUP``, a divisor of N
-    when N has one in [4, 16]; otherwise the row is padded with -inf): M[g] is the largest
-    entry left in group g. A step takes m = max_g M[g] from the lowest group holding it, at the
-    lowest position in that group holding it (groups are contiguous, so that is the lowest index
-    with value m), marks it taken (-inf) and recomputes that group's M from its few entries.
-    M is kept as f32[G, B], the rows in the vector lanes, so every step is a few vector passes
-    over G entries and a gather of one group per row: for N = 500, k = 25 about 3x faster on
-    XLA:CPU than ``lax.top_k`` (a ``partial_sort`` per row). For many rows at once; use it on
-    blocks of rows that fit in cache (``rerank``).
-    """
-    _check_rank("s_BxN", s_BxN, 2)
-    x = s_BxN.astype(jnp.float32)
-    if k > x.shape[1]:
-        x = jnp.concatenate([x, jnp.full((x.shape[0], k - x.shape[1]), -jnp.inf, jnp.float32)], 1)
-    B, N = x.shape
-    g = _group_size(N)
-    G = -(-N // g)
-    if G * g != N:  # padding fused into the scores' producer costs a pass: divisors avoid it
-        x = jnp.concatenate([x, jnp.full((B, G * g - N), -jnp.inf, jnp.float32)], axis=1)
-    x = x.reshape(B, G, g)
-    M = jnp.max(x, axis=2).T  # f32[G, B]
-    rows = jnp.arange(B)
-    # Positions as f32 (exact below 2**24): XLA:CPU vectorizes f32 min-reductions, while s32 ones
-    # became reduce-window loops that cost more than the rest of a step.
-    g_iota = lax.broadcasted_iota(jnp.float32, (G, B), 0)
-    j_iota = lax.broadcasted_iota(jnp.float32, (B, g), 1)
-    vals, idxs = [], []
-    for _ in range(k):
-        m = jnp.max(M, axis=0)  # f32[B]: the best entry left
-        grp_f = jnp.min(jnp.where(M == m[None, :], g_iota, float(G)), axis=0)  # lowest group
-        grp = grp_f.astype(jnp.int32)
-        v = x[rows, grp]  # f32[B, g]: that group's entries
-        j_f = jnp.min(jnp.where(v == m[:, None], j_iota, float(g)), axis=1)
-        j = j_f.astype(jnp.int32)
-        x = x.at[rows, grp, j].set(-jnp.inf)
-        rest = jnp.max(jnp.where(j_iota == j_f[:, None], -jnp.inf, v), axis=1)
-        M = jnp.where(g_iota == grp_f[None, :], rest[None, :], M)
-        vals.append(m)
-        idxs.append(grp * g + j)
-    return jnp.stack(vals, axis=1), jnp.stack(idxs, axis=1)
 
 
 def _scores(preds_BxNxK, w_BxK, mask_BxN):
