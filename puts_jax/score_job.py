@@ -133,6 +133,8 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     and row on bad input, and before anything is written when ``out_path`` is
     ``requests_path``; on any error the output path is left untouched (the temp file is
     removed; one left by a killed run is removed by the next run, ``remove_stale_temps``).
+    ``progress``: a tqdm bar on stderr while scoring, drawn only when stderr is a terminal and
+    cleared at the end (the caller prints the summary).
     """
     checks.check_distinct_paths({"out_path": out_path}, {"requests_path": requests_path})
     op = policy.load(registry, version)
@@ -145,8 +147,11 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     counts = dict(rows=0, no_candidates=0, nonfinite_preds=0, fallback_rows=0)
     t0 = time.perf_counter()
     try:
+        # disable=None: tqdm draws only on a terminal; into a log or pipe each redraw would be
+        # one more copy of the bar (the summary line says the same)
         with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=total, unit="req",
-                                                           disable=not progress) as bar:
+                                                           disable=None if progress else True,
+                                                           leave=False) as bar:
             widths = model_io.model_widths(op.model)
             for chunk in logs.iter_request_chunks(requests_path, chunk_rows, **widths):
                 out = scorer.score(op.lam, chunk.batch)
