@@ -140,7 +140,9 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     op = policy.load(registry, version)
     meta = logs.read_meta(requests_path)
     _check_compatible(meta, op, requests_path)
-    scorer = engine.Scorer(op.model, op.action_set.weights, ScoringConfig(top_k=top_k))
+    # one set of parameters for the whole run: built into the compiled pass as constants
+    scorer = engine.Scorer(op.model, op.action_set.weights, ScoringConfig(top_k=top_k),
+                           params_as_constants=True)
     total = pq.ParquetFile(requests_path).metadata.num_rows
     stale = remove_stale_temps(out_path)
     tmp = _open_temp(out_path)
