@@ -73,7 +73,8 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
     """Assemble the frontier document (JSON-ready dict; see ``REQUIRED_KEYS`` and the README).
 
     Args:
-      lambdas: f[P, J] scalarization of each point (row p is the policy ``points.names[p]``).
+      lambdas: f[P, J] scalarization of each point (row p is the policy ``points.names[p]``);
+        f32 values are written as the shortest decimal that reads back as the same float32.
       points: the lambda points' estimates (PolicyEstimates or dict, ``report_estimates``).
       objective_names: J reward names. directions: "max"/"min" per objective (default max).
       provenance: at least data_files {path: sha256}, rows, checkpoint_step, action_set_hash
@@ -89,7 +90,11 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
     provenance, points / baselines.<kind> fields, operating_point).
     """
     pe = as_estimates(points)
-    lam = np.asarray(lambdas, np.float64)
+    lam = np.asarray(lambdas)
+    if lam.dtype == np.float32:  # 0.9, not 0.8999999761581421: the shortest decimal that reads
+        # back as the same float32 (what the compiled passes use), so the file is readable
+        lam = np.array([float(str(v)) for v in lam.ravel()]).reshape(lam.shape)
+    lam = np.asarray(lam, np.float64)
     J = next(iter(pe.estimates.values()))["value"].shape[1]
     if lam.shape != (len(pe.names), J):
         raise InputError("lambdas", [], f"expected f[{len(pe.names)}, {J}], got {lam.shape}")

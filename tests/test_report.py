@@ -177,3 +177,17 @@ def test_from_ope_estimates(tmp_path):
     doc = report.build_frontier(np.array([[1.0, 0.0], [0.0, 1.0]]), pe, primary="exact",
                                 objective_names=("click", "save"), provenance=_prov(tmp_path))
     assert doc["verdicts"] == ["nondominated", "clearly dominated"]
+
+
+def test_float32_lambdas_are_written_as_their_shortest_decimal(tmp_path):
+    from puts_jax.scalarization import lambda_grid
+    lam = lambda_grid(2, 5).astype(np.float32)
+    lam[1:4] = [[0.9, 0.1], [0.7, 0.3], [1 / 3, 2 / 3]]
+    _, pts = _points()
+    doc = report.build_frontier(lam, pts, objective_names=("click", "save"),
+                                provenance=_prov(tmp_path))
+    text = report.dumps(doc)
+    assert "0.8999999761581421" not in text and "0.3333333432674408" not in text
+    assert doc["lambdas"][1:4] == [[0.9, 0.1], [0.7, 0.3], [0.33333334, 0.6666667]]
+    back = np.asarray(json.loads(text)["lambdas"], np.float32)
+    np.testing.assert_array_equal(back.view(np.uint32), lam.view(np.uint32))  # same float32 bits
