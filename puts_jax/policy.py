@@ -125,7 +125,8 @@ def check_registry(registry_dir: str) -> None:
 
 @contextlib.contextmanager
 def _locked(registry_dir: str, create: bool = False):
-    """Hold the registry's writer lock; only ``create`` (publish) makes a missing directory."""
+    """Hold the registry's writer lock; only ``create`` (publish) makes a missing directory.
+    Raises InputError("registry") before anything is written when audit.jsonl does not read."""
     if create:
         os.makedirs(registry_dir, exist_ok=True)
     elif not os.path.isdir(registry_dir):
@@ -133,6 +134,7 @@ def _locked(registry_dir: str, create: bool = False):
     with open(os.path.join(registry_dir, ".lock"), "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
+            read_audit(registry_dir)  # a corrupt audit log is never extended: nothing written
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
@@ -162,8 +164,39 @@ def _read_meta(registry_dir: str, version: str) -> dict:
     if not _VERSION_RE.match(version) or not os.path.isfile(path):
         raise InputError("version", [], f"{version!r} is not a version of {registry_dir}; "
                                         f"known {versions(registry_dir)}")
-    with open(path) as f:
-        return json.load(f)
+    return _read_policy_json(path)
+
+
+POLICY_KEYS = ("lambda", "reason", "parent", "params_version", "params_hash", "param_shapes",
+               "model_spec", "action_set", "action_set_hash", "source")  # what readers use
+
+
+def _read_policy_json(path: str) -> dict:
+    """A version's policy.json as a dict; a truncated or corrupt file (not JSON, not an object,
+    lacking ``POLICY_KEYS``) is an InputError("registry") naming the file and the line."""
+    with open(path, "rb") as f:
+        meta = _parse(f.read(), path, 1)
+    missing = [k for k in POLICY_KEYS if k not in meta]
+    if missing:
+        raise InputError("registry", [], f"{path}: missing keys {missing}; the file is "
+                                         "truncated or corrupt")
+    return meta
+
+
+def _parse(text: bytes, path: str, line: int, fix: str = "") -> dict:
+    """``text`` (a JSON object that starts on ``line`` of ``path``) as a dict, else an
+    InputError("registry") naming the file and the line where reading failed (+ ``fix``)."""
+    try:
+        out = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        at, why = ((line + e.lineno - 1, f"{e.msg}: column {e.colno}")
+                   if isinstance(e, json.JSONDecodeError) else (line, str(e)))
+        raise InputError("registry", [], f"{path}: line {at}: not valid JSON ({why}); the file "
+                                         f"is truncated or corrupt{fix}") from None
+    if not isinstance(out, dict):
+        raise InputError("registry", [], f"{path}: line {line}: a JSON {type(out).__name__}, "
+                                         f"not an object; the file is truncated or corrupt{fix}")
+    return out
 
 
 def _next_version(registry_dir: str) -> str:
@@ -172,10 +205,20 @@ def _next_version(registry_dir: str) -> str:
 
 
 def _audit(registry_dir: str, entry: dict) -> None:
-    with open(os.path.join(registry_dir, "audit.jsonl"), "a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    """Append ``entry`` as one line (after a newline, if a crash left the last line without
+    one); ``_locked`` has already checked that every existing line reads."""
+    path = os.path.join(registry_dir, "audit.jsonl")
+    with open(path, "ab") as f:
+        gap = f.tell() > 0 and _last_byte(path) != b"\n"
+        f.write((("\n" if gap else "") + json.dumps(entry, sort_keys=True) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) -> str:
@@ -273,12 +316,19 @@ def rollback(registry_dir: str, version: str, reason: str) -> str:
     return version
 
 
+_AUDIT_FIX = ("; repair or remove that line (publish, set-lambda and rollback write nothing "
+              "until the log reads)")
+
+
 def read_audit(registry_dir: str) -> list[dict]:
+    """The audit log, one dict a line, oldest first ([] when there is none). Raises
+    InputError("registry") naming audit.jsonl and its first line that is not a JSON object."""
     path = os.path.join(registry_dir, "audit.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        return [_parse(line, path, n, _AUDIT_FIX) for n, line in enumerate(f, 1)
+                if line.strip()]
 
 
 def _current_problem(registry_dir: str, found: list[str]) -> tuple[str | None, str | None]:
@@ -317,7 +367,7 @@ def show(registry_dir: str) -> dict:
             "current_problem": problem,
             "policy": _read_meta(registry_dir, cur) if cur else None, "versions": summary,
             "audit": audit,
-            "audit_consistent": (audit[-1]["current_after"] if audit else None) == cur,
+            "audit_consistent": (audit[-1].get("current_after") if audit else None) == cur,
             "stale_temp": stale}
 
 

@@ -156,3 +156,55 @@ def test_tampered_params_hash_detected(tmp_path):
         json.dump(meta, f)
     with pytest.raises(InputError, match="params: saved parameters do not fit.*values"):
         policy.load(reg)
+
+
+def test_audit_log_a_crash_left_without_its_newline_and_a_corrupt_line(tmp_path):
+    reg = str(tmp_path / "reg")
+    policy.publish(reg, _model(), _aset(), [0.5, 0.5], None, "first")
+    path = os.path.join(reg, "audit.jsonl")
+    with open(path, "rb") as f:
+        line = f.read()
+    with open(path, "wb") as f:  # a whole entry whose newline never reached the disk
+        f.write(line.rstrip(b"\n"))
+    policy.set_lambda(reg, [0.7, 0.3], "second")  # written on a line of its own
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 2 and lines[0] == line.rstrip(b"\n")
+    assert [a["reason"] for a in policy.read_audit(reg)] == ["first", "second"]
+    with open(path, "ab") as f:
+        f.write(b'{"action": "set-lam')  # killed mid-line
+    with open(path, "rb") as f:
+        before = f.read()
+    with pytest.raises(InputError, match=f"^registry: {path}: line 3: not valid JSON "
+                                         r"\(Unterminated string starting at: column 12\); the "
+                                         "file is truncated or corrupt; repair or remove"):
+        policy.read_audit(reg)
+    for write in (lambda: policy.set_lambda(reg, [0.5, 0.5], "third"),
+                  lambda: policy.rollback(reg, "v0001", "back"),
+                  lambda: policy.publish(reg, _model(), _aset(), [0.5, 0.5], None, "again")):
+        with pytest.raises(InputError, match="line 3: not valid JSON"):
+            write()
+    with open(path, "rb") as f:
+        assert f.read() == before
+    assert policy.versions(reg) == ["v0001", "v0002"] and _current(reg) == "v0002\n"
+
+
+def test_policy_json_that_is_not_an_object_or_lacks_keys(tmp_path):
+    reg = str(tmp_path / "reg")
+    policy.publish(reg, _model(), _aset(), [0.5, 0.5], None, "first")
+    path = os.path.join(reg, "v0001", "policy.json")
+    with open(path) as f:
+        meta = json.load(f)
+    with open(path, "w") as f:
+        json.dump({k: v for k, v in meta.items() if k not in ("params_hash", "source")}, f)
+    with pytest.raises(InputError, match=r"^registry: .*v0001/policy.json: missing keys "
+                                         r"\['params_hash', 'source'\]; the file is truncated"):
+        policy.load(reg)
+    with open(path, "w") as f:
+        f.write('\n\n"v0001"')
+    with pytest.raises(InputError, match="policy.json: line 1: a JSON str, not an object"):
+        policy.show(reg)
+    with open(path, "w") as f:
+        f.write('{\n "lambda": [0.5,\n')
+    with pytest.raises(InputError, match=r"policy.json: line 3: not valid JSON \(Expecting value"):
+        policy.load(reg)
