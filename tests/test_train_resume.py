@@ -13,7 +13,7 @@ import pytest
 
 from puts_jax import model_io
 from puts_jax.data import logs, simulator as sim
-from train import TrainConfig, input as input_lib, load_selected, selection
+from train import TrainConfig, input as input_lib, load_selected, publish
 import train.main as main_mod
 from train.main import main as cli_main
 
@@ -168,11 +168,15 @@ def test_ctrl_c_during_training_is_one_line_and_the_same_command_resumes(
         finished, sim_logs, tmp_path, capsys, monkeypatch):
     wd = tmp_path / "wd"
     flags = ["--config", "tiny", "--epochs", "1"]
-    _ctrl_c_at(monkeypatch, input_lib, "to_train_batch", 7)  # during step 7 (saved: 4)
+    # 10 steps: evaluations and checkpoints every ceil(10 / 4) = 3 steps and at the last
+    _ctrl_c_at(monkeypatch, input_lib, "to_train_batch", 7)  # during step 7 (saved: 3, 6)
     rc, out, err = _cli(capsys, sim_logs, wd, *flags)
     assert rc == 130 and out == ""
     assert err == "python -m train: interrupted (resume with the same command)\n"
-    assert os.listdir(wd / "checkpoints") == ["4"] and not _leftovers(wd)
+    assert sorted(os.listdir(wd / "checkpoints")) == ["3", "6"] and not _leftovers(wd)
+    # an interrupted run exports nothing that looks final: only the provisional best_so_far
+    assert not (wd / "selected_model").exists() and not (wd / "selected.json").exists()
+    assert model_io.load_model(str(wd / "best_so_far"))[1]["extra"]["provisional"] is True
     monkeypatch.undo()
     rc, out, _ = _cli(capsys, sim_logs, wd, *flags)
     assert rc == 0 and json.loads(out)["final_step"] == 10
@@ -180,11 +184,19 @@ def test_ctrl_c_during_training_is_one_line_and_the_same_command_resumes(
     assert (wd / "selected.json").read_text() == (finished / "selected.json").read_text()
 
 
-def test_ctrl_c_during_the_export_lets_it_complete(sim_logs, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_during_the_best_so_far_save_lets_it_complete(finished, sim_logs, tmp_path,
+                                                             capsys, monkeypatch):
     wd = tmp_path / "wd"
-    _ctrl_c_at(monkeypatch, selection.model_io, "save_model", 1)  # the first evaluation, step 4
+    _ctrl_c_at(monkeypatch, publish.model_io, "save_model", 1)  # the first evaluation, step 3
     rc, _, err = _cli(capsys, sim_logs, wd, "--config", "tiny", "--epochs", "1")
     assert rc == 130 and err == "python -m train: interrupted (resume with the same command)\n"
-    model, info = load_selected(str(wd))  # model and selected.json written together
-    assert info["step"] == 4 and info["params_hash"] == model_io.params_hash(model)
+    model, info = model_io.load_model(str(wd / "best_so_far"))  # the save completed
+    assert info["extra"]["step"] == 3 and info["params_hash"] == model_io.params_hash(model)
     assert not _leftovers(wd) and os.listdir(wd / "checkpoints") == []
+    assert not (wd / "selected_model").exists() and not (wd / "selected.json").exists()
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        load_selected(str(wd))
+    monkeypatch.undo()
+    rc, out, _ = _cli(capsys, sim_logs, wd, "--config", "tiny", "--epochs", "1")
+    assert rc == 0 and json.loads(out)["final_step"] == 10
+    assert (wd / "selected.json").read_text() == (finished / "selected.json").read_text()

@@ -12,6 +12,11 @@ import json
 from puts_jax.config import QNetConfig
 
 
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits without x64: 2**32 would alias seed 0
+MAX_STEPS = 2**31 - 1  # the step counter and optax's schedule count are int32
+AUTO_INTERVALS = 4  # evaluations (and checkpoints) a run where eval_every (checkpoint_every) is 0
+
+
 def _require(cond: bool, field: str, msg: str) -> None:
     if not cond:
         raise ValueError(f"TrainConfig.{field}: {msg}")
@@ -37,9 +42,10 @@ class TrainConfig:
     weight_decay: float = 1e-4  # decoupled AdamW weight decay
     clip_norm: float = 1.0  # global-norm gradient clipping (0 clips every update to 0)
     objective_weights: tuple[float, ...] = ()  # per-objective loss weights; () = 1 for each
-    seed: int = 0  # parameter init, data order and the per-step key
-    eval_every: int = 250  # steps between held-out evaluations (and at the last step)
-    checkpoint_every: int = 250  # steps between checkpoints (and at the last step)
+    seed: int = 0  # parameter init, data order and the per-step key; < 2**32 (the JAX key's bits)
+    eval_every: int = 250  # steps between held-out evaluations (and at the last step);
+    # 0 = scaled to the run: AUTO_INTERVALS evaluations a run (``interval``)
+    checkpoint_every: int = 250  # steps between checkpoints (and at the last step); 0 = scaled
     keep: int = 3  # checkpoints kept for resumption
     select_objective: int = 0  # checkpoints are selected by held-out SNIPS of this objective
     select_lambda: tuple[float, ...] = ()  # greedy policy's lambda for selection; () = one-hot
@@ -49,13 +55,17 @@ class TrainConfig:
     progress: bool | None = None  # tqdm bar: None = only on a terminal
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs", "eval_every", "checkpoint_every", "keep",
-                     "report_lambdas", "heldout_chunk_rows"):
+        for name in ("batch_size", "epochs", "keep", "report_lambdas", "heldout_chunk_rows"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _require(self.report_lambdas >= 2, "report_lambdas", "must be >= 2")
         for name in ("max_steps", "warmup_steps", "weight_decay", "clip_norm", "seed",
-                     "select_objective"):
+                     "select_objective", "eval_every", "checkpoint_every"):
             _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.seed <= MAX_SEED, "seed", f"must be <= {MAX_SEED} (the 32 bits of a JAX "
+                 f"key), got {self.seed}")
+        for name in ("epochs", "max_steps", "eval_every", "checkpoint_every"):
+            _require(getattr(self, name) <= MAX_STEPS, name,
+                     f"must be <= {MAX_STEPS}, got {getattr(self, name)}")
         _require(self.learning_rate > 0, "learning_rate", "must be > 0")
         _require(0.0 <= self.end_lr_factor <= 1.0, "end_lr_factor", "must be in [0, 1]")
         _require(all(w >= 0 for w in self.objective_weights), "objective_weights",
@@ -70,6 +80,13 @@ class TrainConfig:
         """Every field as JSON values (tuples as lists, ``qnet`` as a nested dict): the record of
         a run's effective config (``workdir/config.json``, ``selected.json``)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def interval(self, every: int, total_steps: int) -> int:
+        """Steps between evaluations (``every`` = ``eval_every``) or checkpoints
+        (``checkpoint_every``) in a run of ``total_steps``: ``every`` itself, or for 0 the run
+        split into ``AUTO_INTERVALS`` parts, ceil(total_steps / AUTO_INTERVALS). A function of the
+        config and the run length only, so a resumed run evaluates and saves at the same steps."""
+        return every or max(1, -(-total_steps // AUTO_INTERVALS))
 
     def loss_weights(self, n_objectives: int) -> tuple[float, ...]:
         """Per-objective loss weights for J objectives (validated against J)."""
@@ -90,10 +107,12 @@ class TrainConfig:
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
-        """Seconds on a CPU: tests."""
+        """Seconds on a CPU: tests and smoke runs. Evaluations and checkpoints scale with the run
+        (``interval``): 4 a run, at every quarter and the last step, whatever the log's size
+        (a fixed 4 steps evaluated 2,344 times on ``simulate --preset tiny``'s 300k rows)."""
         return cls(qnet=QNetConfig.tiny(), batch_size=64, epochs=2, learning_rate=0.01,
-                   warmup_steps=2, eval_every=4, checkpoint_every=4, keep=2,
-                   heldout_chunk_rows=256, async_checkpointing=True, progress=False)
+                   warmup_steps=2, eval_every=0, checkpoint_every=0, keep=2,
+                   heldout_chunk_rows=16384, async_checkpointing=True, progress=False)
 
     @classmethod
     def default(cls) -> "TrainConfig":

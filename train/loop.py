@@ -18,9 +18,19 @@ import tqdm
 from flax import nnx
 
 from puts_jax.data import logs
-from train import checkpointing, input as input_lib, metrics as metrics_lib, selection, state as \
-    state_lib, step as step_lib
-from train.config import TrainConfig
+from train import checkpointing, input as input_lib, metrics as metrics_lib, publish, selection, \
+    state as state_lib, step as step_lib
+from train.config import MAX_STEPS, TrainConfig
+from train.workdir_lock import WorkdirLock
+
+
+def _check_estimable(chunks: list, heldout_path: str) -> None:
+    """Raise InputError naming ``heldout_path`` when none of its rows matches any action: no
+    policy's value can be estimated on it, so no checkpoint could ever be selected."""
+    if not any(np.asarray(lb.consistent).any() for lb in chunks):
+        raise logs.InputError("consistent", [], "no row matches any action of the action set: no "
+                              "policy can be estimated on this log, so no checkpoint could be "
+                              "selected", heldout_path)
 
 
 def _validate_shapes(cfg: TrainConfig, n_devices: int, n_processes: int) -> None:
@@ -89,7 +99,12 @@ class _Run:
                                             cfg.epochs, cfg.seed, jax.process_index(),
                                             jax.process_count())
         schedule_steps = len(self.source)
+        if schedule_steps > MAX_STEPS:
+            raise ValueError(f"TrainConfig.epochs: {cfg.epochs} epochs of "
+                             f"{self.source.steps_per_epoch} steps exceed {MAX_STEPS} steps")
         self.total = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps
+        self.eval_every = cfg.interval(cfg.eval_every, self.total)
+        self.checkpoint_every = cfg.interval(cfg.checkpoint_every, self.total)
         tx = state_lib.make_optimizer(cfg, schedule_steps)
         model_fn = lambda: state_lib.make_model(cfg, arrays.context.shape[1], A, kinds,  # noqa
                                                 meta.action_set.weights)
@@ -102,12 +117,21 @@ class _Run:
                                          cfg.select_objective)
         chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows, vocab)
         _check_widths(arrays, chunks, heldout_path)
+        _check_estimable(chunks, heldout_path)
         self.evaluator = selection.HeldoutEvaluator(
             chunks, self.names, kinds, A, self.select_lambda, cfg.select_objective,
             cfg.report_lambdas, g, cfg.heldout_chunk_rows)
         os.makedirs(workdir, exist_ok=True)  # only once both logs have been read and checked
-        self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep,
-                                               cfg.async_checkpointing)
+        # Process 0 writes the workdir's files; it holds the lock until train_and_evaluate ends.
+        self.lock = WorkdirLock(workdir)
+        if jax.process_index() == 0:
+            self.lock.acquire()
+        try:
+            self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                                   cfg.keep, cfg.async_checkpointing)
+        except BaseException:
+            self.lock.release()
+            raise
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
         self.iterator = iter(input_lib.make_dataset(self.source))
         self.progress = {"evals": [], "best": None}
@@ -127,7 +151,8 @@ class _Run:
         return step
 
     def evaluate(self, step: int) -> dict:
-        """Held-out evaluation at ``step``; exports the model when it is the best so far."""
+        """Held-out evaluation at ``step``; saves the model to ``best_so_far`` (provisional,
+        ``train.publish``) when it is the best so far."""
         res = self.evaluator(self.defs.model, self.state.params)
         entry = {"step": step, **res}
         self.progress["evals"].append({"step": step, "value": res["value"]})
@@ -136,10 +161,29 @@ class _Run:
             self.progress["best"] = entry
             if jax.process_index() == 0:
                 model = nnx.merge(self.defs.model, self.state.params)
-                doc = self.summary()
-                with checkpointing.deferred_interrupt():  # model and selected.json together
-                    entry["params_hash"] = selection.export(self.workdir, model, doc)
+                with checkpointing.deferred_interrupt():
+                    entry["params_hash"] = publish.save_best(self.workdir, model, step,
+                                                             res["value"])
         return entry
+
+    def finish(self, heldout_path: str) -> dict:
+        """The selected.json document of a run that trained its last step; process 0 publishes
+        it with the selected model (``train.publish``). Raises InputError naming
+        ``heldout_path`` when no evaluation gave a value, so nothing can be selected."""
+        doc = self.summary()
+        best = self.progress.get("best")
+        if not best:
+            steps = ", ".join(str(e["step"]) for e in self.progress["evals"]) or "none"
+            raise logs.InputError(
+                "selection", [], f"no checkpoint could be evaluated: the held-out SNIPS of "
+                f"{self.names[self.cfg.select_objective]} at the selection lambda "
+                f"{list(self.select_lambda)} is undefined (no held-out row matches the greedy "
+                f"policy's actions) at every evaluation (steps {steps}); nothing is selected or "
+                "exported. Use a larger held-out log, in a new --workdir", heldout_path)
+        if jax.process_index() == 0:
+            doc["params_hash"] = best.get("params_hash")
+            publish.publish(self.workdir, doc)
+        return doc
 
     def summary(self) -> dict:
         doc = selection.summary(self.progress, self.evaluator, self.select_lambda,
@@ -153,40 +197,14 @@ class _Run:
                        self.progress)
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldout_path: str, *,
-                       interrupt_after: int | None = None) -> dict:
-    """Train a QNetwork on ``logs_path``, select a checkpoint on ``heldout_path``, export it.
-
-    Resumes from ``workdir/checkpoints`` when it holds a committed step, and only on the same
-    input files and config as the run that wrote it (``checkpointing.check_inputs``,
-    ``check_config``: ``workdir/inputs.json`` records the files' paths, sizes and sha256,
-    ``workdir/config.json`` the config). Writes
-    ``workdir/metrics.jsonl`` (train loss per objective one step late, held-out estimates at each
-    evaluation), ``workdir/selected.json`` and ``workdir/selected_model`` (``load_selected``).
-
-    interrupt_after: test hook simulating preemption: stop right after this step, without the
-      final evaluation or save (saves already started are committed first).
-    Returns the selected.json document (plus ``final_step``).
-    Raises NonFiniteLossError naming the step whose loss is NaN/inf; InputError naming the file
-    (``source``: ``logs_path`` or ``heldout_path``), the field and the rows on bad input, or the
-    role ("logs", "heldout") whose file differs from the one a resumed run was trained on, or
-    "config" (``source``: ``workdir``) naming the fields that differ from the resumed run's.
-    """
-    run = _Run(config, workdir, logs_path, heldout_path)
-    try:
-        inputs = {"logs": checkpointing.input_identity(logs_path),
-                  "heldout": checkpointing.input_identity(heldout_path)}
-        resuming, write = run.ckpt.latest_step() is not None, jax.process_index() == 0
-        checkpointing.check_config(workdir, config.to_dict(), resuming, write)
-        checkpointing.check_inputs(workdir, inputs, resuming, write)
-    except BaseException:
-        run.ckpt.close()
-        raise
-    start = run.restore_latest()
+def _train_steps(run: _Run, start: int, interrupt_after: int | None) -> int:
+    """Steps ``start + 1`` .. ``run.total`` (or up to ``interrupt_after``) with their metrics,
+    evaluations and checkpoints; returns the last step run. Saves already started commit before
+    this returns or raises (also on Ctrl-C)."""
     fetcher = metrics_lib.LateFetcher(run.names)
-    bar = tqdm.tqdm(total=run.total, initial=start, disable=(None if config.progress is None
-                                                             else not config.progress),
-                    desc="train", unit="step")
+    progress = run.cfg.progress
+    bar = tqdm.tqdm(total=run.total, initial=start, desc="train", unit="step",
+                    disable=None if progress is None else not progress)
     step = start
     try:
         for step in range(start + 1, run.total + 1):
@@ -198,12 +216,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
             bar.update(1)
             last = step == run.total
-            if step % config.eval_every == 0 or last:
+            if step % run.eval_every == 0 or last:
                 rec = fetcher.flush()
                 if rec is not None:
                     run.writer.write(rec)
                 run.writer.write({"step": step, "heldout": run.evaluate(step)})
-            if step % config.checkpoint_every == 0 or last:
+            if step % run.checkpoint_every == 0 or last:
                 with checkpointing.deferred_interrupt():
                     run.save(step)
             if interrupt_after is not None and step >= interrupt_after:
@@ -215,12 +233,50 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
         bar.close()
         with checkpointing.deferred_interrupt():
             run.ckpt.close()
-    doc = run.summary()
-    best = run.progress.get("best") or {}
-    if jax.process_index() == 0 and best and interrupt_after is None:
-        doc["params_hash"] = best.get("params_hash")
-        selection.write_summary(workdir, doc)
-    return {**doc, "final_step": step}
+    return step
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldout_path: str, *,
+                       interrupt_after: int | None = None) -> dict:
+    """Train a QNetwork on ``logs_path``, select a checkpoint on ``heldout_path``, export it.
+
+    Resumes from ``workdir/checkpoints`` when it holds a committed step, and only on the same
+    input files and config as the run that wrote it (``checkpointing.check_inputs``,
+    ``check_config``: ``workdir/inputs.json`` records the files' paths, sizes and sha256,
+    ``workdir/config.json`` the config). Holds ``workdir/train.lock`` while it runs
+    (``train.workdir_lock``). Writes ``workdir/metrics.jsonl`` (train loss per objective one
+    step late, held-out estimates at each evaluation), ``workdir/best_so_far`` (the best model
+    evaluated so far, provisional) and, once the last step is trained, ``workdir/selected_model``
+    and ``workdir/selected.json`` (``train.publish``; ``load_selected``). A resumed run that
+    has nothing left to train redoes that export.
+
+    interrupt_after: test hook simulating preemption: stop right after this step, without the
+      final evaluation, save or export (saves already started are committed first).
+    Returns the selected.json document (plus ``final_step``).
+    Raises NonFiniteLossError naming the step whose loss is NaN/inf; WorkdirInUseError when
+    another process trains in ``workdir``; InputError naming the file (``source``: ``logs_path``
+    or ``heldout_path``), the field and the rows on bad input, "selection" (``heldout_path``)
+    when no evaluation gave a value to select by, or the role ("logs", "heldout") whose file
+    differs from the one a resumed run was trained on, or "config" (``source``: ``workdir``)
+    naming the fields that differ from the resumed run's.
+    """
+    run = _Run(config, workdir, logs_path, heldout_path)
+    try:
+        try:
+            inputs = {"logs": checkpointing.input_identity(logs_path),
+                      "heldout": checkpointing.input_identity(heldout_path)}
+            resuming, write = run.ckpt.latest_step() is not None, jax.process_index() == 0
+            checkpointing.check_config(workdir, config.to_dict(), resuming, write)
+            checkpointing.check_inputs(workdir, inputs, resuming, write)
+        except BaseException:
+            run.ckpt.close()
+            raise
+        step = _train_steps(run, run.restore_latest(), interrupt_after)
+        if interrupt_after is not None and step < run.total:
+            return {**run.summary(), "final_step": step}
+        return {**run.finish(heldout_path), "final_step": step}
+    finally:
+        run.lock.release()
 
 
 def load_selected(workdir: str):

@@ -18,6 +18,7 @@ import sys
 from puts_jax.checks import InputError
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
+from train.workdir_lock import WorkdirInUseError
 
 PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": TrainConfig.obd}
 PROG = "python -m train"
@@ -46,6 +47,10 @@ def _flag(err: InputError, args: argparse.Namespace) -> str:
 def _check_paths(args: argparse.Namespace) -> str | None:
     """'--flag: what is wrong' for the first path flag that cannot be used, checked before
     anything is read or created; None when all can."""
+    for flag, path in (("--workdir", args.workdir), ("--logs", args.logs),
+                       ("--heldout", args.heldout)):
+        if not path.strip():
+            return f"{flag}: empty path"
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return f"--workdir: {args.workdir} is a file"
     for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
@@ -56,16 +61,41 @@ def _check_paths(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None}
+
+
+def _as_flag(err: ValueError, args: argparse.Namespace) -> InputError | None:
+    """``TrainConfig.FIELD: msg`` for a field set by a flag as InputError('--FIELD', msg)."""
+    field = re.fullmatch(r"TrainConfig\.(\w+): (.*)", str(err), re.S)
+    if field and field[1] in _overrides(args):
+        return InputError(f"--{field[1]}", [], field[2])
+    return None
+
+
 def _config(args: argparse.Namespace) -> TrainConfig:
     """The --config preset with the --seed / --epochs overrides; a value the config rejects is an
     InputError naming its flag ('--epochs: must be >= 1, got 0'), not the config field."""
-    overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None}
     try:
-        return dataclasses.replace(PRESETS[args.config](), **overrides)
+        return dataclasses.replace(PRESETS[args.config](), **_overrides(args))
     except ValueError as err:
-        field = re.fullmatch(r"TrainConfig\.(\w+): (.*)", str(err), re.S)
-        if field and field[1] in overrides:
-            raise InputError(f"--{field[1]}", [], field[2]) from None
+        named = _as_flag(err, args)
+        if named is not None:
+            raise named from None
+        raise
+
+
+def _run(args: argparse.Namespace) -> dict:
+    """``train_and_evaluate`` of the arguments; a config error that a flag caused (``--epochs``
+    too many for the log) is an InputError naming the flag."""
+    try:
+        return train_and_evaluate(_config(args), args.workdir, args.logs, args.heldout)
+    except InputError:
+        raise
+    except ValueError as err:
+        named = _as_flag(err, args)
+        if named is not None:
+            raise named from None
         raise
 
 
@@ -79,7 +109,10 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
     try:
-        out = train_and_evaluate(_config(args), args.workdir, args.logs, args.heldout)
+        out = _run(args)
+    except WorkdirInUseError as err:
+        print(f"{PROG}: error: --workdir: {err}", file=sys.stderr)
+        return 2
     except InputError as err:
         print(f"{PROG}: error: {_flag(err, args)}{err}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@ greedy policy ``argmax_a Q(x) @ lam`` is estimated on the held-out exploration l
 ``puts_jax.evaluation.evaluate_log`` (SNIPS, Swaminathan & Joachims 2015, with its delta-method 95%
 interval; IPS, DR and exact intervals alongside), for the selection lambda (row 0) and a grid of
 reported lambdas. The step with the highest held-out SNIPS of ``select_objective`` at the
-selection lambda is selected; its model is exported with ``puts_jax.model_io.save_model`` to
-``workdir/selected_model`` and described in ``workdir/selected.json``, next to the same estimate
+selection lambda is selected; once the run ends its model is exported to
+``workdir/selected_model`` and described in ``workdir/selected.json`` (``train.publish``), next
+to the same estimate
 for the best single global action (chosen on the TRAINING log), so a caller can fall back when
 the data cannot show a gain.
 """
@@ -20,7 +21,6 @@ import os
 import numpy as np
 
 from puts_jax import evaluation, model_io, scalarization
-from puts_jax.action_set import atomic_write_text
 from puts_jax.config import SweepConfig
 
 SELECTED_FILE = "selected.json"
@@ -105,23 +105,24 @@ def summary(progress: dict, evaluator: HeldoutEvaluator, select_lambda, objectiv
     }
 
 
-def export(workdir: str, model, doc: dict) -> str:
-    """Write the selected model (model_io) and selected.json; returns the params hash."""
-    digest = model_io.save_model(os.path.join(workdir, SELECTED_MODEL), model,
-                                 extra={"step": doc.get("step"), "value": doc.get("value")})
-    write_summary(workdir, {**doc, "params_hash": digest})
-    return digest
-
-
-def write_summary(workdir: str, doc: dict) -> None:
-    atomic_write_text(os.path.join(workdir, SELECTED_FILE), json.dumps(doc, indent=1))
-
-
 def load_selected(workdir: str):
     """(QNetwork, info) of a run's selected checkpoint: info is selected.json (step, held-out
-    estimates, global baseline, history) plus ``model_info`` (spec, params hash)."""
-    model, model_info = model_io.load_model(os.path.join(workdir, SELECTED_MODEL))
-    with open(os.path.join(workdir, SELECTED_FILE)) as f:
+    estimates, global baseline, history) plus ``model_info`` (spec, params hash).
+
+    selected.json is the marker of a finished export (``train.publish``): raises
+    FileNotFoundError naming it when it is missing (the run has not finished; its provisional
+    model is ``best_so_far``), and ValueError when its params hash is not the exported model's
+    (an export was interrupted: the same train command redoes it)."""
+    path = os.path.join(workdir, SELECTED_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no selected model: the run in {workdir} has not "
+                                "finished (rerun the same train command to resume it)")
+    with open(path) as f:
         info = json.load(f)
+    model, model_info = model_io.load_model(os.path.join(workdir, SELECTED_MODEL))
+    if info.get("params_hash") != model_info["params_hash"]:
+        raise ValueError(f"{workdir}: {SELECTED_MODEL} (params hash {model_info['params_hash']}) "
+                         f"is not the model {SELECTED_FILE} describes ({info.get('params_hash')}):"
+                         " an export was interrupted; rerun the same train command to redo it")
     info["model_info"] = model_info
     return model, info
