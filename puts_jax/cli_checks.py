@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 
 import numpy as np
 
 from puts_jax.checks import InputError, check_distinct_paths
+from puts_jax.sweep_limits import MAX_SEED  # every --seed: a JAX key keeps 32 bits
 
 
 def parse_guardrail(text: str, names: list[str],
@@ -96,31 +98,55 @@ def read_frontier(path: str) -> dict:
         raise UsageError(f"--frontier: not a frontier.json ({path}: {why})") from None
 
 
-def _check_can_make(flag: str, folder: str) -> None:
+def _check_can_make(flag: str, folder: str) -> str:
     """UsageError unless ``folder`` exists or can be made: its nearest existing ancestor is a
-    directory."""
+    directory. Returns that ancestor (``folder`` itself when it exists)."""
     parent = folder
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UsageError(f"{flag}: cannot create the folder {folder}: {parent} is not a directory")
+    return parent
+
+
+def _check_writable(flag: str, folder: str, existing: str) -> None:
+    """UsageError unless a file can be created in ``existing`` (``folder`` or its nearest
+    existing ancestor, where the command would create ``folder``): a probe file is created and
+    removed at once, so a read-only folder or file system is named before any work (``os.access``
+    alone says yes to root on a read-only bind mount's folders and to /proc)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".puts-jax-probe-")
+    except OSError as e:
+        raise UsageError(f"{flag}: cannot create a file in {folder} ({e.strerror or e}); nothing "
+                         "written") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_not_empty(flag: str, path: str, what: str) -> None:
+    if not path:
+        raise UsageError(f"{flag}: an empty path; give a {what} (nothing written)")
 
 
 def check_out_file(flag: str, path: str) -> None:
-    """Before any work: an output file path is not a directory, and its folder exists or can be
-    made (the nearest existing ancestor is a directory)."""
+    """Before any work: an output file path is not empty or a directory, and its folder exists
+    or can be made (the nearest existing ancestor is a directory) and takes new files."""
+    _check_not_empty(flag, path, "file path")
     if os.path.isdir(path):
         raise UsageError(f"{flag}: {path} is a directory; give a file path (nothing written)")
-    _check_can_make(flag, os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    _check_writable(flag, folder, _check_can_make(flag, folder))
 
 
 def check_out_dir(flag: str, path: str) -> None:
-    """Before any work: an output folder path is not an existing file (the command writes
-    several files into it) and can be made."""
+    """Before any work: an output folder path is not empty or an existing file (the command
+    writes several files into it), can be made and takes new files."""
+    _check_not_empty(flag, path, "folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag}: {path} is a file; {flag} must be a folder (it writes several "
                          "files there; nothing written)")
-    _check_can_make(flag, os.path.abspath(path))
+    folder = os.path.abspath(path)
+    _check_writable(flag, path, _check_can_make(flag, folder))
 
 
 def check_parquet(flag: str, path: str) -> None:
@@ -150,17 +176,27 @@ def fields_as_flags(flags: dict[str, str]):
 
 INPUT_FILES = ("logs", "requests", "frontier", "selection")  # flags naming an existing file
 PARQUET_FILES = ("logs", "requests")  # of those, the Parquet ones
+PATH_FLAGS = ("out", "out_a", "out_b", "logs", "requests", "frontier", "selection", "data",
+              "model", "registry", "policy", "root")  # flags naming a file or folder
 
 
 def check_inputs(args) -> None:
-    """Before any work: --out names no input file, input files exist (--logs and --requests as
-    readable Parquet files), --model is a saved model (``check_model_dir``), --data a
-    directory, --chunk-rows >= 1; each failure an error naming its flag."""
+    """Before any work: no path flag is empty, --out names no input file, input files exist
+    (--logs and --requests as readable Parquet files; a split pair a killed ``data split`` left
+    half moved beside --logs is settled first), --model is a saved model (``check_model_dir``),
+    --data a directory, --chunk-rows >= 1, --seed in range (``check_seed``); each failure an
+    error naming its flag."""
+    for name in PATH_FLAGS:
+        if getattr(args, name, None) == "":
+            raise UsageError(f"--{name.replace('_', '-')}: an empty path (nothing written)")
+    check_seed(getattr(args, "seed", None))
     out = getattr(args, "out", None)
     for name in INPUT_FILES:
         path = getattr(args, name, None)
         if path is not None and out is not None:  # --out naming an input: the clearer error
             check_distinct_paths({"--out": out}, {f"--{name}": path})
+        if path is not None and name == "logs":
+            settle_split(path)
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"--{name}: {path} is a directory, not a file" if os.path.isdir(path)
                              else f"--{name}: no such file {path}")
@@ -172,6 +208,36 @@ def check_inputs(args) -> None:
         check_model_dir(args.model)
     if getattr(args, "chunk_rows", 1) < 1:
         raise UsageError(f"--chunk-rows: must be >= 1, got {args.chunk_rows}")
+
+
+def check_seed(seed: int | None) -> None:
+    """--seed (``simulate``, ``data split``, ``sweep``) is in [0, ``MAX_SEED``]: one range for
+    every command, as ``python -m train --seed``. The sweep's bootstrap key (``jax.random.key``
+    without x64) keeps the low 32 bits, so seeds that differ only above them would repeat its
+    draws; a seed beyond 64 bits or below 0 overflowed the split's unsigned 64-bit hash with a
+    traceback."""
+    if seed is not None and seed < 0:
+        raise UsageError(f"--seed: must be >= 0, got {seed}")
+    if seed is not None and seed > MAX_SEED:
+        raise UsageError(f"--seed: must be <= {MAX_SEED} (the 32 bits of a JAX key; one range "
+                         f"for every command's --seed), got {seed}")
+
+
+def settle_split(logs_path: str) -> None:
+    """Before reading ``logs_path``: a pair that a killed ``data split`` left half moved in its
+    folder (``logs.recover_split``) is moved in, so the file read is the new one of a whole
+    pair; a UsageError naming --logs when that fails (a read-only folder)."""
+    from puts_jax.data import logs
+
+    folder = os.path.dirname(os.path.abspath(logs_path))
+    if not os.path.isdir(os.path.join(folder, logs.SPLIT_STAGING)):
+        return
+    try:
+        logs.recover_split(folder)
+    except OSError as e:
+        raise UsageError(f"--logs: a killed 'data split' left its pair in {folder} half moved and "
+                         f"it could not be settled ({e}); run the command again where that "
+                         "folder is writable, or re-run the split") from None
 
 
 def check_model_dir(model: str) -> None:

@@ -30,7 +30,7 @@ from puts_jax.data import logs
 from puts_jax.scalarization import lambda_grid
 from puts_jax.sweep_limits import (MAX_BOOTSTRAP_BYTES, MAX_LAMBDA_POINTS,  # noqa: F401
                                    MAX_RESAMPLES, check_bootstrap_size, check_grid_size,
-                                   grid_points)  # (re-exported: sweep_job.X still works)
+                                   check_seed, grid_points)  # (re-exported: sweep_job.X works)
 from puts_jax.sweep_truth import truth_table  # noqa: F401  (re-exported: ``puts-jax truth``)
 
 
@@ -157,13 +157,14 @@ def _log_rows(logs_path: str) -> int:
 
 
 def _check_sweep_inputs(out_dir: str, logs_path: str, meta: logs.LogMeta, n_lambdas: int,
-                        bootstrap: int, primary: str | None) -> None:
+                        bootstrap: int, primary: str | None, seed: int = 0) -> None:
     """InputError naming what ``run_sweep`` cannot use, before any work:
     ``out_dir`` a file, too many lambda points (``check_grid_size``) or resamples
-    (``check_bootstrap_size``), an empty log, "exact"
+    (``check_bootstrap_size``), a seed out of range (``check_seed``), an empty log, "exact"
     asked for a non-binary objective."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError("out", [], f"{out_dir} is a file, not a folder (nothing written)")
+    check_seed(seed)
     points = check_grid_size(len(meta.reward_names), n_lambdas, bootstrap)
     check_bootstrap_size(len(meta.reward_names), points, bootstrap)
     if primary == "exact" and any(k != "binary" for k in meta.reward_kinds):
@@ -197,7 +198,7 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     """
     meta = logs.read_meta(logs_path)
     A, J = meta.action_set.n_actions, len(meta.reward_names)
-    _check_sweep_inputs(out_dir, logs_path, meta, n_lambdas, bootstrap, primary)
+    _check_sweep_inputs(out_dir, logs_path, meta, n_lambdas, bootstrap, primary, seed)
     report.recover_frontier(out_dir)  # settle a frontier set that a killed run left half-moved
     model, info = model_io.load_model(model_dir)
     if model.n_actions != A or len(model.reward_kinds) != J:

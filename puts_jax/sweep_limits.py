@@ -1,6 +1,6 @@
 """What a sweep can be asked for, checked before anything is built or allocated: the number of
 lambda points (``check_grid_size``) and of bootstrap resamples (``check_bootstrap_size``), with
-the memory each costs."""
+the memory each costs, and the bootstrap seed (``check_seed``)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,17 @@ def check_bootstrap_size(n_objectives: int, points: int, bootstrap: int) -> None
                     f"and J = {J}")
         raise InputError("bootstrap", [], f"at most {most:,} resamples ({why}); got {R:,} "
                                           f"(nothing written)")
+
+
+MAX_SEED = 2**32 - 1  # jax.random.key(seed) without x64 keeps the low 32 bits of the seed
+
+
+def check_seed(seed: int) -> None:
+    """InputError("seed") unless 0 <= ``seed`` <= ``MAX_SEED``: ``jax.random.key`` (x64 off)
+    keeps the seed's low 32 bits, so 2**32 would draw what 0 draws, and a seed past 64 bits
+    raised OverflowError after the model was loaded."""
+    if seed < 0:
+        raise InputError("seed", [], f"must be >= 0, got {seed}")
+    if seed > MAX_SEED:
+        raise InputError("seed", [], f"must be <= {MAX_SEED} (the 32 bits of a JAX key), got "
+                                     f"{seed}")

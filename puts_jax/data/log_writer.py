@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from puts_jax import checks
+from puts_jax import checks, staging
 from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.data.log_schema import META_KEY, LogMeta, validate_logged
@@ -127,15 +127,20 @@ def write_requests(path: str, meta: LogMeta, *, request_id: np.ndarray, context:
     _atomic_write_table(table, path, row_group_size)
 
 
+MAX_SPLIT_SEED = 2**64 - 1  # split_share adds the seed to the ids as an unsigned 64-bit integer
+
+
 def split_share(request_id: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
     """bool[n]: True for rows in the second part of a deterministic split by request_id.
 
     A row goes to part two when a 64-bit multiplicative hash of (request_id, seed) falls below
     ``share`` of the hash range, so the split depends only on the ids, never on row order.
-    Raises InputError("share") unless 0 < share < 1.
+    Raises InputError("share") unless 0 < share < 1, InputError("seed") unless
+    0 <= seed <= ``MAX_SPLIT_SEED`` (the hash works in unsigned 64-bit integers).
     """
     if not 0.0 < share < 1.0:
         raise InputError("share", [], f"must be in (0, 1), got {share}")
+    _check_split_seed(seed)
     with np.errstate(over="ignore"):
         h = (np.asarray(request_id, np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
         h ^= h >> np.uint64(29)
@@ -144,17 +149,75 @@ def split_share(request_id: np.ndarray, share: float, seed: int = 0) -> np.ndarr
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
 
 
-def split_log(path: str, out_a: str, out_b: str, share: float = 0.5, seed: int = 0) -> tuple[int, int]:
-    """Split a log (every column and the metadata kept) into two files by ``split_share`` of the
-    request ids: ``share`` of the rows go to ``out_b``. Both files are written atomically.
-    Returns the two row counts. Use it to keep a reward model (training) and the rows it
-    corrects (off-policy evaluation) apart. Raises InputError, before writing anything, when
-    ``out_a``, ``out_b`` and ``path`` are not three different files."""
+def _check_split_seed(seed) -> None:
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SPLIT_SEED:
+        raise InputError("seed", [], f"must be an integer in [0, 2**64 - 1], got {seed}")
+
+
+SPLIT_STAGING = ".split-staging"  # staging folder of ``split_log`` inside the pair's folder
+
+
+def split_target(folder: str) -> staging.Target:
+    """Where ``split_log`` publishes a pair into ``folder`` (its staging folder and wording)."""
+    return staging.Target(folder, SPLIT_STAGING, "the split pair",
+                          f"the next 'puts-jax data split' into {folder}")
+
+
+def recover_split(folder: str) -> str | None:
+    """Settle the pair a killed ``split_log`` left in ``folder`` (``staging.recover``): a pair
+    whose writing finished is moved in ("completed"), a partial one deleted ("removed");
+    None when there is none. Raises OSError when a move fails (the message names the file)."""
+    return staging.recover(split_target(folder))
+
+
+def _check_split_outputs(path: str, out_a: str, out_b: str) -> str:
+    """The pair's folder; InputError naming ``out_a`` / ``out_b`` (before anything is read or
+    written) when they are not two new file names beside each other, apart from ``path``."""
     checks.check_distinct_paths({"out_a": out_a, "out_b": out_b}, {"path": path})
+    for name, out in (("out_a", out_a), ("out_b", out_b)):
+        if not out:
+            raise InputError(name, [], "an empty path; give a file path (nothing written)")
+        if os.path.isdir(out):
+            raise InputError(name, [], f"{out} is a directory; give a file path (nothing written)")
+    folder = os.path.dirname(os.path.abspath(out_a))
+    if os.path.dirname(os.path.abspath(out_b)) != folder:
+        raise InputError("out_b", [], f"{out_b} is not in the folder of {out_a} ({folder}): the "
+                         "two files are published together through one staging folder there, "
+                         "so that a new half never sits beside an old one (nothing written)")
+    return folder
+
+
+def split_log(path: str, out_a: str, out_b: str, share: float = 0.5,
+              seed: int = 0) -> tuple[int, int]:
+    """Split a log (every column and the metadata kept) into two files by ``split_share`` of the
+    request ids: ``share`` of the rows go to ``out_b``. Returns the two row counts. Use it to
+    keep a reward model (training) and the rows it corrects (off-policy evaluation) apart.
+
+    The pair is published all or nothing (``puts_jax.staging``): both files are written and
+    fsynced in ``<folder>/.split-staging``, committed, then renamed into the folder. After an
+    error or Ctrl-C before the commit the old files stay as they were and nothing new is left.
+    A process killed outright (SIGKILL, power loss) can stop between the two renames, leaving
+    the new ``out_a`` beside the old ``out_b`` with the new one waiting in the staging folder;
+    the next ``split_log`` into the folder, and ``puts-jax`` commands reading a ``--logs`` there,
+    move it in first (``recover_split``); a reader outside ``puts-jax`` (e.g. ``python -m
+    train``) does not. So ``out_a`` and ``out_b`` must be in the same folder.
+    Raises InputError, before anything is read or written, when ``out_a``, ``out_b`` and
+    ``path`` are not three different files, an output is a directory, the outputs are in
+    different folders, or ``share`` or ``seed`` is out of range.
+    """
+    folder = _check_split_outputs(path, out_a, out_b)
+    if not 0.0 < share < 1.0:
+        raise InputError("share", [], f"must be in (0, 1), got {share}")
+    _check_split_seed(seed)
     table = pq.read_table(path)
     to_b = split_share(table["request_id"].to_numpy(), share, seed)
     rg = max(1, pq.ParquetFile(path).metadata.row_group(0).num_rows) if table.num_rows else 65536
     a, b = table.filter(pa.array(~to_b)), table.filter(pa.array(to_b))
-    for t, out in ((a, out_a), (b, out_b)):
-        _atomic_write_table(t.replace_schema_metadata(table.schema.metadata), out, rg)
+    names = [os.path.basename(out_a), os.path.basename(out_b)]
+
+    def write(stage: str) -> None:
+        for t, name in ((a, names[0]), (b, names[1])):
+            _atomic_write_table(t.replace_schema_metadata(table.schema.metadata),
+                                os.path.join(stage, name), rg)
+    staging.publish(split_target(folder), names, write)
     return a.num_rows, b.num_rows

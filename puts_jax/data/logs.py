@@ -18,12 +18,14 @@ from puts_jax import checks
 from puts_jax.checks import InputError
 from puts_jax.data.log_schema import (LOG_COLUMNS, OUTSIDE_ACTION, REQUEST_COLUMNS, LogMeta,
                                      check_columns, logging_probs, read_meta, validate_logged)
-from puts_jax.data.log_writer import split_log, split_share, write_log, write_requests
+from puts_jax.data.log_writer import (SPLIT_STAGING, recover_split, split_log, split_share,
+                                      write_log, write_requests)
 from puts_jax.types import LoggedBatch, RequestBatch
 
 __all__ = ["InputError", "OUTSIDE_ACTION", "LogMeta", "RequestChunk", "check_request_ids",
            "iter_log_chunks", "iter_request_chunks", "logging_probs", "read_log", "read_meta",
-           "split_log", "split_share", "write_log", "write_requests"]
+           "SPLIT_STAGING", "recover_split", "split_log", "split_share", "write_log",
+           "write_requests"]
 
 
 def _scalar(t: pa.Table, field: str, dtype, row_offset: int) -> np.ndarray:
