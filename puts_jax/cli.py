@@ -77,6 +77,8 @@ def cmd_data_split(args) -> None:
     from puts_jax.data import logs
 
     check_distinct_paths({"--out-a": args.out_a, "--out-b": args.out_b}, {"--logs": args.logs})
+    check_out_file("--out-a", args.out_a)
+    check_out_file("--out-b", args.out_b)
     na, nb = logs.split_log(args.logs, args.out_a, args.out_b, args.share, args.seed)
     _print(f"{na} rows -> {args.out_a}\n{nb} rows -> {args.out_b}")
 
@@ -100,10 +102,11 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from puts_jax import report
 
-    if args.out:
+    if args.out is not None:
         check_out_dir("--out", args.out)
     doc = read_frontier(args.frontier)
-    paths = report.write_frontier(args.out or os.path.dirname(os.path.abspath(args.frontier)), doc)
+    out = args.out if args.out is not None else os.path.dirname(os.path.abspath(args.frontier))
+    paths = report.write_frontier(out, doc)
     _print(report.format_table(doc))
     for k, p in paths.items():
         _print(f"  {k:<9} {p}")
@@ -149,13 +152,17 @@ def cmd_truth(args) -> None:
 # ----------------------------------------------------------------------------- plan
 
 def cmd_plan(args) -> None:
+    """``plan``: every number is checked before the table (``planning.plan``, ``check_lift``:
+    finite and in range, the error naming its flag)."""
     from puts_jax import planning
 
-    days = (floats("--days", args.days, "1,7,28") if args.days
-            else planning.day_grid(args.max_days))
-    kw = dict(agreement=args.agreement, reward_var=args.reward_var)
-    p = planning.plan(args.actions, args.share, args.requests_per_day, args.base_rate, days,
-                      alpha=args.alpha, power=args.power, **kw)
+    with fields_as_flags({"n_actions": "--actions"}):
+        days = (floats("--days", args.days, "1,7,28") if args.days is not None
+                else planning.day_grid(args.max_days))
+        kw = dict(agreement=args.agreement, reward_var=args.reward_var)
+        p = planning.plan(args.actions, args.share, args.requests_per_day, args.base_rate, days,
+                          alpha=args.alpha, power=args.power, **kw)
+        delta = None if args.lift is None else planning.check_lift(args.lift, args.base_rate)
     per_day = args.requests_per_day * args.share
     kind = "binary" if args.reward_var is None else f"variance {args.reward_var:g}"
     _print(f"uniform exploration over A = {args.actions} actions: {args.share:.4g} of "
@@ -164,8 +171,7 @@ def cmd_plan(args) -> None:
            f"{args.agreement:.0%} of requests; two-sided {args.alpha:g} test, "
            f"{args.power:.0%} power")
     _print(planning.format_plan(p, args.base_rate, args.alpha, args.power))
-    if args.lift is not None:
-        delta = args.lift * args.base_rate
+    if delta is not None:
         for label, disjoint in (("paired test", False), ("disjoint intervals", True)):
             n = float(planning.requests_for_lift(delta, args.base_rate, args.actions,
                                                  alpha=args.alpha, power=args.power,

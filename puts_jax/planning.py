@@ -60,16 +60,57 @@ def z_quantile(q: float) -> float:
     return NormalDist().inv_cdf(q)
 
 
+MAX_ACTIONS = 10 ** 6  # uniform exploration over more matches a point on under 1 row in 10^6
+MAX_REQUESTS_PER_DAY = 1e11  # with MAX_DAYS, rows stay below 2^53 (exact float64 integers)
+MAX_DAYS = 36_500  # 100 years of exploration
+MAX_REWARD_SCALE = 1e9  # |base rate| of a non-binary reward (its variance: the square): keeps
+# A (sigma^2 + p^2) and its square in the lift's closed form finite in float64
+MAX_LIFT = 1e6  # relative lift (10^8 %): with MAX_REWARD_SCALE, gap^2 stays finite
+MIN_TAIL = 1e-12  # alpha and power stay this far from 0 and 1: z quantiles finite in float64
+
+
 def _check(n_actions: int, base, reward_var, agreement: float) -> None:
-    if int(n_actions) != n_actions or n_actions < 2:
-        raise InputError("n_actions", [], f"must be an integer >= 2, got {n_actions}")
+    """InputError naming the first of these that the formulas cannot use: ``n_actions`` (an
+    integer in [2, MAX_ACTIONS]), ``base_rate`` (binary: in (0, 1); otherwise finite, at most
+    MAX_REWARD_SCALE in size), ``reward_var`` (finite, in [0, MAX_REWARD_SCALE^2]),
+    ``agreement`` (in [0, 1))."""
+    if int(n_actions) != n_actions or not 2 <= n_actions <= MAX_ACTIONS:
+        raise InputError("n_actions", [], f"must be an integer in [2, {MAX_ACTIONS:,}] (uniform "
+                         f"exploration over more actions matches a point on under one logged "
+                         f"row in a million), got {n_actions}")
     b = np.asarray(base, np.float64)
     if reward_var is None and not ((b > 0) & (b < 1)).all():
         raise InputError("base_rate", [], f"a binary reward rate must be in (0, 1), got {base}")
-    if reward_var is not None and not reward_var >= 0:
-        raise InputError("reward_var", [], f"must be >= 0, got {reward_var}")
+    if reward_var is not None and not (np.abs(b) <= MAX_REWARD_SCALE).all():
+        raise InputError("base_rate", [], f"must be finite and at most {MAX_REWARD_SCALE:g} in "
+                         f"size (rescale the reward), got {base}")
+    if reward_var is not None and not 0 <= reward_var <= MAX_REWARD_SCALE ** 2:
+        raise InputError("reward_var", [], f"must be finite, >= 0 and at most "
+                         f"{MAX_REWARD_SCALE ** 2:g} (rescale the reward), got {reward_var}")
     if not 0 <= agreement < 1:
         raise InputError("agreement", [], f"must be in [0, 1), got {agreement}")
+
+
+def check_levels(alpha: float, power: float) -> None:
+    """InputError("alpha") / ("power") unless each is in [MIN_TAIL, 1 - MIN_TAIL] (a z quantile
+    of 1 - 1e-17 is infinite: it rounds to 1 in float64)."""
+    for name, v in (("alpha", alpha), ("power", power)):
+        if not MIN_TAIL <= v <= 1 - MIN_TAIL:
+            raise InputError(name, [], f"must be in (0, 1), at least {MIN_TAIL:g} from either "
+                             f"end, got {v}")
+
+
+def check_lift(lift: float, base_rate: float) -> float:
+    """The absolute gap ``lift * base_rate`` of a relative ``lift``, or InputError("lift")
+    unless the lift is in (0, MAX_LIFT] and the base rate > 0 (a lift relative to a base <= 0
+    is no gain)."""
+    if not 0 < lift <= MAX_LIFT:
+        raise InputError("lift", [], f"must be a relative lift in (0, {MAX_LIFT:g}], e.g. 0.03 "
+                         f"for +3%, got {lift}")
+    if not base_rate > 0:
+        raise InputError("lift", [], f"is relative to --base-rate, which must then be > 0, got "
+                         f"{base_rate}")
+    return lift * base_rate
 
 
 def _second_moment(value, reward_var):
@@ -206,8 +247,9 @@ class Plan(NamedTuple):
 def day_grid(max_days: float) -> np.ndarray:
     """A readable set of day counts up to ``max_days``: every day up to 7, then about 12 roughly
     geometric steps, always ending at ``max_days``."""
-    if not max_days > 0:
-        raise InputError("max_days", [], f"must be > 0, got {max_days}")
+    if not 0 < max_days <= MAX_DAYS:
+        raise InputError("max_days", [], f"must be > 0 and at most {MAX_DAYS:,} (100 years), "
+                         f"got {max_days}")
     short = np.arange(1, min(7, int(max_days)) + 1, dtype=np.float64)
     long = np.round(np.geomspace(7, max_days, 8)) if max_days > 7 else np.array([])
     return np.unique(np.concatenate([short, long, [float(max_days)]]))
@@ -221,13 +263,15 @@ def plan(n_actions: int, share: float, requests_per_day: float, base_rate: float
     variance ``reward_var``). Intervals are at 1 - alpha."""
     if not 0 < share <= 1:
         raise InputError("share", [], f"exploration share must be in (0, 1], got {share}")
-    if not requests_per_day > 0:
-        raise InputError("requests_per_day", [], f"must be > 0, got {requests_per_day}")
-    if not 0 < alpha < 1 or not 0 < power < 1:
-        raise InputError("alpha/power", [], f"must be in (0, 1), got {alpha}, {power}")
+    if not 0 < requests_per_day <= MAX_REQUESTS_PER_DAY:
+        raise InputError("requests_per_day", [], f"must be > 0 and at most "
+                         f"{MAX_REQUESTS_PER_DAY:g}, got {requests_per_day}")
+    check_levels(alpha, power)
     d = np.asarray(days, np.float64).reshape(-1)
-    if d.size == 0 or not (d > 0).all():
-        raise InputError("days", np.flatnonzero(~(d > 0)), "every day count must be > 0")
+    ok = (d > 0) & (d <= MAX_DAYS)
+    if d.size == 0 or not ok.all():
+        raise InputError("days", [], f"every day count must be > 0 and at most {MAX_DAYS:,} "
+                         f"(100 years), got {d[~ok].tolist() or 'none'}")
     _check(n_actions, base_rate, reward_var, agreement)
     n = d * requests_per_day * share
     if not (n >= 1).all():

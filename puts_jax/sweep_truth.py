@@ -80,6 +80,38 @@ def _read_frontier(data_dir: str, frontier_path: str, ev_path: str, truth, width
     return doc
 
 
+TRUTH_KEYS = ("true_values", "context", "best_global_action", "production_action",
+              "value_uniform", "value_request_oracle", "value_best_global", "value_bayes")
+
+
+def read_truth(data_dir: str) -> dict[str, np.ndarray]:
+    """The arrays of ``data_dir``/truth.npz that ``truth_table`` reads, loaded at once, or
+    InputError("data") naming the file when it is not a whole truth file of ``simulate``
+    (truncated, not a zip, a key missing, true_values not f[n, A, J] beside context f[n, D])."""
+    import zipfile
+    import zlib
+
+    path = os.path.join(data_dir, "truth.npz")
+    try:
+        if not zipfile.is_zipfile(path):  # np.load would call it "pickled data"
+            raise ValueError("not a zip archive, as every .npz is")
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in TRUTH_KEYS if k not in z.files]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            truth = {k: np.asarray(z[k]) for k in TRUTH_KEYS}
+        tv, ctx = truth["true_values"], truth["context"]
+        if tv.ndim != 3 or ctx.ndim != 2 or len(tv) != len(ctx) or not len(tv):
+            raise ValueError(f"true_values {list(tv.shape)} and context {list(ctx.shape)} are "
+                             "not f[n, A, J] and f[n, D] with n >= 1")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        why = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise InputError("data", [], f"{path} is not a readable truth file of simulate ({why}); "
+                         f"'puts-jax simulate --out {data_dir}' writes a new data set") from None
+    return truth
+
+
 def _format(rows: list[list[str]], reward_names: list[str], conf: float) -> list[str]:
     """The table's lines: a header, then one padded line per row."""
     header = ["policy"] + [f"true {n}" for n in reward_names] + \
@@ -99,7 +131,7 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
 
     from puts_jax.data import simulator
 
-    truth = np.load(os.path.join(data_dir, "truth.npz"))
+    truth = read_truth(data_dir)
     ev_path = os.path.join(data_dir, "evaluation.parquet")
     meta = logs.read_meta(ev_path)
     world = simulator.make_world(simulator.config_from_dict(meta.extra["sim_config"]))

@@ -41,6 +41,7 @@ import os
 import numpy as np
 
 from puts_jax.action_set import ActionSet, atomic_write_text, simplex_grid
+from puts_jax.checks import InputError
 from puts_jax.data import logs
 from puts_jax.data.obd_files import OBD_POSITIONS, ObdData, obd_paths, read_items, read_obd
 
@@ -203,6 +204,22 @@ def _summary(data: ObdData, aset: ActionSet, consistent: np.ndarray, action: np.
             "action_set_hash": aset.hash(), "files_sha256": meta.extra["files_sha256"]}
 
 
+MAX_GRID_STEPS = 14  # C(16, 2) = 120 actions: see ``check_grid_steps``
+
+
+def check_grid_steps(grid_steps: int) -> None:
+    """InputError("grid_steps") unless 1 <= ``grid_steps`` <= ``MAX_GRID_STEPS``. The grid over
+    the 3 heads has A = C(steps + 2, 2) actions (14 -> 120): the sweep's fused argmax unrolls up
+    to 128 actions (``kernels._UNROLL_MAX_A``), every log row stores a bool[A] ``consistent``
+    list, the conversion scores f64[4096, A, N] per chunk (315 MB at 120 actions and OBD's 80
+    items) and builds the grid from (steps + 1)^3 candidates; and on OBD's 3 shown slots a finer
+    grid only thins each action's matched rows. ``--grid-steps 100000`` ran without end."""
+    if not 1 <= grid_steps <= MAX_GRID_STEPS:
+        raise InputError("grid_steps", [], f"must be in [1, {MAX_GRID_STEPS}] (the grid has "
+                         f"(steps + 1)(steps + 2)/2 actions: {MAX_GRID_STEPS} gives "
+                         f"{(MAX_GRID_STEPS + 1) * (MAX_GRID_STEPS + 2) // 2}), got {grid_steps}")
+
+
 def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all",
                 behavior: str = "random", grid_steps: int = 4, *,
                 categories: dict[str, list[str]] | None = None) -> dict[str, str]:
@@ -217,8 +234,10 @@ def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all
       categories: user-feature categories from an earlier conversion's ``meta.extra`` so that
         this file's context has the same columns; None uses the values seen in this file.
     Returns: {"logs": path, "requests": path, "summary": path}.
-    Raises: InputError naming the column and the data rows of malformed CSVs.
+    Raises: InputError naming the column and the data rows of malformed CSVs, or ``grid_steps``
+      outside [1, ``MAX_GRID_STEPS``] (before anything is read).
     """
+    check_grid_steps(grid_steps)
     data, paths = read_obd(data_root, campaign, behavior)
     preds = build_preds(data)
     context, categories, names, unseen = encode_context(data.user_features, data.affinity,

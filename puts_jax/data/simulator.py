@@ -270,8 +270,9 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     staging folder left by a killed run is finished (its set was complete) or deleted (it was
     not) before anything else (``recover_staging``).
     Raises:
-      InputError: sizes below 1, a negative seed or an unusable ``out_dir`` name the argument
-        (``n_logs``, ``seed``, ``out``) before anything is written.
+      InputError: sizes below 1 or too large for memory (``row_bytes``, ``MAX_FILE_BYTES``), a
+        negative seed or an unusable ``out_dir`` name the argument (``n_logs``, ``seed``,
+        ``out``) before anything is allocated or written.
       OSError: a move into ``out_dir`` failed; the message names the file, and the next run
         into ``out_dir`` moves the rest in first.
     """
@@ -280,7 +281,7 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     if n_evaluation is not None:
         sizes["n_evaluation"] = n_evaluation
     names = [f for k, f in _FILES if k != "evaluation" or n_evaluation is not None]
-    _check_arguments(out_dir, sizes, seed, names)
+    _check_arguments(out_dir, sizes, seed, names, cfg, slate_matching)
     world = make_world(cfg)
     staging.publish(_target(out_dir), names, lambda stage: _write_set(
         stage, world, n_logs, n_heldout, n_eval, n_requests, seed, logging, slate_matching,
@@ -288,11 +289,46 @@ def write_simulation(out_dir: str, cfg: SimConfig, n_logs: int, n_heldout: int, 
     return {k: os.path.join(out_dir, f) for k, f in _FILES if f in names}
 
 
-def _check_arguments(out_dir: str, sizes: dict, seed: int, names: list) -> None:
-    """InputError naming the first argument ``write_simulation`` cannot use; nothing written."""
+MAX_FILE_BYTES = 32 << 30  # memory one file of the set may take while it is built and written
+MEMORY_FACTOR = 5  # peak bytes a row / its arrays' bytes a row (measured: 1,000,000 default log
+# rows, 92 bytes of arrays each, raised the peak resident memory by 412 bytes a row: the numpy
+# arrays, their Arrow columns and Parquet's write buffers)
+
+
+def row_bytes(cfg: SimConfig, slate_matching: bool = False) -> dict[str, int]:
+    """Bytes a row of each size argument of ``write_simulation`` takes in memory while its file
+    is built and written (``MEMORY_FACTOR`` x its arrays' bytes): a log row (n_logs, n_heldout,
+    n_evaluation: context, action, propensity, J = 2 rewards, id; with slate matching also
+    consistent bool[A] and preds f32[N, K]), a request (context, id, preds f32[N, K], candidate
+    ids i64[N]) and a truth row (n_eval: context, segment, true values f32[A, J], 5 actions)."""
+    D, N, K = cfg.context_dim, cfg.n_candidates, len(OBJECTIVES)
+    A = (cfg.grid_steps + 1) * (cfg.grid_steps + 2) // 2  # the simplex grid over 3 heads
+    log = 4 * D + 28 + (A + 4 * N * K if slate_matching else 0)
+    raw = {"n_logs": log, "n_heldout": log, "n_evaluation": log,
+           "n_requests": 4 * D + 8 + 4 * N * K + 8 * N, "n_eval": 4 * D + 4 + 8 * A + 20}
+    return {k: MEMORY_FACTOR * v for k, v in raw.items()}
+
+
+def _check_sizes(sizes: dict, cfg: SimConfig, slate_matching: bool) -> None:
+    """InputError naming the first size below 1, or one whose file would not fit in
+    ``MAX_FILE_BYTES`` (each file is built in memory before it is written), before any
+    allocation."""
+    per = row_bytes(cfg, slate_matching)
     for name, v in sizes.items():
         if v < 1:
             raise InputError(name, [], f"must be >= 1, got {v}")
+        most = MAX_FILE_BYTES // per[name]
+        if v > most:
+            raise InputError(name, [], f"at most {most:,} rows with this preset, got {v:,} (a "
+                             f"file is built in memory before it is written, about {per[name]:,} "
+                             f"bytes a row: {v * per[name] / 2**30:,.3g} GiB, over the "
+                             f"{MAX_FILE_BYTES >> 30} GiB a file may take; nothing written)")
+
+
+def _check_arguments(out_dir: str, sizes: dict, seed: int, names: list, cfg: SimConfig,
+                     slate_matching: bool) -> None:
+    """InputError naming the first argument ``write_simulation`` cannot use; nothing written."""
+    _check_sizes(sizes, cfg, slate_matching)
     if seed < 0:
         raise InputError("seed", [], f"must be >= 0, got {seed}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
