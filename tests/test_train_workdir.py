@@ -82,7 +82,7 @@ class _Killed(BaseException):
 
 
 class _OsKilledAt:
-    """``os`` for ``train.publish``, whose ``replace``/``open`` raise _Killed at the n-th call."""
+    """``os`` for ``train.publish``, whose function ``name`` raises _Killed at its n-th call."""
 
     def __init__(self, name: str, n: int):
         self.name, self.n, self.calls = name, n, 0
@@ -105,8 +105,18 @@ def _expected(finished):
         str(finished / "selected_model"))[1]["params_hash"]
 
 
+def _kill_at_the_stage_fsync(monkeypatch):
+    real = publish.fsync_tree
+
+    def fsync_tree(path):
+        if path.endswith(publish.STAGE):
+            raise _Killed("fsync of the stage")
+        real(path)
+    monkeypatch.setattr(publish, "fsync_tree", fsync_tree)
+
+
 @pytest.mark.parametrize("call, n, left", [
-    ("open", 1, set()),  # the first fsync of the stage: nothing moved in
+    ("fsync", 1, set()),  # the stage is written, not yet durable: nothing moved in
     ("replace", 1, set()),  # the staged model's rename: nothing moved in yet
     ("replace", 2, {"selected_model"}),  # selected.json's rename: the model is in, the marker not
 ])
@@ -114,7 +124,10 @@ def test_a_killed_first_export_is_never_read_as_finished_and_is_redone(
         finished, sim_logs, tmp_path, capsys, monkeypatch, call, n, left):
     text, digest = _expected(finished)
     wd = tmp_path / "wd"
-    monkeypatch.setattr(publish, "os", _OsKilledAt(call, n))
+    if call == "fsync":
+        _kill_at_the_stage_fsync(monkeypatch)
+    else:
+        monkeypatch.setattr(publish, "os", _OsKilledAt(call, n))
     with pytest.raises(_Killed):
         _cli(capsys, sim_logs, wd)
     monkeypatch.undo()

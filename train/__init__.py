@@ -1,8 +1,9 @@
 """Training of the puts_jax Q-network (DESIGN.md section 6).
 
 Modules, in dependency order: config -> input, state -> step (the only jit) -> checkpointing,
-metrics, selection -> loop -> main. Public entry points: ``TrainConfig``,
-``train_and_evaluate(config, workdir, logs_path, heldout_path)`` and ``load_selected(workdir)``.
+metrics, selection -> publish (the selected model's export), workdir_lock -> loop -> main.
+Public entry points: ``TrainConfig``, ``train_and_evaluate(config, workdir, logs_path,
+heldout_path)`` and ``load_selected(workdir)``.
 """
 
 from train.config import TrainConfig

@@ -127,11 +127,15 @@ class _Run:
         if jax.process_index() == 0:
             self.lock.acquire()
         try:
-            self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                                   cfg.keep, cfg.async_checkpointing)
+            self._open(cfg, workdir)
         except BaseException:
             self.lock.release()
             raise
+
+    def _open(self, cfg: TrainConfig, workdir: str) -> None:
+        """The checkpointer, the metrics writer and the data iterator (the lock held)."""
+        self.ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep,
+                                               cfg.async_checkpointing)
         self.writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
         self.iterator = iter(input_lib.make_dataset(self.source))
         self.progress = {"evals": [], "best": None}

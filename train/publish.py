@@ -40,9 +40,14 @@ STAGE = ".selected-stage"
 
 def save_best(workdir: str, model, step: int, value: float) -> str:
     """Save ``model`` (the best evaluated so far, at ``step`` with held-out ``value``) to
-    ``workdir/best_so_far``; returns its params hash."""
-    return model_io.save_model(os.path.join(workdir, BEST_MODEL), model,
-                               extra={"step": step, "value": value, "provisional": True})
+    ``workdir/best_so_far`` and fsync it (the checkpoint that records its hash may outlive a
+    power loss); returns its params hash."""
+    path = os.path.join(workdir, BEST_MODEL)
+    digest = model_io.save_model(path, model,
+                                 extra={"step": step, "value": value, "provisional": True})
+    fsync_tree(path)
+    _fsync(workdir)
+    return digest
 
 
 def _fsync(path: str) -> None:
