@@ -124,7 +124,8 @@ def cmd_score(args) -> None:
         policy.check_registry(args.policy)
     except InputError as e:
         raise InputError("--policy", [], e.msg) from None
-    with fields_as_flags({"out_path": "--out", "requests_path": "--requests"}):
+    with fields_as_flags({"out_path": "--out", "requests_path": "--requests",
+                          "registry": "--policy"}):
         stats = score_job.score_file(args.policy, args.requests, args.out,
                                      chunk_rows=args.chunk_rows, top_k=args.top_k,
                                      version=args.version)
