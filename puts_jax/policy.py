@@ -36,6 +36,8 @@ from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
 from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
 from puts_jax.qnet import QNetwork
+from puts_jax.registry_files import (POLICY_KEYS, _last_byte, _read_policy_json,  # noqa: F401
+                                     read_audit)
 
 SCHEMA = "puts_jax.policy/1"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -167,38 +169,6 @@ def _read_meta(registry_dir: str, version: str) -> dict:
     return _read_policy_json(path)
 
 
-POLICY_KEYS = ("lambda", "reason", "parent", "params_version", "params_hash", "param_shapes",
-               "model_spec", "action_set", "action_set_hash", "source")  # what readers use
-
-
-def _read_policy_json(path: str) -> dict:
-    """A version's policy.json as a dict; a truncated or corrupt file (not JSON, not an object,
-    lacking ``POLICY_KEYS``) is an InputError("registry") naming the file and the line."""
-    with open(path, "rb") as f:
-        meta = _parse(f.read(), path, 1)
-    missing = [k for k in POLICY_KEYS if k not in meta]
-    if missing:
-        raise InputError("registry", [], f"{path}: missing keys {missing}; the file is "
-                                         "truncated or corrupt")
-    return meta
-
-
-def _parse(text: bytes, path: str, line: int, fix: str = "") -> dict:
-    """``text`` (a JSON object that starts on ``line`` of ``path``) as a dict, else an
-    InputError("registry") naming the file and the line where reading failed (+ ``fix``)."""
-    try:
-        out = json.loads(text)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        at, why = ((line + e.lineno - 1, f"{e.msg}: column {e.colno}")
-                   if isinstance(e, json.JSONDecodeError) else (line, str(e)))
-        raise InputError("registry", [], f"{path}: line {at}: not valid JSON ({why}); the file "
-                                         f"is truncated or corrupt{fix}") from None
-    if not isinstance(out, dict):
-        raise InputError("registry", [], f"{path}: line {line}: a JSON {type(out).__name__}, "
-                                         f"not an object; the file is truncated or corrupt{fix}")
-    return out
-
-
 def _next_version(registry_dir: str) -> str:
     nums = [int(m.group(1)) for d in os.listdir(registry_dir) if (m := _VERSION_RE.match(d))]
     return f"v{max(nums, default=0) + 1:04d}"
@@ -213,12 +183,6 @@ def _audit(registry_dir: str, entry: dict) -> None:
         f.write((("\n" if gap else "") + json.dumps(entry, sort_keys=True) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
-
-
-def _last_byte(path: str) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
 
 
 def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) -> str:
@@ -314,21 +278,6 @@ def rollback(registry_dir: str, version: str, reason: str) -> str:
                                "reason": reason, "params_version": meta["params_version"],
                                "params_hash": meta["params_hash"]}, version)
     return version
-
-
-_AUDIT_FIX = ("; repair or remove that line (publish, set-lambda and rollback write nothing "
-              "until the log reads)")
-
-
-def read_audit(registry_dir: str) -> list[dict]:
-    """The audit log, one dict a line, oldest first ([] when there is none). Raises
-    InputError("registry") naming audit.jsonl and its first line that is not a JSON object."""
-    path = os.path.join(registry_dir, "audit.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        return [_parse(line, path, n, _AUDIT_FIX) for n, line in enumerate(f, 1)
-                if line.strip()]
 
 
 def _current_problem(registry_dir: str, found: list[str]) -> tuple[str | None, str | None]:

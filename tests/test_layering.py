@@ -6,7 +6,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Import order: a module may import only modules listed before it.
 ORDER = [
-    "types", "hostmem", "config", "checks", "action_set", "staging", "scalarization", "native", "topk", "kernels", "slates", "losses",
+    "types", "hostmem", "config", "checks", "registry_files", "action_set", "staging", "scalarization", "native", "topk", "kernels", "slates", "losses",
     "ope", "pareto", "bands", "bootstrap", "planning", "halves", "qnet", "model_io", "data.log_schema",
     "data.log_writer", "data.logs", "data.sim_world",
     "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
@@ -14,7 +14,7 @@ ORDER = [
     "report_figure", "report", "sweep_limits", "sweep_truth", "sweep_job", "score_job", "reference", "cli_checks",
     "cli_policy", "cli",
 ]
-PURE = {"kernels", "topk", "slates", "losses", "ope", "pareto", "bands", "bootstrap", "planning", "halves",
+PURE = {"kernels", "topk", "registry_files", "slates", "losses", "ope", "pareto", "bands", "bootstrap", "planning", "halves",
         "reference", "scalarization", "types", "checks", "hostmem"}
 HEAVY = ("flax", "grain", "orbax")
 
