@@ -196,7 +196,9 @@ def _add_simulate(sub) -> None:
     s.add_argument("--n-evaluation", type=int, default=200_000, help="frontier (OPE) log rows")
     s.add_argument("--n-eval", type=int, default=20_000, help="fresh requests with exact truth")
     s.add_argument("--n-requests", type=int, default=5_000, help="request set rows to score")
-    s.add_argument("--miscalibration", type=float, default=None)
+    s.add_argument("--miscalibration", type=float, default=None,
+                   help="scale of the ranker's per-segment distortion (0 = calibrated; the "
+                        "preset's default is 1.0)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--slate-matching", action="store_true",
                    help="logs carry ranker preds (P / pbar) and slate-level consistent actions "
@@ -212,7 +214,9 @@ def _add_data(sub) -> None:
     o.add_argument("--out", required=True)
     o.add_argument("--root", default=None, help="full dataset root (default: the obp sample)")
     o.add_argument("--campaign", default="all", choices=("all", "men", "women"))
-    o.add_argument("--behavior", default="random", choices=("random", "bts"))
+    o.add_argument("--behavior", default="random", choices=("random", "bts"),
+                   help="which OBD logging policy: uniform random (the exploration log the "
+                        "estimators need) or Bernoulli Thompson sampling (file propensities)")
     o.add_argument("--grid-steps", type=int, default=4)
     o.set_defaults(fn=cmd_data_obd)
     o = d.add_parser("split", help="split a log by request id (e.g. training vs evaluation rows)")
@@ -286,8 +290,10 @@ def _add_plan(sub) -> None:
                          "same action (0 = conservative)")
     pl.add_argument("--reward-var", type=float, default=None,
                     help="reward variance for a non-binary objective (default: binary)")
-    pl.add_argument("--alpha", type=float, default=0.05)
-    pl.add_argument("--power", type=float, default=0.8)
+    pl.add_argument("--alpha", type=float, default=0.05,
+                    help="two-sided test level of the detectable lifts (default 0.05)")
+    pl.add_argument("--power", type=float, default=0.8,
+                    help="power of the detectable lifts (default 0.8)")
     pl.add_argument("--lift", type=float, default=None,
                     help="relative lift to plan for, e.g. 0.03: prints the days it needs")
     pl.set_defaults(fn=cmd_plan)

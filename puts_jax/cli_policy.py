@@ -320,7 +320,8 @@ def add_parser(sub) -> None:
     x.add_argument("--frontier", required=True)
     x.add_argument("--maximize", required=True, help="objective name")
     x.add_argument("--guardrail", action="append", default=[], help="e.g. 'clicks >= -1%%'")
-    x.add_argument("--baseline", default="production", choices=("production", "logging"))
+    x.add_argument("--baseline", default="production", choices=("production", "logging"),
+                   help="the policy guardrails compare against (default: production)")
     x.add_argument("--out", default=None,
                    help="write the selection JSON here (only when a point is selected) and mark "
                         "the operating point on frontier.json/png/html; without it nothing is "
