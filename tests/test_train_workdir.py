@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -274,19 +273,20 @@ def test_tiny_evaluates_and_checkpoints_four_times_a_run(finished):
 
 
 @pytest.mark.slow
-def test_tiny_on_the_tiny_simulated_data_takes_well_under_a_minute(tmp_path):
-    """Measured on the 2-core VM (one core, others' jobs alongside): 11 min 44 s before (an
-    evaluation of 100k held-out rows every 4 of 9,376 steps), 26-36 s after."""
+def test_tiny_on_the_tiny_simulated_data_evaluates_four_times(tmp_path):
+    """The tiny preset on ``simulate --preset tiny`` data evaluates the held-out log 4 times in
+    its 9,376 steps (was every 4 steps: 2,344 evaluations of 100k rows). Measured on the 2-core
+    VM, one core, others' jobs alongside: 11 min 44 s before, 26-36 s after (a time, so it is
+    in the session note, not asserted here)."""
     env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs it
     puts_jax = os.path.join(os.path.dirname(sys.executable), "puts-jax")
     subprocess.run([puts_jax, "simulate", "--preset", "tiny", "--out",
                     str(tmp_path / "data")], check=True, env=env, capture_output=True)
-    t0 = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "train", "--config", "tiny", "--logs",
                           str(tmp_path / "data" / "logs.parquet"), "--heldout",
                           str(tmp_path / "data" / "heldout.parquet"), "--workdir",
                           str(tmp_path / "wd")], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["final_step"] == 9376
-    assert seconds < 60, seconds
+    recs = [json.loads(line) for line in open(tmp_path / "wd" / "metrics.jsonl")]
+    assert [r["step"] for r in recs if "heldout" in r] == [2344, 4688, 7032, 9376]
