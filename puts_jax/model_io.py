@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from puts_jax import staging
 from puts_jax.action_set import atomic_write_text
 from puts_jax.qnet import QNetwork
 
@@ -129,9 +130,10 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
     process is killed (or raises) at any point, ``load_model(directory)`` finds a complete
     model, the previous one (if there was one) or the new one: between the two renames
     ``directory`` is missing and ``load_model`` reads ``directory.tmp-old``, which the next
-    ``save_model`` first renames back. ``directory.tmp-save`` is never read. Not guaranteed:
-    durability across a power loss or OS crash (the renames are not fsynced), and two processes
-    saving to the same ``directory`` at once.
+    ``save_model`` first renames back. ``directory.tmp-save`` is never read. Every file and
+    folder of the new model is fsynced before the renames and the parent folder after them, so
+    a model ``load_model`` finds after a power loss or OS crash is whole. Not guaranteed: two
+    processes saving to the same ``directory`` at once.
     """
     directory = os.path.abspath(directory)
     tmp, old = directory + NEW_SUFFIX, _old_path(directory)
@@ -144,13 +146,16 @@ def save_model(directory: str, model: QNetwork, extra: dict | None = None) -> st
     atomic_write_text(os.path.join(tmp, SPEC_FILE), json.dumps(
         {"spec": model.spec(), "params_hash": digest, "param_shapes": param_shapes(model),
          "extra": extra or {}}, indent=1))
+    staging.fsync_tree(tmp)
     if os.path.exists(directory):
         shutil.rmtree(old, ignore_errors=True)  # a leftover; `directory` holds the model
         os.replace(directory, old)
         os.replace(tmp, directory)
+        staging.fsync(os.path.dirname(directory))  # the new entry is durable before the old goes
         shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
+        staging.fsync(os.path.dirname(directory))
     return digest
 
 

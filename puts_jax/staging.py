@@ -77,8 +77,8 @@ def publish(target: Target, names: Sequence[str], write: Callable[[str], None]) 
             os.mkdir(target.stage)
             write(target.stage)
             for name in names:
-                _fsync(os.path.join(target.stage, name))
-            _fsync(target.stage)
+                fsync(os.path.join(target.stage, name))
+            fsync(target.stage)
             with deferred_interrupt():
                 _commit(target.stage, names)
                 committed = True
@@ -123,7 +123,7 @@ def _recover(target: Target) -> str | None:
 def _commit(stage: str, names: Sequence[str]) -> None:
     """Step 2: COMPLETE (the names, as JSON), fsynced, and its folder entry made durable."""
     atomic_write_bytes(os.path.join(stage, COMPLETE), json.dumps(list(names)).encode())
-    _fsync(stage)
+    fsync(stage)
 
 
 def _move_in(target: Target, names: Sequence[str]) -> None:
@@ -140,18 +140,26 @@ def _move_in(target: Target, names: Sequence[str]) -> None:
         except OSError as e:
             raise OSError(f"out: moving {target.what} into {out_dir} failed at {name} ({e}); the "
                           f"rest waits in {stage}, and {target.retry} moves it in first") from e
-    _fsync(out_dir)
+    fsync(out_dir)
     shutil.rmtree(stage)
-    _fsync(out_dir)
+    fsync(out_dir)
 
 
-def _fsync(path: str) -> None:
+def fsync(path: str) -> None:
     """fsync a file or a folder (a folder's fsync makes its entries, e.g. renames, durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: str) -> None:
+    """fsync every file and folder under ``folder``, folders after their entries."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync(os.path.join(root, name))
+        fsync(root)
 
 
 @contextlib.contextmanager

@@ -108,3 +108,36 @@ def test_a_save_killed_while_undoing_an_earlier_kill_still_keeps_the_old_model(t
     assert steps == [("replace", "model.tmp-old", "model")]
     assert _loaded_hash(d) == old_hash
     assert model_io.save_model(d, _net(4)) == _loaded_hash(d) == model_io.params_hash(_net(4))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_new_model_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch,
+                                                                        existing):
+    """Durable across a power loss: every file and folder of the new model is fsynced while it
+    is still ``.tmp-save``, and the parent folder after the rename that makes it visible."""
+    directory = str(tmp_path / "m")
+    if existing:
+        model_io.save_model(directory, _net(0))
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst, *a, **k):
+        events.append(("replace", os.path.abspath(src), os.path.abspath(dst)))
+        real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    model_io.save_model(directory, _net(1))
+    monkeypatch.undo()
+
+    tmp = directory + model_io.NEW_SUFFIX
+    move_in = events.index(("replace", tmp, directory))
+    synced_before = {e[1] for e in events[:move_in] if e[0] == "fsync"}
+    for root, dirs, files in os.walk(directory):
+        for rel in [os.path.relpath(os.path.join(root, n), directory) for n in files] + \
+                [os.path.relpath(root, directory)]:
+            assert os.path.normpath(os.path.join(tmp, rel)) in synced_before, rel
+    assert ("fsync", str(tmp_path)) in events[move_in + 1:]
+    assert _loaded_hash(directory) == model_io.params_hash(_net(1))

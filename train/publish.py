@@ -32,6 +32,7 @@ import shutil
 from puts_jax import model_io
 from puts_jax.action_set import atomic_write_text, deferred_interrupt
 from puts_jax.checks import InputError
+from puts_jax.staging import fsync, fsync_tree
 from train.selection import SELECTED_FILE, SELECTED_MODEL
 
 BEST_MODEL = "best_so_far"
@@ -40,30 +41,11 @@ STAGE = ".selected-stage"
 
 def save_best(workdir: str, model, step: int, value: float) -> str:
     """Save ``model`` (the best evaluated so far, at ``step`` with held-out ``value``) to
-    ``workdir/best_so_far`` and fsync it (the checkpoint that records its hash may outlive a
-    power loss); returns its params hash."""
+    ``workdir/best_so_far``, fsynced by ``save_model`` (the checkpoint that records its hash
+    may outlive a power loss); returns its params hash."""
     path = os.path.join(workdir, BEST_MODEL)
-    digest = model_io.save_model(path, model,
-                                 extra={"step": step, "value": value, "provisional": True})
-    fsync_tree(path)
-    _fsync(workdir)
-    return digest
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: str) -> None:
-    """fsync every file and folder under ``folder``, folders after their entries."""
-    for root, dirs, files in os.walk(folder, topdown=False):
-        for name in files:
-            _fsync(os.path.join(root, name))
-        _fsync(root)
+    return model_io.save_model(path, model,  # fsynced, renames included
+                               extra={"step": step, "value": value, "provisional": True})
 
 
 def _selected_source(workdir: str, digest: str):
@@ -112,9 +94,9 @@ def _move_in(workdir: str, stage: str) -> None:
         shutil.rmtree(old, ignore_errors=True)  # a leftover: ``dest`` holds a complete model
         os.replace(dest, old)
     os.replace(os.path.join(stage, SELECTED_MODEL), dest)  # dest missing: readers read old
-    _fsync(workdir)
+    fsync(workdir)
     os.replace(os.path.join(stage, SELECTED_FILE), os.path.join(workdir, SELECTED_FILE))
-    _fsync(workdir)
+    fsync(workdir)
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(stage)
-    _fsync(workdir)
+    fsync(workdir)
