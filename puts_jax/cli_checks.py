@@ -83,13 +83,8 @@ def read_frontier(path: str) -> dict:
     folder, instead of reading a possibly mixed set."""
     from puts_jax import report
 
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        report.recover_frontier(folder)
-    except OSError as e:
-        raise UsageError(f"--frontier: a killed sweep left the frontier set in {folder} half "
-                         f"moved and it could not be settled ({e}); run the command again "
-                         "where that folder is writable, or re-run the sweep") from None
+    _settle("--frontier", path, report.recover_frontier, "a killed sweep left the frontier set",
+            "re-run the sweep")
     try:
         return report.read_frontier(path)
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, InputError, shape
@@ -229,15 +224,23 @@ def settle_split(logs_path: str) -> None:
     pair; a UsageError naming --logs when that fails (a read-only folder)."""
     from puts_jax.data import logs
 
-    folder = os.path.dirname(os.path.abspath(logs_path))
-    if not os.path.isdir(os.path.join(folder, logs.SPLIT_STAGING)):
-        return
+    if os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(logs_path)),
+                                  logs.SPLIT_STAGING)):
+        _settle("--logs", logs_path, logs.recover_split, "a killed 'data split' left its pair",
+                "re-run the split")
+
+
+def _settle(flag: str, path: str, recover, what: str, redo: str) -> None:
+    """``recover(folder of path)``: a staged set of files half moved into the folder is moved in
+    (or discarded when not committed); a UsageError naming ``flag`` when that fails (a
+    read-only folder) instead of reading a possibly mixed set."""
+    folder = os.path.dirname(os.path.abspath(path))
     try:
-        logs.recover_split(folder)
+        recover(folder)
     except OSError as e:
-        raise UsageError(f"--logs: a killed 'data split' left its pair in {folder} half moved and "
-                         f"it could not be settled ({e}); run the command again where that "
-                         "folder is writable, or re-run the split") from None
+        raise UsageError(f"{flag}: {what} in {folder} half moved and it could not be settled "
+                         f"({e}); run the command again where that folder is writable, or "
+                         f"{redo}") from None
 
 
 def check_model_dir(model: str) -> None:

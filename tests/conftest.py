@@ -44,6 +44,34 @@ def make_tiny_world(d, *, n_logs: int, n_heldout: int, n_evaluation: int, n_eval
     return D
 
 
+def tiny_cli_world(d, frontiers=(("frontier", 3),), halves: bool = True) -> None:
+    """``make_tiny_world`` at the CLI tests' small sizes (300 log rows, 1000 evaluation rows,
+    40 requests) and a ``puts-jax sweep`` frontier in ``d/NAME`` for each (NAME, lambda points)
+    of ``frontiers``, without a bootstrap (with halves unless ``halves`` is False)."""
+    from puts_jax import cli
+
+    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
+    for name, n in frontiers:
+        assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
+                         str(d / "data" / "evaluation.parquet"), "--out", str(d / name),
+                         "--n-lambdas", str(n), "--bootstrap", "0"]
+                        + ([] if halves else ["--no-halves"])) == 0
+
+
+def one_line(capsys) -> str:
+    """The captured stderr, checked to be exactly one line without a traceback; its text."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def cli_error(capsys) -> str:
+    """``one_line``, checked to be a ``puts-jax: error: ...`` line; the text after that."""
+    err = one_line(capsys)
+    assert err.startswith("puts-jax: error: "), err
+    return err.removeprefix("puts-jax: error: ")
+
+
 @pytest.fixture(scope="module")
 def sim_logs(tmp_path_factory):
     """Tiny simulated training (600 rows) and held-out (400 rows) logs: {"train", "heldout"}

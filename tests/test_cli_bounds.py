@@ -18,26 +18,15 @@ from puts_jax import cli, cli_checks, planning, sweep_job
 from puts_jax.checks import InputError
 from puts_jax.data import obd
 from puts_jax.data import simulator as sim
-from conftest import make_tiny_world, snapshot
+from conftest import cli_error as _err, snapshot, tiny_cli_world
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny simulated world, an untrained model and its 3-point frontier."""
     d = tmp_path_factory.mktemp("cli_bounds")
-    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
-    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
-                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
-                     "--n-lambdas", "3", "--bootstrap", "0", "--no-halves"]) == 0
+    tiny_cli_world(d, halves=False)
     return d
-
-
-def _err(capsys) -> str:
-    """The captured stderr: exactly one ``puts-jax: error:`` line, no traceback; its text."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("puts-jax: error: "), err
-    return err.strip().removeprefix("puts-jax: error: ")
 
 
 def _no_work(monkeypatch, target, name):
@@ -301,3 +290,29 @@ def test_the_plan_bounds_themselves_are_accepted(capsys):
     assert cli.main([*PLAN, "--lift", "0.03", "--max-days", "36500"]) == 0
     out = capsys.readouterr().out
     assert "36500" in out and "+3.0% lift" in out
+
+
+@pytest.mark.parametrize("flag", ["--frontier", "--logs"])
+def test_a_half_moved_set_that_cannot_be_settled_is_named(tmp_path, monkeypatch, flag):
+    """A read-only folder holding a set a kill left half moved: the reader refuses, naming the
+    flag and the folder, instead of reading a possibly mixed set."""
+    from puts_jax import report
+    from puts_jax.data import logs
+
+    def read_only(folder):
+        raise PermissionError(13, "Permission denied", folder)
+    (tmp_path / logs.SPLIT_STAGING).mkdir()
+    path = str(tmp_path / "x")
+    with pytest.raises(cli_checks.UsageError) as e:
+        if flag == "--frontier":
+            monkeypatch.setattr(report, "recover_frontier", read_only)
+            cli_checks.read_frontier(path)
+        else:
+            monkeypatch.setattr(logs, "recover_split", read_only)
+            cli_checks.settle_split(path)
+    what, redo = (("a killed sweep left the frontier set", "re-run the sweep")
+                  if flag == "--frontier" else
+                  ("a killed 'data split' left its pair", "re-run the split"))
+    assert str(e.value) == (f"{flag}: {what} in {tmp_path} half moved and it could not be "
+                            f"settled ([Errno 13] Permission denied: '{tmp_path}'); run the "
+                            f"command again where that folder is writable, or {redo}")

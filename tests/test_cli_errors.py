@@ -9,25 +9,15 @@ import pytest
 from puts_jax import cli, planning, policy
 from puts_jax.checks import InputError
 from puts_jax.data import logs
-from conftest import make_tiny_world
+from conftest import one_line as _err, tiny_cli_world
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny simulated world, an untrained model and a 3-point frontier (with halves)."""
     d = tmp_path_factory.mktemp("cli_errors")
-    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
-    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
-                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
-                     "--n-lambdas", "3", "--bootstrap", "0"]) == 0
+    tiny_cli_world(d)
     return d
-
-
-def _err(capsys) -> str:
-    """The captured stderr, checked to be exactly one line."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def _select(d, *extra):

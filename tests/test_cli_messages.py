@@ -20,7 +20,7 @@ from puts_jax import cli, engine, model_io, policy, score_job
 from puts_jax.config import ScoringConfig
 from puts_jax.data import logs
 from puts_jax.types import RequestBatch
-from conftest import make_tiny_world
+from conftest import cli_error as _err, tiny_cli_world
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,7 @@ def run(tmp_path_factory):
     """A tiny world, a 3-point frontier and a registry: v0001 published (own params), v0002
     set-lambda (v0001's params)."""
     d = tmp_path_factory.mktemp("cli_messages")
-    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
-    assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
-                     str(d / "data" / "evaluation.parquet"), "--out", str(d / "frontier"),
-                     "--n-lambdas", "3", "--bootstrap", "0", "--no-halves"]) == 0
+    tiny_cli_world(d, halves=False)
     assert cli.main(["policy", "publish", "--registry", str(d / "reg"), "--model",
                      str(d / "model"), "--frontier", str(d / "frontier" / "frontier.json"),
                      "--logs", str(d / "data" / "logs.parquet"), "--point", "0",
@@ -39,14 +36,6 @@ def run(tmp_path_factory):
     assert cli.main(["policy", "set-lambda", "--registry", str(d / "reg"), "--lam", "0.5,0.5",
                      "--reason", "test"]) == 0
     return d
-
-
-def _err(capsys) -> str:
-    """The captured stderr: exactly one ``puts-jax: error:`` line, no traceback."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("puts-jax: error: "), err
-    return err.strip().removeprefix("puts-jax: error: ")
 
 
 def _score(d, out, *extra, registry=None):

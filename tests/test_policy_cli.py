@@ -11,26 +11,15 @@ import stat
 import pytest
 
 from puts_jax import cli, cli_policy, policy, report
-from conftest import make_tiny_world, snapshot
+from conftest import one_line as _err, snapshot, tiny_cli_world
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny world, an untrained model and two frontiers of it: 3 and 5 lambda points."""
     d = tmp_path_factory.mktemp("policy_cli")
-    make_tiny_world(d, n_logs=300, n_heldout=100, n_evaluation=1000, n_eval=100, n_requests=40)
-    for name, n in (("f3", "3"), ("f5", "5")):
-        assert cli.main(["sweep", "--model", str(d / "model"), "--logs",
-                         str(d / "data" / "evaluation.parquet"), "--out", str(d / name),
-                         "--n-lambdas", n, "--bootstrap", "0"]) == 0
+    tiny_cli_world(d, frontiers=(("f3", 3), ("f5", 5)))
     return d
-
-
-def _err(capsys) -> str:
-    """The captured stderr, checked to be exactly one line without a traceback."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def _frontier(run, tmp_path, name="f3"):

@@ -14,7 +14,7 @@ import pytest
 from puts_jax import cli, cli_checks
 from puts_jax.data import logs
 from puts_jax.data import simulator as sim
-from conftest import snapshot
+from conftest import one_line as _err, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,12 +46,6 @@ def old(source, tmp_path):
 def _split(src, out, seed=2, a="a.parquet", b="b.parquet"):
     return cli.main(["data", "split", "--logs", src, "--out-a", str(out / a), "--out-b",
                      str(out / b), "--seed", str(seed)])
-
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def test_the_new_pair_replaces_the_old_one_and_nothing_else_is_left(source, old, capsys):
