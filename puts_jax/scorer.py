@@ -66,6 +66,7 @@ class Scorer:
         self.params_as_constants = bool(params_as_constants)
         self._constant_serves: dict = {}  # (k, padded shapes) -> compiled, params built in
         self.action_weights = np.asarray(action_weights, np.float32)
+        self._check_action_weights()
         # compiled serve passes by effective k (k beyond the N bucket ranks k = the N bucket)
         self._serves = {cfg.top_k: build_serve(graphdef, self.action_weights, cfg)}
         self._buffers: dict = {}
@@ -80,6 +81,41 @@ class Scorer:
             return getattr(nnx.merge(self.graphdef, self.params), name, None)
         except Exception:  # a graphdef/params pair that does not merge has no such attribute
             return None
+
+    def _check_action_weights(self) -> None:
+        """W f32[A, K] with one row per action of the model's Q (where the model says its A)."""
+        W, n_actions = self.action_weights, self._model_attr("n_actions")
+        if W.ndim != 2 or (n_actions is not None and W.shape[0] != n_actions):
+            raise InputError("action_weights", [], f"shape {W.shape}; expected f32[A, K] with "
+                             f"A = {n_actions if n_actions is not None else 'the actions'} of "
+                             "the model's Q, one utility-weight row per action")
+
+    def _id_vocab(self) -> tuple[int, ...] | None:
+        """Vocabulary size of each categorical id column the model embeds (() for none), or
+        None for a model that does not say (not a QNetwork)."""
+        if not hasattr(self, "_vocab"):
+            cfg = self._model_attr("cfg")
+            sizes = getattr(cfg, "id_vocab_sizes", None)
+            self._vocab = None if sizes is None else tuple(int(v) for v in sizes)
+        return self._vocab
+
+    def _check_ids(self, context_ids: np.ndarray | None) -> None:
+        """context_ids i32[B, C] against the model's embeddings: C columns, each id in
+        [0, vocabulary size); none for a model without embeddings."""
+        vocab = self._id_vocab()
+        if vocab is None:
+            return
+        if not vocab:
+            if context_ids is not None:
+                raise InputError("context_ids", [], f"shape {context_ids.shape}; the model "
+                                 "embeds no categorical ids: pass none")
+            return
+        if context_ids is None or context_ids.shape[1] != len(vocab):
+            got = "none" if context_ids is None else f"shape {context_ids.shape}"
+            raise InputError("context_ids", [], f"{got}; expected i32[B, {len(vocab)}], one "
+                             f"column per embedded id (vocabulary sizes {list(vocab)})")
+        checks.raise_if((context_ids < 0) | (context_ids >= np.asarray(vocab)), "context_ids",
+                        f"id outside [0, vocabulary size) (sizes {list(vocab)})")
 
     def _objectives(self, context: np.ndarray, context_ids: np.ndarray | None) -> int:
         """J of the model's Q f32[B, A, J] for this context width (traced once per width, no
@@ -109,9 +145,9 @@ class Scorer:
         A, K = self.action_weights.shape
         preds = batch.preds
         if preds.ndim != 3 or preds.shape[2] != K:
-            raise InputError("preds", [], f"shape {preds.shape}; expected f32[B, N, {K}] (K = "
-                             f"{K} ranker outcomes, the width of the action set's W f32[{A}, "
-                             f"{K}])")
+            raise InputError("preds", [], f"shape {preds.shape}; expected f32[B, N, {K}]: the "
+                             f"action set's utility weights W f32[{A}, {K}] weigh K = {K} ranker "
+                             "outcomes (if preds are right, W is not)")
         B, N = preds.shape[:2]
         want = {"context": (B, None), "mask": (B, N), "valid": (B,),
                 "context_ids": (B, None)}
@@ -124,6 +160,7 @@ class Scorer:
                 text = ", ".join("?" if w is None else str(w) for w in shape)
                 raise InputError(field, [], f"shape {x.shape}; expected [{text}] to match "
                                  f"preds f32{list(preds.shape)}")
+        self._check_ids(batch.context_ids)
         J = self._objectives(batch.context, batch.context_ids)
         if lam.shape != (J,):
             raise InputError("lambda", [], f"shape {lam.shape}; expected f32[{J}], one "
@@ -203,12 +240,23 @@ class Scorer:
         ServeOutput of numpy arrays with exactly B rows in input order and k' = min(top_k, the
         candidate bucket of N) top-k columns: a top_k beyond the bucket returns every candidate
         (slots past a request's real, finite ones hold -1 / -inf) and costs no memory for the
-        rest.
+        rest. ``batch.valid`` may be None: the Scorer pads batches itself, and valid only marks
+        that padding inside the compiled pass; a row given as False is scored like any other
+        (drop such rows before scoring, or ignore their outputs).
 
         Raises InputError naming the field when a shape does not fit: preds not f32[B, N, K]
         with W's K, mask not [B, N], valid not [B], context not [B, D] with the model's D,
-        context_ids not [B, C], lam not f32[J] with the model's J, or lam not a distribution."""
+        context_ids not [B, C] with the model's C embedded id columns (or given to a model that
+        embeds none), lam not f32[J] with the model's J, or lam not a distribution; and naming
+        the rows for a mask or valid value that is not 0/1 and an id outside its vocabulary.
+        The constructor raises InputError("action_weights") when W is not f32[A, K] with the
+        model's A."""
         lam = checks.check_lambda(np.asarray(lam, np.float32))
+        for field in ("mask", "valid"):  # bool, or numbers that are exactly 0/1
+            x = getattr(batch, field)
+            if x is not None and np.asarray(x).dtype != bool:
+                x = np.asarray(x)
+                checks.raise_if((x != 0) & (x != 1), field, "not a boolean (0/1) value")
         preds = np.asarray(batch.preds)
         B = preds.shape[0] if preds.ndim else 0
         batch = RequestBatch(

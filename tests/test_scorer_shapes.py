@@ -2,6 +2,8 @@
 anything is compiled: one InputError naming the field and the shape it expected, never a wrong
 row or a raw TypeError from inside the trace."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -69,3 +71,41 @@ def test_a_valid_batch_still_matches_the_reference_after_rejected_ones(scorer):
     want = reference.serve(q, LAM, scorer.action_weights, batch.preds, batch.mask, 3)
     np.testing.assert_array_equal(got.action, want.action)
     np.testing.assert_array_equal(got.topk_index, want.topk_index)
+
+
+def test_action_weights_of_another_action_count_than_the_model_are_named():
+    model = QNetwork(QNetConfig.tiny(), D, A, KINDS, rngs=nnx.Rngs(0))
+    with pytest.raises(InputError) as e:
+        engine.Scorer(model, np.zeros((A + 1, K), np.float32), ScoringConfig(top_k=3))
+    assert e.value.field == "action_weights" and f"A = {A}" in str(e.value)
+
+
+def test_a_mask_that_is_not_boolean_names_its_rows(scorer):
+    mask = np.ones((B, N), np.float32)
+    mask[2, 3] = 0.5
+    with pytest.raises(InputError) as e:
+        scorer(LAM, _batch(mask=mask))
+    assert e.value.field == "mask" and e.value.rows == [2]
+    ok = scorer(LAM, _batch(mask=np.ones((B, N), np.int8)))  # 0/1 numbers are booleans
+    np.testing.assert_array_equal(ok.action, scorer(LAM, _batch()).action)
+
+
+def test_context_ids_are_checked_against_the_models_embeddings(scorer):
+    with pytest.raises(InputError, match="embeds no categorical ids") as e:
+        scorer(LAM, _batch(context_ids=np.zeros((B, 2), np.int32)))
+    assert e.value.field == "context_ids"
+    cfg = QNetConfig.tiny()
+    with_ids = QNetwork(dataclasses.replace(cfg, id_vocab_sizes=(4, 3)), D, A, KINDS,
+                        rngs=nnx.Rngs(0))
+    s = engine.Scorer(with_ids, scorer.action_weights, ScoringConfig(top_k=3))
+    for ids, msg in ((None, "none; expected i32[B, 2]"),
+                     (np.zeros((B, 1), np.int32), "expected i32[B, 2]")):
+        with pytest.raises(InputError, match=msg.replace("[", r"\[")):
+            s(LAM, _batch(context_ids=ids))
+    ids = np.zeros((B, 2), np.int32)
+    ids[4, 1] = 3  # vocabulary 3: ids 0..2
+    with pytest.raises(InputError, match="outside") as e:
+        s(LAM, _batch(context_ids=ids))
+    assert e.value.rows == [4]
+    ids[4, 1] = 2
+    assert s(LAM, _batch(context_ids=ids)).action.shape == (B,)
