@@ -7,8 +7,13 @@ wires it like every other subcommand; errors are ``UsageError`` / ``NothingSelec
 is written there and the operating point is marked on the frontier's three files (rewritten as
 one set by ``report.write_frontier``). A selection records the frontier it was made on
 (``frontier_sha256``); ``publish --selection`` refuses another frontier, or a selection that
-records none, before anything is written. Lambdas are printed at float32 precision (the
-precision the serve pass reads them at); the files keep the exact values.
+records none, before anything is written. A selection also records the criteria it was chosen
+by (``criteria``: maximize, guardrails, baseline); publish runs the choice again on --frontier
+with them and publishes the frontier's own estimates, refusing a selection whose index or
+estimates differ (an edited file), and a point that fails a guardrail on the report half unless
+``--accept-guardrail-miss`` (then recorded in policy.json and the audit entry, with a warning on
+stderr). Lambdas are printed at float32 precision (the precision the serve pass reads them at);
+the files keep the exact values.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
-from puts_jax.checks import check_distinct_paths
+from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
                                  parse_guardrail, read_frontier)
+from puts_jax.data.log_schema import LOG_COLUMNS
 
 
 def _print(msg: str = "") -> None:  # as cli._print: every line reaches a pipe at once
@@ -63,6 +70,8 @@ def cmd_policy(args) -> None:
 
     if args.policy_cmd in ("show", "set-lambda", "rollback"):  # need one, create nothing
         policy.check_registry(args.registry)
+    if args.policy_cmd in ("set-lambda", "rollback"):  # a read-only registry: named, not OSError
+        check_out_dir("--registry", args.registry)
     if args.policy_cmd == "show":
         _show(args)
         return
@@ -177,6 +186,8 @@ def _select(args) -> None:
     guards = [parse_guardrail(g, names, doc["objectives"]["directions"])
               for g in args.guardrail]
     sel = sweep_job.select(doc, names.index(args.maximize), guards, args.baseline)
+    sel["criteria"] = {"maximize": args.maximize, "guardrails": list(args.guardrail),
+                       "baseline": args.baseline}
     sel["frontier"] = {"path": os.path.abspath(args.frontier), "sha256": digest, "points": P}
     _print(json.dumps(_for_print(sel), indent=1, default=str))
     if sel["index"] is None:  # --out is never replaced by a null selection
@@ -272,36 +283,119 @@ def _check_objectives(doc: dict, path: str, model, reward_names) -> None:
                          f"{list(reward_names)}: a lambda weights the rewards in that order")
 
 
+def _same_estimates(a, b) -> bool:
+    """Two {value, lo, hi} blocks hold the same numbers (NaN, or null, equal to NaN)."""
+    try:
+        return all(np.array_equal(np.asarray(a[q], np.float64), np.asarray(b[q], np.float64),
+                                  equal_nan=True) for q in ("value", "lo", "hi"))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _select_again(args, sel: dict, doc: dict, index: int) -> dict:
+    """The --selection's choice made again on --frontier with the criteria it records: the same
+    index, and its estimates those of the frontier for that point (the report half's with
+    halves). Returns the choice as made here; UsageError('--selection: ...') otherwise."""
+    from puts_jax import sweep_job
+
+    crit, path = sel.get("criteria"), args.selection
+    names, dirs = doc["objectives"]["names"], doc["objectives"]["directions"]
+    try:
+        maximize = names.index(crit["maximize"])
+        guards = [parse_guardrail(g, names, dirs) for g in crit["guardrails"]]
+        again = sweep_job.select(doc, maximize, guards, crit["baseline"])
+    except (KeyError, TypeError, ValueError, InputError) as e:  # UsageError is a ValueError
+        raise UsageError(f"--selection: {path} does not record the criteria it was chosen by "
+                         f"(maximize, guardrails, baseline: {str(e)[:80] or type(e).__name__}), so "
+                         "its choice and estimates cannot be checked on --frontier; run 'policy "
+                         f"select --frontier {args.frontier} ... --out' again (nothing "
+                         "published)") from None
+    if again["index"] != index:
+        raise UsageError(f"--selection: {path}: its criteria select point {again['index']} on "
+                         f"--frontier, not its index {index} (was the file edited?); nothing "
+                         "published")
+    if not _same_estimates(sel.get("estimates"), again["estimates"]):
+        raise UsageError(f"--selection: {path}: estimates {str(sel.get('estimates'))[:120]} are "
+                         f"not --frontier's for point {index} ({again['estimates_from']}: "
+                         f"{again['estimates']}) (was the file edited?); nothing published")
+    return again
+
+
+def _guardrail_miss(args, again: dict, index: int) -> list[str]:
+    """[] when the chosen point meets its guardrails on the report half (or there are no
+    halves); with --accept-guardrail-miss the miss, to record; else UsageError."""
+    if again.get("report_passes_guardrails") is not False:
+        return []
+    why = again["reason"].rpartition("on the report half it fails a guardrail ")[2]
+    miss = (f"point {index} ({again['name']}) fails a guardrail on the report half, whose "
+            f"estimate is the one published: {why}")
+    if not args.accept_guardrail_miss:
+        raise UsageError(f"--selection: {args.selection}: {miss}; select again, or publish it "
+                         "anyway with --accept-guardrail-miss (recorded in policy.json and the "
+                         "audit log); nothing published")
+    return [miss]
+
+
+def _check_exploration_log(path: str) -> None:
+    """--logs is an exploration log (logged decisions), not a request set of the same actions."""
+    import pyarrow.parquet as pq
+
+    have = pq.read_schema(path).names
+    missing = [c for c, (required, _, _) in LOG_COLUMNS.items() if required and c not in have]
+    if missing:
+        raise UsageError(f"--logs: {path} is not an exploration log: it lacks the columns "
+                         f"{missing} (a request set has no logged decisions); give a log of the "
+                         "action set, e.g. logs.parquet (nothing published)")
+
+
 def _publish(args) -> None:
     from puts_jax import model_io, policy, report
     from puts_jax.data import logs
 
     check_out_dir("--registry", args.registry)
+    _check_exploration_log(args.logs)
     model, info = model_io.load_model(args.model)
     doc = read_frontier(args.frontier)
     index, sel = _point_index(args, check_frontier(doc, args.frontier))
-    if sel is not None:
+    accepted, point = [], report.frontier_point(doc, index)
+    if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
         _check_selection_source(args, sel, doc, index)
+        again = _select_again(args, sel, doc, index)
+        accepted = _guardrail_miss(args, again, index)
+        point["selection"] = {k: again.get(k) for k in (
+            "estimates", "estimates_from", "reason", "report_passes_guardrails")}
+        point["selection"]["criteria"] = sel["criteria"]
     check_frontier_matches(doc, model, args.logs)
     meta = logs.read_meta(args.logs)
     _check_objectives(doc, args.frontier, model, meta.reward_names)
-    point = report.frontier_point(doc, index)
-    if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
-        point["selection"] = {k: sel.get(k) for k in ("estimates", "estimates_from", "reason")}
     v = policy.publish(args.registry, model, meta.action_set,
                        np.asarray(point["lambda"], np.float64), point, args.reason,
                        {"model": os.path.abspath(args.model),
                         "frontier": os.path.abspath(args.frontier),
-                        "frontier_sha256": frontier_sha256(doc), "train": info.get("extra", {})})
+                        "frontier_sha256": frontier_sha256(doc), "train": info.get("extra", {})},
+                       accepted=accepted)
     _print(f"published {v}")
+    for miss in accepted:
+        print(f"puts-jax: warning: published {v} although {miss} (accepted with "
+              "--accept-guardrail-miss; recorded in policy.json and the audit log)",
+              file=sys.stderr, flush=True)
 
 
 def _print_versions(registry: str) -> None:
+    """The versions after a change (``*`` marks CURRENT; a broken one shows its problem). The
+    change is made: a registry that cannot be listed now is a note, never a failure."""
     from puts_jax import policy
 
-    shown = policy.show(registry)
+    try:
+        shown = policy.show(registry)
+    except (InputError, OSError) as e:
+        _print(f"note: the versions cannot be listed ({e}); the change above is made")
+        return
     for v in shown["versions"]:
         mark = "*" if v["version"] == shown["current"] else " "
+        if v["problem"]:
+            _print(f"{mark} {v['version']}  {v['problem']}")
+            continue
         _print(f"{mark} {v['version']}  {v['action']:<10} lambda={readable_lambda(v['lambda'])}"
                f"  params={v['params_version']}  {v['reason']}")
 
@@ -336,6 +430,9 @@ def add_parser(sub) -> None:
     x.add_argument("--selection", default=None, help="selection JSON of 'policy select --out' "
                    "made on this --frontier")
     x.add_argument("--reason", required=True)
+    x.add_argument("--accept-guardrail-miss", action="store_true",
+                   help="publish a --selection whose point fails a guardrail on the report half "
+                        "(recorded in policy.json and the audit log, with a warning)")
     x = ps.add_parser("set-lambda", help="new current version with another lambda, the "
                       "parameters reused")
     x.add_argument("--registry", required=True)

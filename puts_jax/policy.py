@@ -5,8 +5,13 @@ Layout of ``registry_dir``:
 
   CURRENT        the current version name ("v0003"), switched atomically (temp file + os.replace)
   audit.jsonl    append-only, one JSON line per action (publish / set-lambda / rollback), written
-                 before CURRENT is switched (write-ahead: a crash in between leaves a line whose
-                 ``current_after`` differs from CURRENT, which ``show`` reports)
+                 before CURRENT is switched (write-ahead). Its lines form a chain (each line's
+                 ``current_before`` is the previous line's ``current_after``, the last one's is
+                 CURRENT); a writer stopped between its line and the switch leaves a last line
+                 whose switch was never made, and the next writer appends a "switch-not-made"
+                 entry saying so before its own (``registry_files.history``). Any other break,
+                 or no audit.jsonl while versions exist, stops every writer before it writes;
+                 ``show`` reports it (``audit_problem``)
   .lock          advisory lock (fcntl) serializing writers of this registry
   v0001/         policy.json (+ params/, an orbax checkpoint of the Q-network's nnx.Param state)
   v0002/         policy.json only: set-lambda reuses v0001's params (``params_version``)
@@ -15,6 +20,13 @@ A version directory is written under a hidden temp name and renamed into place, 
 leaves a half-written version visible. Changing lambda writes a new version that references its
 parent's parameters: instant, no copy, no retraining, no recompilation (lambda is a traced
 argument of the serving program).
+
+What each writer needs (checked under the lock, before anything is written): publish, a whole
+audit chain; set-lambda, that and a CURRENT naming a version whose policy.json reads and whose
+parameters folder is there; rollback, a whole chain and a target that reads and can be served (a
+CURRENT file that is garbage or empty, or names a version that cannot be served, is what
+rollback repairs). Another version's broken policy.json blocks nothing: ``show`` lists it with
+its ``problem``.
 """
 
 from __future__ import annotations
@@ -24,10 +36,9 @@ import datetime
 import fcntl
 import json
 import os
-import re
 import shutil
 import tempfile
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -36,11 +47,13 @@ from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
 from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
 from puts_jax.qnet import QNetwork
-from puts_jax.registry_files import (POLICY_KEYS, _last_byte, _read_policy_json,  # noqa: F401
-                                     read_audit)
+from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, History,  # noqa: F401
+                                     _last_byte, _read_policy_json, audit_problem,
+                                     current_problem, current_version, history, params_problem,
+                                     read_audit, versions)
 
 SCHEMA = "puts_jax.policy/1"
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_FIX = "roll back to a complete version (policy rollback --version V) or publish again"
 
 
 class OperatingPolicy(NamedTuple):
@@ -127,68 +140,59 @@ def check_registry(registry_dir: str) -> None:
 
 @contextlib.contextmanager
 def _locked(registry_dir: str, create: bool = False):
-    """Hold the registry's writer lock; only ``create`` (publish) makes a missing directory.
-    Raises InputError("registry") before anything is written when audit.jsonl does not read."""
+    """Hold the registry's writer lock and yield its ``History`` (``registry_files.history``):
+    an audit log that does not read or whose chain is broken is an InputError("registry")
+    before anything is written. Only ``create`` (publish) makes a missing directory."""
     if create:
         os.makedirs(registry_dir, exist_ok=True)
     elif not os.path.isdir(registry_dir):
         raise InputError("registry", [], f"no registry at {registry_dir}")
-    with open(os.path.join(registry_dir, ".lock"), "a") as f:
+    lock = os.path.join(registry_dir, ".lock")
+    try:
+        f = open(lock, "a")
+    except OSError as e:
+        raise InputError("registry", [], f"cannot take the writer lock {lock} ({e.strerror or e});"
+                                         " the registry must be writable (nothing written)") from None
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            read_audit(registry_dir)  # a corrupt audit log is never extended: nothing written
-            yield
+            yield history(registry_dir, _now())
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def versions(registry_dir: str) -> list[str]:
-    """Complete versions (directories with a policy.json), oldest first."""
-    if not os.path.isdir(registry_dir):
-        return []
-    found = [(int(m.group(1)), d) for d in os.listdir(registry_dir)
-             if (m := _VERSION_RE.match(d))
-             and os.path.isfile(os.path.join(registry_dir, d, "policy.json"))]
-    return [d for _, d in sorted(found)]
-
-
-def current_version(registry_dir: str) -> str | None:
-    """The version named by CURRENT, or None for an empty registry."""
-    path = os.path.join(registry_dir, "CURRENT")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return f.read().strip() or None
-
-
 def _read_meta(registry_dir: str, version: str) -> dict:
     path = os.path.join(registry_dir, version, "policy.json")
-    if not _VERSION_RE.match(version) or not os.path.isfile(path):
+    if not VERSION_RE.match(version) or not os.path.isfile(path):
         raise InputError("version", [], f"{version!r} is not a version of {registry_dir}; "
                                         f"known {versions(registry_dir)}")
     return _read_policy_json(path)
 
 
 def _next_version(registry_dir: str) -> str:
-    nums = [int(m.group(1)) for d in os.listdir(registry_dir) if (m := _VERSION_RE.match(d))]
+    nums = [int(m.group(1)) for d in os.listdir(registry_dir) if (m := VERSION_RE.match(d))]
     return f"v{max(nums, default=0) + 1:04d}"
 
 
-def _audit(registry_dir: str, entry: dict) -> None:
-    """Append ``entry`` as one line (after a newline, if a crash left the last line without
-    one); ``_locked`` has already checked that every existing line reads."""
+def _audit(registry_dir: str, entries: list[dict]) -> None:
+    """Append ``entries``, one line each, in one write (after a newline, if a crash left the last
+    line without one); ``_locked`` has already checked that every existing line reads."""
     path = os.path.join(registry_dir, "audit.jsonl")
+    text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
     with open(path, "ab") as f:
         gap = f.tell() > 0 and _last_byte(path) != b"\n"
-        f.write((("\n" if gap else "") + json.dumps(entry, sort_keys=True) + "\n").encode())
+        f.write((("\n" if gap else "") + text).encode())
         f.flush()
         os.fsync(f.fileno())
 
 
-def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) -> str:
+def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str,
+            hist: History) -> str:
     """Write a version under a temp name, rename it into place, audit, switch CURRENT.
-    Call with the registry lock held; ``meta`` lacks version/parent, filled in here."""
-    version, parent = _next_version(registry_dir), current_version(registry_dir)
+    Call with the registry lock held; ``meta`` lacks version/parent, filled in here (the parent
+    is None when the CURRENT file is broken: it names no version)."""
+    version = _next_version(registry_dir)
+    parent = hist.before if hist.current_problem is None else None
     meta = {"schema": SCHEMA, "version": version, "parent": parent, "action": action,
             "created": _now(), **meta}
     if model is not None:
@@ -206,18 +210,25 @@ def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str) 
     _switch(registry_dir, {"time": meta["created"], "action": action, "version": version,
                            "parent": parent, "lambda": meta["lambda"], "reason": meta["reason"],
                            "params_version": meta["params_version"],
-                           "params_hash": meta["params_hash"]}, version)
+                           "params_hash": meta["params_hash"],
+                           **({"accepted": meta["accepted"]} if meta.get("accepted") else {})},
+            version, hist)
     return version
 
 
-def _switch(registry_dir: str, entry: dict, version: str) -> None:
-    entry = {**entry, "current_before": current_version(registry_dir), "current_after": version}
-    _audit(registry_dir, entry)
+def _switch(registry_dir: str, entry: dict, version: str, hist: History) -> None:
+    """Append ``hist.pending`` and ``entry`` (write-ahead), then switch CURRENT to ``version``.
+    A broken CURRENT file is recorded as ``current_problem`` on the entry."""
+    entry = {**entry, "current_before": hist.before, "current_after": version}
+    if hist.current_problem is not None:
+        entry["current_problem"] = hist.current_problem
+    _audit(registry_dir, [*hist.pending, entry])
     atomic_write_text(os.path.join(registry_dir, "CURRENT"), version + "\n")
 
 
 def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
-            frontier_point: Mapping | None, reason: str, source: Mapping | None = None) -> str:
+            frontier_point: Mapping | None, reason: str, source: Mapping | None = None,
+            accepted: Sequence[str] = ()) -> str:
     """Publish a new operating policy (own parameters) and make it current; returns its version.
 
     Args:
@@ -227,6 +238,8 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
       frontier_point: what the frontier says about this lambda (``report.frontier_point``).
       reason: why (kept in policy.json and the audit log).
       source: provenance, e.g. {"checkpoint": path, "step": 2000, "frontier": path}.
+      accepted: warnings the publisher accepted (e.g. a guardrail missed on the report half);
+        kept in policy.json and the audit entry as ``accepted``.
     Raises InputError naming the field (lambda, action_set, reason, frontier_point.lambda).
     """
     J = len(model.reward_kinds)
@@ -240,91 +253,113 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
             "model_spec": model.spec(), "params_hash": params_hash(model),
             "param_shapes": model_io.param_shapes(model), "action_set": action_set.to_dict(),
             "action_set_hash": action_set.hash(), "package_version": puts_jax.__version__}
-    with _locked(registry_dir, create=True):
-        return _commit(registry_dir, meta, model, "publish")
+    if accepted:
+        meta["accepted"] = [str(a) for a in accepted]
+    with _locked(registry_dir, create=True) as hist:
+        return _commit(registry_dir, meta, model, "publish", hist)
 
 
 def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | None = None) -> str:
     """New version with the current version's parameters and action set and a new lambda; it
     references the parent's params (no copy) and becomes current. Returns its version. Creates
-    nothing when the registry has no current policy."""
-    if current_version(registry_dir) is None:  # checked again under the lock
+    nothing when the registry has no current policy, CURRENT is broken, or the current version's
+    policy.json does not read or its parameters folder is missing."""
+    if not (versions(registry_dir) or os.path.exists(os.path.join(registry_dir, "CURRENT"))):
         raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
-    with _locked(registry_dir):
-        parent = current_version(registry_dir)
+    with _locked(registry_dir) as hist:
+        parent = current_problem(registry_dir, versions(registry_dir))[0]
+        if hist.current_problem is not None:
+            raise InputError("registry", [], f"CURRENT {hist.current_problem}; set-lambda changes "
+                                             "the current policy's lambda, so make a complete "
+                                             "version current first with 'policy rollback "
+                                             "--version V' (nothing written)")
         if parent is None:
             raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
         pm = _read_meta(registry_dir, parent)
+        why = params_problem(registry_dir, parent, pm)
+        if why:
+            raise InputError("registry", [], f"CURRENT {parent} cannot be served: {why}; a new "
+                                             f"lambda on it could not be either: {_FIX} "
+                                             "(nothing written)")
         lam = _check_lam(lam, len(pm["model_spec"]["reward_kinds"]))
         keep = ("model_spec", "params_version", "params_hash", "param_shapes", "action_set",
                 "action_set_hash", "source")
         meta = {"reason": _check_reason(reason), "lambda": lam.tolist(),
                 "frontier_point": _check_point(frontier_point, lam),
                 **{k: pm[k] for k in keep}, "package_version": puts_jax.__version__}
-        return _commit(registry_dir, meta, None, "set-lambda")
+        return _commit(registry_dir, meta, None, "set-lambda", hist)
 
 
 def rollback(registry_dir: str, version: str, reason: str) -> str:
-    """Make an existing ``version`` current again (no new version); audited. Returns it."""
+    """Make an existing ``version`` current again (no new version); audited. Returns it. The
+    target's policy.json must read and its parameters folder be there; the current version need
+    not (rolling back is how a broken CURRENT is repaired)."""
     reason = _check_reason(reason)
     _read_meta(registry_dir, version)  # an unknown version creates nothing (read again locked)
-    with _locked(registry_dir):
+    with _locked(registry_dir) as hist:
         meta = _read_meta(registry_dir, version)
-        cur = current_version(registry_dir)
-        if cur == version:
+        why = params_problem(registry_dir, version, meta)
+        if why:
+            raise InputError("version", [], f"{version} cannot be served: {why}; roll back to "
+                                            "another version (nothing written)")
+        if hist.current_problem is None and hist.before == version:
             raise InputError("version", [], f"{version} is already current")
         _switch(registry_dir, {"time": _now(), "action": "rollback", "version": version,
                                "parent": meta["parent"], "lambda": meta["lambda"],
                                "reason": reason, "params_version": meta["params_version"],
-                               "params_hash": meta["params_hash"]}, version)
+                               "params_hash": meta["params_hash"]}, version, hist)
     return version
 
 
-def _current_problem(registry_dir: str, found: list[str]) -> tuple[str | None, str | None]:
-    """(CURRENT's version, None), or (None, what is wrong with CURRENT: "names 'x', not a
-    version ...") when it is unreadable, names no complete version, or is missing or empty while
-    versions exist."""
-    try:
-        cur = current_version(registry_dir)
-    except (OSError, UnicodeDecodeError) as e:
-        return None, f"unreadable ({e})"
-    if cur is None:
-        return None, f"missing or empty but there are versions {found}" if found else None
-    if cur not in found:
-        return None, f"names {cur[:40]!r}, not a version of {registry_dir} (known {found})"
-    return cur, None
+_SUMMARY = ("version", "parent", "action", "created", "lambda", "reason", "params_version",
+            "params_hash", "action_set_hash")
+
+
+def _summaries(registry_dir: str, found: list[str]) -> tuple[list[dict], dict]:
+    """Every version's summary, with ``problem`` ("unreadable: ..." for a policy.json that does
+    not read, "cannot be served: ..." for missing parameters, else None), and the metas read."""
+    out, metas = [], {}
+    for v in found:
+        try:
+            metas[v] = m = _read_meta(registry_dir, v)
+        except InputError as e:
+            out.append({**dict.fromkeys(_SUMMARY), "version": v, "problem": f"unreadable: {e.msg}"})
+            continue
+        why = params_problem(registry_dir, v, m)
+        out.append({**{k: m.get(k) for k in _SUMMARY}, "version": v,
+                    "problem": f"cannot be served: {why}" if why else None})
+    return out, metas
 
 
 def show(registry_dir: str) -> dict:
-    """The registry at a glance: current version and its policy.json, every version's summary,
-    the audit log, whether the audit's last switch matches CURRENT, and stale temp directories
-    (left by a crash; never visible as versions). A broken CURRENT does not hide the versions:
-    ``current`` and ``policy`` are then None and ``current_problem`` says what is wrong (else
-    None)."""
+    """The registry at a glance: current version and its policy.json, every version's summary
+    (with its ``problem``: a policy.json that does not read or a parameters folder that is
+    missing; the other versions are shown all the same), the audit log, whether its chain of
+    switches is whole and ends at CURRENT (``audit_consistent``; ``audit_problem`` says what
+    breaks it), and stale temp directories (left by a crash; never visible as versions).
+    ``current_problem`` says what is wrong with CURRENT, else None: when the CURRENT file is
+    broken ``current`` and ``policy`` are None; when it names a version that does not read or
+    cannot be served, ``current`` names it and ``policy`` is None or its policy.json."""
     found = versions(registry_dir)
-    cur, problem = _current_problem(registry_dir, found)
-    summary = []
-    for v in found:
-        m = _read_meta(registry_dir, v)
-        summary.append({k: m.get(k) for k in ("version", "parent", "action", "created", "lambda",
-                                              "reason", "params_version", "params_hash",
-                                              "action_set_hash")})
-    audit = read_audit(registry_dir)
+    cur, problem = current_problem(registry_dir, found)
+    summary, metas = _summaries(registry_dir, found)
+    why = next((v["problem"] for v in summary if v["version"] == cur and v["problem"]), None)
+    if why:  # "which is unreadable: FILE: line N: ..." / "which cannot be served: ..."
+        problem = f"names {cur!r}, which {'is ' if why.startswith('unreadable') else ''}{why}"
+    lines, audit_bad, _ = audit_problem(registry_dir)
     stale = sorted(d for d in os.listdir(registry_dir) if d.startswith(".tmp-")) \
         if os.path.isdir(registry_dir) else []
     return {"registry": os.path.abspath(registry_dir), "current": cur,
-            "current_problem": problem,
-            "policy": _read_meta(registry_dir, cur) if cur else None, "versions": summary,
-            "audit": audit,
-            "audit_consistent": (audit[-1].get("current_after") if audit else None) == cur,
-            "stale_temp": stale}
+            "current_problem": problem, "policy": metas.get(cur), "versions": summary,
+            "audit": [e for _, e in lines], "audit_consistent": audit_bad is None,
+            "audit_problem": audit_bad, "stale_temp": stale}
 
 
 def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
     """Load ``version`` (default: CURRENT): rebuild the QNetwork from its spec, restore the
     parameters with orbax into that target, and verify the params and action-set hashes."""
     if version is None:
-        version, problem = _current_problem(registry_dir, versions(registry_dir))
+        version, problem = current_problem(registry_dir, versions(registry_dir))
         if problem:
             raise InputError("CURRENT", [], problem)
     if version is None:
@@ -346,7 +381,7 @@ def _restore(registry_dir: str, version: str, meta: dict, model: QNetwork) -> No
     owner = meta["params_version"]
     path = os.path.join(registry_dir, owner, "params")
     via = "" if owner == version else f" (it uses the parameters of {owner})"
-    fix = "; roll back to a complete version (policy rollback --version V) or publish again"
+    fix = f"; {_FIX}"
     if not os.path.isdir(path):
         raise InputError(version, [], f"incomplete version{via}: its parameters folder {path} "
                                       f"is missing{fix}", registry_dir)

@@ -1,16 +1,31 @@
 """Reading the files of an operating-policy registry (``puts_jax.policy``): a version's
-policy.json and the audit log, each a JSON object; a truncated or corrupt file is an
-InputError("registry") naming the file and the line. Re-exported by ``puts_jax.policy``.
+policy.json and the audit log, each a JSON object (a truncated or corrupt file is an
+InputError("registry") naming the file and the line); the versions and CURRENT; whether a
+version can be served (its parameters folder is there); and the audit log's chain of switches.
+Re-exported by ``puts_jax.policy``.
+
+The chain: every audit line records ``current_before`` and ``current_after``; each line's
+``current_before`` is the previous line's ``current_after``, and the last ``current_after`` is
+what CURRENT names. A writer appends its line before it switches CURRENT (write-ahead), so a
+writer stopped in between leaves a last line whose switch was never made (CURRENT still names
+that line's ``current_before``): the next writer first appends a "switch-not-made" entry
+(``current_before`` the claimed version, ``current_after`` the real CURRENT), so the log stays
+true and whole. Any other break (a missing audit.jsonl while versions exist, a missing or
+edited line, CURRENT changed by hand) stops every writer, named, before it writes; a CURRENT
+file that is garbage or empty does not (``policy rollback`` is how it is repaired).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from typing import NamedTuple
 
 from puts_jax.checks import InputError
 
 
+VERSION_RE = re.compile(r"^v(\d{4,})$")
 POLICY_KEYS = ("lambda", "reason", "parent", "params_version", "params_hash", "param_shapes",
                "model_spec", "action_set", "action_set_hash", "source")  # what readers use
 
@@ -53,12 +68,147 @@ _AUDIT_FIX = ("; repair or remove that line (publish, set-lambda and rollback wr
               "until the log reads)")
 
 
-def read_audit(registry_dir: str) -> list[dict]:
-    """The audit log, one dict a line, oldest first ([] when there is none). Raises
-    InputError("registry") naming audit.jsonl and its first line that is not a JSON object."""
+def _read_audit_lines(registry_dir: str) -> list[tuple[int, dict]]:
+    """(line number, entry) of every non-blank line of audit.jsonl, oldest first."""
     path = os.path.join(registry_dir, "audit.jsonl")
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
-        return [_parse(line, path, n, _AUDIT_FIX) for n, line in enumerate(f, 1)
+        return [(n, _parse(line, path, n, _AUDIT_FIX)) for n, line in enumerate(f, 1)
                 if line.strip()]
+
+
+def read_audit(registry_dir: str) -> list[dict]:
+    """The audit log, one dict a line, oldest first ([] when there is none). Raises
+    InputError("registry") naming audit.jsonl and its first line that is not a JSON object."""
+    return [entry for _, entry in _read_audit_lines(registry_dir)]
+
+
+# ----------------------------------------------------------------------------- versions, CURRENT
+
+def versions(registry_dir: str) -> list[str]:
+    """Complete versions (directories with a policy.json), oldest first."""
+    if not os.path.isdir(registry_dir):
+        return []
+    found = [(int(m.group(1)), d) for d in os.listdir(registry_dir)
+             if (m := VERSION_RE.match(d))
+             and os.path.isfile(os.path.join(registry_dir, d, "policy.json"))]
+    return [d for _, d in sorted(found)]
+
+
+def current_version(registry_dir: str) -> str | None:
+    """The version named by CURRENT, or None for an empty registry."""
+    path = os.path.join(registry_dir, "CURRENT")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def current_problem(registry_dir: str, found: list[str]) -> tuple[str | None, str | None]:
+    """(CURRENT's version, None), or (None, what is wrong with CURRENT: "names 'x', not a
+    version ...") when it is unreadable, names no complete version, or is missing or empty while
+    versions exist."""
+    try:
+        cur = current_version(registry_dir)
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable ({e})"
+    if cur is None:
+        return None, f"missing or empty but there are versions {found}" if found else None
+    if cur not in found:
+        return None, f"names {cur[:40]!r}, not a version of {registry_dir} (known {found})"
+    return cur, None
+
+
+def params_problem(registry_dir: str, version: str, meta: dict) -> str | None:
+    """Why ``version`` (its policy.json ``meta``) cannot be served, or None: the parameters
+    folder of its ``params_version`` is missing or empty (a checkpoint is never empty)."""
+    owner = meta.get("params_version")
+    if not isinstance(owner, str) or not VERSION_RE.match(owner):
+        return f"params_version {str(owner)[:40]!r} is not a version name"
+    path = os.path.join(registry_dir, owner, "params")
+    via = "" if owner == version else f" (it uses the parameters of {owner})"
+    if not os.path.isdir(path):
+        return f"its parameters folder {path} is missing{via}"
+    if not os.listdir(path):
+        return f"its parameters folder {path} is empty{via}"
+    return None
+
+
+# ----------------------------------------------------------------------------- the audit chain
+
+class History(NamedTuple):
+    """What a writer appends before its own audit line, and where the chain of switches ends.
+
+    Fields:
+      pending: entries to append first: a "switch-not-made" entry when the log's last switch
+               never happened (a crash between the write-ahead line and the CURRENT switch).
+      before:  the chain's end after ``pending``: the writer's ``current_before``.
+      current_problem: what is wrong with the CURRENT file (None when it names a version).
+    """
+
+    pending: list
+    before: str | None
+    current_problem: str | None
+
+
+def _chain_gap(lines: list[tuple[int, dict]]) -> str | None:
+    for (_, prev), (n, entry) in zip(lines, lines[1:]):
+        if entry.get("current_before") != prev.get("current_after"):
+            return (f"line {n}: current_before {entry.get('current_before')!r} is not the previous "
+                    f"line's current_after {prev.get('current_after')!r} (a line is missing or "
+                    "was edited)")
+    return None
+
+
+def audit_problem(registry_dir: str) -> tuple[list[tuple[int, dict]], str | None, bool]:
+    """(audit lines, what breaks the chain of switches or None, whether the one break is the last
+    line's switch never made). The chain: audit.jsonl exists once there are versions, each line's
+    ``current_before`` is the previous line's ``current_after``, and the last ``current_after``
+    is what CURRENT names. Raises InputError("registry") when a line does not read."""
+    path = os.path.join(registry_dir, "audit.jsonl")
+    lines, found = _read_audit_lines(registry_dir), versions(registry_dir)
+    if not lines:
+        return lines, (f"{path} is missing or empty but the registry has versions {found}"
+                       if found else None), False
+    gap = _chain_gap(lines)
+    if gap:
+        return lines, f"{path}: {gap}", False
+    (n, last), (cur, bad) = lines[-1], current_problem(registry_dir, found)
+    if bad is None and cur == last.get("current_after"):
+        return lines, None, False
+    try:
+        raw = current_version(registry_dir)
+    except (OSError, UnicodeDecodeError):
+        raw = bad
+    if raw == last.get("current_before"):
+        return lines, (f"{path}: line {n}: its switch to {last.get('current_after')!r} was not "
+                       f"made (CURRENT names {raw!r}): a crash between the audit line and the "
+                       "switch"), True
+    if bad is not None:
+        return lines, f"CURRENT {bad}", False
+    return lines, (f"CURRENT names {cur!r} but {path} line {n} switched to "
+                   f"{last.get('current_after')!r}: CURRENT was changed outside puts-jax, or "
+                   "audit lines are missing"), False
+
+
+def history(registry_dir: str, now: str) -> History:
+    """Before a writer writes (registry lock held): the audit log reads, exists once there are
+    versions, and its chain has no gap; a last switch that was never made becomes a pending
+    "switch-not-made" entry. A broken CURRENT file (garbage, empty) is left to the caller
+    (rollback and publish repair it; set-lambda refuses). Raises InputError("registry")."""
+    lines, problem, not_made = audit_problem(registry_dir)
+    cur, bad = current_problem(registry_dir, versions(registry_dir))
+    if problem is None or (bad is not None and problem == f"CURRENT {bad}"):
+        return History([], lines[-1][1].get("current_after") if lines else cur, bad)
+    if not not_made:
+        raise InputError("registry", [], f"{problem}; restore the log (or CURRENT) from a backup "
+                                         "so that they agree (publish, set-lambda and rollback "
+                                         "write nothing while the history of switches is broken)")
+    n, last = lines[-1]
+    claimed, actual = last.get("current_after"), last.get("current_before")
+    entry = {"time": now, "action": "switch-not-made", "version": claimed,
+             "current_before": claimed, "current_after": actual,
+             "reason": f"line {n}'s switch to {claimed} was not made (CURRENT still names "
+                       f"{actual}): the writer stopped between its audit line and the switch"}
+    return History([entry], actual, bad)

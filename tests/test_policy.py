@@ -203,7 +203,11 @@ def test_policy_json_that_is_not_an_object_or_lacks_keys(tmp_path):
     with open(path, "w") as f:
         f.write('\n\n"v0001"')
     with pytest.raises(InputError, match="policy.json: line 1: a JSON str, not an object"):
-        policy.show(reg)
+        policy.load(reg)
+    why = f"unreadable: {path}: line 1: a JSON str, not an object; the file is truncated or corrupt"
+    shown = policy.show(reg)  # show lists the broken version with its problem
+    assert shown["versions"][0]["problem"] == why and shown["policy"] is None
+    assert shown["current_problem"] == f"names 'v0001', which is {why}"
     with open(path, "w") as f:
         f.write('{\n "lambda": [0.5,\n')
     with pytest.raises(InputError, match=r"policy.json: line 3: not valid JSON \(Expecting value"):

@@ -272,19 +272,23 @@ def test_a_corrupt_policy_json_is_named_with_its_line(registry, tmp_path, capsys
     pj.write_bytes(pj.read_bytes()[:60])
     line = pj.read_text().count("\n") + 1
     before = snapshot(reg)
-    for cmd in (["show"], ["rollback", "--version", "v0001", "--reason", "r"]):
-        capsys.readouterr()
-        assert cli.main(["policy", cmd[0], "--registry", str(reg), *cmd[1:]]) == 2, cmd
-        err = _err(capsys)
-        assert err.startswith(f"puts-jax: error: --registry: {pj}: line {line}: not valid JSON ("), err
-        assert err.endswith("); the file is truncated or corrupt"), err
-    pj.write_text("[1, 2]")
-    assert cli.main(["policy", "show", "--registry", str(reg)]) == 2
-    assert _err(capsys) == (f"puts-jax: error: --registry: {pj}: line 1: a JSON list, not an "
-                            "object; the file is truncated or corrupt")
-    pj.write_text('{"lambda": [1, 0]}')
-    assert cli.main(["policy", "show", "--registry", str(reg)]) == 2
-    assert _err(capsys).startswith(f"puts-jax: error: --registry: {pj}: missing keys ['reason', ")
+    capsys.readouterr()  # rolling back to it is refused, naming the file and its line
+    assert cli.main(["policy", "rollback", "--registry", str(reg), "--version", "v0001",
+                     "--reason", "r"]) == 2
+    err = _err(capsys)
+    assert err.startswith(f"puts-jax: error: --registry: {pj}: line {line}: not valid JSON ("), err
+    assert err.endswith("); the file is truncated or corrupt"), err
+    assert snapshot(reg) == before
+    for text, why in (("[1, 2]", f"{pj}: line 1: a JSON list, not an object; the file is "
+                                 "truncated or corrupt"),
+                      ('{"lambda": [1, 0]}', f"{pj}: missing keys ['reason', ")):
+        pj.write_text(text)  # show lists it as a problem and shows the rest (exit 0)
+        assert cli.main(["policy", "show", "--registry", str(reg)]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["versions"][0]["version"] == "v0001"
+        assert shown["versions"][0]["problem"].startswith(f"unreadable: {why}")
+        assert shown["versions"][1]["problem"] is None and shown["current"] == "v0002"
+        assert shown["current_problem"] is None and shown["policy"]["version"] == "v0002"
     assert {k: v for k, v in snapshot(reg).items() if k != "v0001/policy.json"} == \
         {k: v for k, v in before.items() if k != "v0001/policy.json"}
 
