@@ -49,7 +49,7 @@ from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
 from puts_jax.qnet import QNetwork
 from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, History,  # noqa: F401
                                      _last_byte, _read_policy_json, audit_problem,
-                                     current_problem, current_version, history, params_problem,
+                                     check_registry, current_problem, current_version, history, params_problem,
                                      read_audit, versions)
 
 SCHEMA = "puts_jax.policy/1"
@@ -126,18 +126,6 @@ def _check_reason(reason) -> str:
     return reason
 
 
-def check_registry(registry_dir: str) -> None:
-    """Raise InputError("registry") unless ``registry_dir`` is an existing registry (a directory
-    holding CURRENT, audit.jsonl or a version). For callers that read or extend a registry: a
-    mistyped path is then an error, not an empty registry, and nothing is created there."""
-    if not os.path.isdir(registry_dir):
-        raise InputError("registry", [], f"no registry at {registry_dir}")
-    if not (versions(registry_dir) or any(os.path.exists(os.path.join(registry_dir, f))
-                                          for f in ("CURRENT", "audit.jsonl"))):
-        raise InputError("registry", [], f"{registry_dir} is not a registry (no CURRENT, "
-                                         "audit.jsonl or versions)")
-
-
 @contextlib.contextmanager
 def _locked(registry_dir: str, create: bool = False):
     """Hold the registry's writer lock and yield its ``History`` (``registry_files.history``):
@@ -151,8 +139,9 @@ def _locked(registry_dir: str, create: bool = False):
     try:
         f = open(lock, "a")
     except OSError as e:
-        raise InputError("registry", [], f"cannot take the writer lock {lock} ({e.strerror or e});"
-                                         " the registry must be writable (nothing written)") from None
+        why = e.strerror or e
+        raise InputError("registry", [], f"cannot take the writer lock {lock} ({why}); the "
+                                         "registry must be writable (nothing written)") from None
     with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:

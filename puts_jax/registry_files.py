@@ -96,6 +96,18 @@ def versions(registry_dir: str) -> list[str]:
     return [d for _, d in sorted(found)]
 
 
+def check_registry(registry_dir: str) -> None:
+    """Raise InputError("registry") unless ``registry_dir`` is an existing registry (a directory
+    holding CURRENT, audit.jsonl or a version). For callers that read or extend a registry: a
+    mistyped path is then an error, not an empty registry, and nothing is created there."""
+    if not os.path.isdir(registry_dir):
+        raise InputError("registry", [], f"no registry at {registry_dir}")
+    if not (versions(registry_dir) or any(os.path.exists(os.path.join(registry_dir, f))
+                                          for f in ("CURRENT", "audit.jsonl"))):
+        raise InputError("registry", [], f"{registry_dir} is not a registry (no CURRENT, "
+                                         "audit.jsonl or versions)")
+
+
 def current_version(registry_dir: str) -> str | None:
     """The version named by CURRENT, or None for an empty registry."""
     path = os.path.join(registry_dir, "CURRENT")
