@@ -97,22 +97,47 @@ def cmd_sweep(args) -> None:
     _print(report.format_table(doc))
     for k, p in paths.items():
         _print(f"  {k:<9} {p}")
+    seen = doc["provenance"]["training_inputs"]
+    if seen["seen_as"]:  # README: the frontier log must be one training did not see
+        print(f"puts-jax: warning: --logs: {sweep_job.seen_warning(seen)}", file=sys.stderr)
 
 
 def cmd_report(args) -> None:
+    """``report``: before anything is rendered, the folder it writes (``--out``, else the
+    frontier's own, named as --frontier) must take files, and the frontier's blocks must fit
+    each other (``cli_policy.check_frontier``, as ``policy select`` checks them); the files and
+    the table are rendered in memory (an error there names --frontier), then published as one
+    set."""
     from puts_jax import report
 
-    if args.out is not None:
-        check_out_dir("--out", args.out)
-    doc = read_frontier(args.frontier)
     out = args.out if args.out is not None else os.path.dirname(os.path.abspath(args.frontier))
-    paths = report.write_frontier(out, doc)
-    _print(report.format_table(doc))
-    for k, p in paths.items():
-        _print(f"  {k:<9} {p}")
+    try:
+        check_out_dir("--out" if args.out is not None else "--frontier", out)
+    except UsageError as e:
+        hint = "" if args.out is not None else (
+            "; report rewrites the frontier's files in their folder: give --out DIR to write "
+            "them elsewhere")
+        raise UsageError(f"{e}{hint}") from None
+    doc = read_frontier(args.frontier)
+    cli_policy.check_frontier(doc, args.frontier)
+    try:
+        files = report.render_frontier(doc)
+        table = report.format_table(doc)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise UsageError(f"--frontier: {args.frontier}: cannot be rendered "
+                         f"({why if len(why) <= 120 else why[:117] + '...'}); nothing written"
+                         ) from None
+    report.publish_files(out, {f"frontier.{k}": b for k, b in files.items()})
+    _print(table)
+    for k in files:
+        _print(f"  {k:<9} {os.path.join(out, f'frontier.{k}')}")
 
 
 # ----------------------------------------------------------------------------- score / truth
+
+
+REGISTRY_FILES = ("CURRENT", "params_hash")  # policy.load's fields: files inside --policy
 
 
 def cmd_score(args) -> None:
@@ -124,11 +149,16 @@ def cmd_score(args) -> None:
         policy.check_registry(args.policy)
     except InputError as e:
         raise InputError("--policy", [], e.msg) from None
-    with fields_as_flags({"out_path": "--out", "requests_path": "--requests",
-                          "registry": "--policy"}):
-        stats = score_job.score_file(args.policy, args.requests, args.out,
-                                     chunk_rows=args.chunk_rows, top_k=args.top_k,
-                                     version=args.version)
+    try:
+        with fields_as_flags({"out_path": "--out", "requests_path": "--requests",
+                              "registry": "--policy"}):
+            stats = score_job.score_file(args.policy, args.requests, args.out,
+                                         chunk_rows=args.chunk_rows, top_k=args.top_k,
+                                         version=args.version)
+    except InputError as e:  # the registry's own files (a broken CURRENT) are --policy's
+        if e.source or e.field not in REGISTRY_FILES:
+            raise
+        raise e.in_source("--policy") from None
     for path in stats["stale_temps_removed"]:
         _print(f"removed {path} (left by a killed score run)")
     _print(f"scored {stats['rows']} requests ({stats['no_candidates']} without candidates, "
@@ -197,8 +227,8 @@ def _add_simulate(sub) -> None:
     s.add_argument("--n-eval", type=int, default=20_000, help="fresh requests with exact truth")
     s.add_argument("--n-requests", type=int, default=5_000, help="request set rows to score")
     s.add_argument("--miscalibration", type=float, default=None,
-                   help="scale of the ranker's per-segment distortion (0 = calibrated; the "
-                        "preset's default is 1.0)")
+                   help="scale of the ranker's per-segment distortion, 0 to 100 (0 = "
+                        "calibrated; the preset's default is 1.0)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--slate-matching", action="store_true",
                    help="logs carry ranker preds (P / pbar) and slate-level consistent actions "
@@ -283,8 +313,10 @@ def _add_plan(sub) -> None:
     pl.add_argument("--requests-per-day", type=float, required=True)
     pl.add_argument("--base-rate", type=float, required=True,
                     help="baseline reward rate (binary objective), e.g. 0.415")
-    pl.add_argument("--days", default=None, help="comma-separated day counts, e.g. 1,7,14,28")
-    pl.add_argument("--max-days", type=float, default=28.0, help="day grid up to this (no --days)")
+    days = pl.add_mutually_exclusive_group()  # either the day counts or the grid's end
+    days.add_argument("--days", default=None, help="comma-separated day counts, e.g. 1,7,14,28")
+    days.add_argument("--max-days", type=float, default=28.0,
+                      help="day grid up to this (default 28; not with --days)")
     pl.add_argument("--agreement", type=float, default=0.0,
                     help="share of requests on which the lambda policy and the baseline pick the "
                          "same action (0 = conservative)")
@@ -313,7 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status 0; 2 for bad input (one line ``puts-jax: error: ...`` naming
     the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
-    Ctrl-C."""
+    Ctrl-C (also while parsing; the console script's ``puts_jax_entry`` covers the imports);
+    141 = 128 + SIGPIPE, quietly, when the reader of stdout went away (``| head -1``)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("puts-jax: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return _stdout_gone()
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed it (``puts-jax policy show --registry R | head -1``): stdout
+    is pointed at devnull, so that the interpreter's flush at exit does not fail again, and the
+    exit status is 141 with nothing printed, as for a command that SIGPIPE ended (Python's
+    signal docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stdout)
+        pass
+    return 141
+
+
+def _run(argv: list[str] | None) -> int:
+    """``main`` without its Ctrl-C and broken-pipe endings: parse, check, run, and map an error
+    to its one line and exit status."""
     args = build_parser().parse_args(argv)
     hostmem.keep_scratch_resident()  # compiled passes reuse their scratch, no fault per page
     try:
@@ -330,9 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     except NothingSelected as e:
         print(f"puts-jax: nothing selected: {e}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("puts-jax: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # an OSError, but no error of the input: main ends quietly
+        raise
     except (OSError, ValueError, KeyError, IndexError) as e:
         config = re.fullmatch(r"(\w+Config\.\w+): (.*)", str(e), re.S)  # config dataclasses
         if isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:

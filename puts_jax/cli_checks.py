@@ -218,15 +218,16 @@ def check_seed(seed: int | None) -> None:
                          f"for every command's --seed), got {seed}")
 
 
-def settle_split(logs_path: str) -> None:
+def settle_split(logs_path: str, flag: str = "--logs") -> None:
     """Before reading ``logs_path``: a pair that a killed ``data split`` left half moved in its
     folder (``logs.recover_split``) is moved in, so the file read is the new one of a whole
-    pair; a UsageError naming --logs when that fails (a read-only folder)."""
+    pair; a UsageError naming ``flag`` when that fails (a read-only folder). ``python -m train``
+    calls it for --logs and --heldout."""
     from puts_jax.data import logs
 
     if os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(logs_path)),
                                   logs.SPLIT_STAGING)):
-        _settle("--logs", logs_path, logs.recover_split, "a killed 'data split' left its pair",
+        _settle(flag, logs_path, logs.recover_split, "a killed 'data split' left its pair",
                 "re-run the split")
 
 

@@ -16,6 +16,7 @@ ground-truth table (``truth_table``) lives in ``puts_jax.sweep_truth``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -226,15 +227,48 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                   info.get("extra", {}).get("step"), meta.action_set.hash(),
                                   model_params_hash=info["params_hash"],
                                   model=os.path.abspath(model_dir))
+    prov["training_inputs"] = training_inputs(model_dir, prov["data_files"][str(logs_path)])
     doc = report.build_frontier(lams, points, objective_names=list(meta.reward_names),
                                 provenance=prov, baselines=base, confidence=cfg.confidence,
                                 primary=primary or "auto")
+    if prov["training_inputs"]["seen_as"]:
+        doc["warnings"].append(seen_warning(prov["training_inputs"]))
     _add_matched_rewards(doc, ev, meta.action_set.production)
     doc["auto_estimator"] = ["exact" if u else "snips" for u in auto_uses_exact(raw_points)]
     doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
     if halves:
         doc["halves"] = evaluate_halves(model, lams, names, logs_path, meta, cfg, bootstrap, seed)
     return doc, report.write_frontier(out_dir, doc)
+
+
+TRAIN_INPUTS = "inputs.json"  # train/checkpointing.INPUTS_FILE: a train workdir's input record
+
+
+def training_inputs(model_dir: str, logs_sha256: str) -> dict:
+    """Whether the model saw the sweep's log in training: {"record": the train workdir's
+    inputs.json beside ``model_dir`` (``python -m train`` exports ``WORKDIR/selected_model``
+    and records each input's sha256 in ``WORKDIR/inputs.json``) or None where there is none (a
+    model saved or copied elsewhere: not checked), "seen_as": the roles ("logs": fitted on,
+    "heldout": checkpoint-selected on) whose recorded sha256 is the log's}."""
+    record = os.path.join(os.path.dirname(os.path.abspath(model_dir)), TRAIN_INPUTS)
+    try:
+        with open(record) as f:
+            inputs = json.load(f)
+        seen = [role for role, rec in inputs.items()
+                if isinstance(rec, dict) and rec.get("sha256") == logs_sha256]
+    except (OSError, ValueError, AttributeError):
+        return {"record": None, "seen_as": []}
+    return {"record": record, "seen_as": seen}
+
+
+def seen_warning(ti: dict) -> str:
+    """The frontier's (and the CLI's) warning for a log that ``training_inputs`` found."""
+    how = " and ".join({"logs": "trained on", "heldout": "checkpoint-selected on"}.get(r, r)
+                       for r in ti["seen_as"])
+    return (f"the log is one the model was {how} (same sha256 as {', '.join(ti['seen_as'])} in "
+            f"{ti['record']}): its estimates are optimistic and the frontier is not an "
+            "unseen-data estimate; sweep a log training did not see (simulate's "
+            "evaluation.parquet, or a 'data split' share held out of training)")
 
 
 def _add_matched_rewards(doc: dict, ev: evaluation.Evaluation, production: int | None) -> None:

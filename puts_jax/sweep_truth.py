@@ -84,10 +84,32 @@ TRUTH_KEYS = ("true_values", "context", "best_global_action", "production_action
               "value_uniform", "value_request_oracle", "value_best_global", "value_bayes")
 
 
-def read_truth(data_dir: str) -> dict[str, np.ndarray]:
+def _check_fits(truth: dict, A: int | None, J: int | None) -> None:
+    """ValueError unless the truth arrays fit the data set's A actions and J rewards (those of
+    its evaluation log): true_values f[n, A, J], each value_* f[J], the two action indices
+    scalars in [0, A) (a truth file edited or from another data set: an IndexError later)."""
+    tv = truth["true_values"]
+    if A is not None and J is not None and tv.shape[1:] != (A, J):
+        raise ValueError(f"true_values {list(tv.shape)} does not fit the evaluation log's A = {A} "
+                         f"actions and J = {J} rewards (expected [n, {A}, {J}])")
+    for k in TRUTH_KEYS:
+        if k.startswith("value_") and J is not None and truth[k].shape != (J,):
+            raise ValueError(f"{k} {list(truth[k].shape)}: expected [{J}] (J = {J} rewards)")
+    for k in ("best_global_action", "production_action"):
+        a = truth[k]
+        if a.size != 1 or a.dtype.kind not in "iu" or not (
+                0 <= int(a.ravel()[0]) < (A if A is not None else tv.shape[1])):
+            raise ValueError(f"{k} {a.ravel()[:3].tolist()}: expected one action index in "
+                             f"[0, {A if A is not None else tv.shape[1]})")
+
+
+def read_truth(data_dir: str, n_actions: int | None = None,
+               n_rewards: int | None = None) -> dict[str, np.ndarray]:
     """The arrays of ``data_dir``/truth.npz that ``truth_table`` reads, loaded at once, or
     InputError("data") naming the file when it is not a whole truth file of ``simulate``
-    (truncated, not a zip, a key missing, true_values not f[n, A, J] beside context f[n, D])."""
+    (truncated, not a zip, a key missing, true_values not f[n, A, J] beside context f[n, D])
+    or its arrays do not fit each other or the data set's ``n_actions`` A and ``n_rewards`` J
+    (``_check_fits``)."""
     import zipfile
     import zlib
 
@@ -104,6 +126,7 @@ def read_truth(data_dir: str) -> dict[str, np.ndarray]:
         if tv.ndim != 3 or ctx.ndim != 2 or len(tv) != len(ctx) or not len(tv):
             raise ValueError(f"true_values {list(tv.shape)} and context {list(ctx.shape)} are "
                              "not f[n, A, J] and f[n, D] with n >= 1")
+        _check_fits(truth, n_actions, n_rewards)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         why = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
         why = why if len(why) <= 120 else why[:117] + "..."
@@ -131,9 +154,9 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
 
     from puts_jax.data import simulator
 
-    truth = read_truth(data_dir)
     ev_path = os.path.join(data_dir, "evaluation.parquet")
     meta = logs.read_meta(ev_path)
+    truth = read_truth(data_dir, meta.action_set.n_actions, len(meta.reward_names))
     world = simulator.make_world(simulator.config_from_dict(meta.extra["sim_config"]))
     model, lam_op, label = _policy_and_lambda(model_dir, registry)
     lam_0 = np.eye(len(meta.reward_names), dtype=np.float32)[0]  # the personalization test

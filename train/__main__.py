@@ -1,5 +1,18 @@
+"""``python -m train``. The package loads nothing heavy (``train/__init__.py`` imports its public
+names on first use); jax and the trainer are imported here with SIGINT held off
+(``puts_jax_entry.imported``), and the arguments parsed inside a Ctrl-C handler, so an interrupt
+at any point ends like one during training: one line and exit status 130."""
+
 import sys
 
-from train.main import main
+from puts_jax_entry import imported
 
-sys.exit(main())
+trainer = imported("train.main", "python -m train")
+if trainer is None:
+    sys.exit(130)
+try:
+    status = trainer.main()
+except KeyboardInterrupt:  # while parsing; train.main.main handles it from there on
+    print("python -m train: interrupted", file=sys.stderr)
+    status = 130
+sys.exit(status)

@@ -16,6 +16,7 @@ import re
 import sys
 
 from puts_jax.checks import InputError
+from puts_jax.cli_checks import UsageError, settle_split
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
 from train.workdir_lock import WorkdirInUseError
@@ -46,11 +47,19 @@ def _flag(err: InputError, args: argparse.Namespace) -> str:
 
 def _check_paths(args: argparse.Namespace) -> str | None:
     """'--flag: what is wrong' for the first path flag that cannot be used, checked before
-    anything is read or created; None when all can."""
+    anything is read or created; None when all can. A log pair that a killed ``data split``
+    left half moved beside --logs or --heldout (the README's split -> train flow) is settled
+    first, as ``puts-jax`` does (``cli_checks.settle_split``), so the file read is the new one
+    of a whole pair."""
     for flag, path in (("--workdir", args.workdir), ("--logs", args.logs),
                        ("--heldout", args.heldout)):
         if not path.strip():
             return f"{flag}: empty path"
+    for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
+        try:
+            settle_split(path, flag)
+        except UsageError as err:
+            return str(err)
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return f"--workdir: {args.workdir} is a file"
     for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):

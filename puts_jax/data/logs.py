@@ -155,11 +155,14 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
         check_request_ids(path)
         if id_vocab_sizes is not None and n_context_ids is None:
             n_context_ids = len(id_vocab_sizes)
-        offset = 0
+        offset, total = 0, pf.metadata.num_rows
         for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
             t = pa.Table.from_batches([rb])
-            rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids,
-                                         id_vocab_sizes)
+            try:
+                rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids,
+                                             id_vocab_sizes)
+            except InputError as err:
+                raise _in_chunk(err, offset, t.num_rows, total) from None
             # every later chunk must have the first chunk's widths (one file, one D)
             context_dim = lb.context.shape[1]
             if lb.context_ids is not None:
@@ -168,6 +171,18 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
             offset += t.num_rows
     except InputError as err:
         raise err.in_source(path) from err
+
+
+def _in_chunk(err: InputError, offset: int, n: int, total: int) -> InputError:
+    """``err`` of the chunk of rows [offset, offset + n) of a ``total``-row log: where the
+    message counts more bad rows than it lists ("(+16374 more)") and the log has more rows than
+    the chunk, it says that the rows (file row numbers) and their count are this chunk's, the
+    first with any, and that later rows were not checked."""
+    if len(err.rows) <= checks._MAX_ROWS_SHOWN or n >= total:
+        return err
+    return InputError(err.field, err.rows, f"{err.msg} (in rows {offset:,} to {offset + n - 1:,}"
+                      f" of {total:,}: rows are checked in chunks of {n:,}, and checking stops "
+                      "at the first chunk with bad rows)", err.source)
 
 
 def read_log(path: str, id_vocab_sizes: tuple[int, ...] | None = None

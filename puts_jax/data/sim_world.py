@@ -23,6 +23,10 @@ OBJECTIVES = ("click", "save", "closeup", "hide")  # K = 4 ranker heads
 REWARD_NAMES = ("session_success", "clicks")  # J = 2
 REWARD_KINDS = ("binary", "count")
 RNG_BLOCK = 1024  # rows per independent RNG stream block (fixes the draws per row index)
+# SimConfig.miscalibration M at most this: the ranker's noise scale 0.5 exp(0.3 M) is 5.3e12 here
+# (every prediction already 0 or 1); it overflows float32 past M = 290, and from M = 443 on the
+# slope exp(0.2 M) does too, so inf - inf makes predictions NaN (simulate --miscalibration 1000)
+MAX_MISCALIBRATION = 100.0
 STREAM_REQUESTS, STREAM_LOG, STREAM_CALIB = 0, 1, 2
 
 # SIMULATOR.md reference tables (rows: segments, columns: click, save, closeup, hide).
@@ -79,6 +83,10 @@ class SimConfig:
         for name in ("examine_power", "miscalibration", "context_scale", "item_noise"):
             v = getattr(self, name)
             _require(np.isfinite(v) and v >= 0, name, f"must be finite and >= 0, got {v}")
+        _require(self.miscalibration <= MAX_MISCALIBRATION, "miscalibration",
+                 f"must be <= {MAX_MISCALIBRATION:g} (the ranker's noise scale "
+                 f"0.5*exp(0.3*M) is already 5e12 there, every prediction 0 or 1; past about 290 "
+                 f"it overflows float32 and predictions turn NaN), got {self.miscalibration}")
         _require(self.world_seed >= 0, "world_seed", "must be >= 0")
 
     @classmethod
@@ -161,7 +169,8 @@ def make_world(cfg: SimConfig) -> World:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x below -88 (float32): exactly 0
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def _block(world: World, seed: int, stream: int, block: int) -> SimRequests:

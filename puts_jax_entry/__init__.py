@@ -1,0 +1,41 @@
+"""The entry points' first module: the ``puts-jax`` console script (``pyproject.toml``,
+``[project.scripts]``) and ``python -m train`` (``train/__main__.py``) start here.
+
+Their imports (jax, flax, numpy) take half a second to two seconds. A Ctrl-C raised inside them
+ended in a KeyboardInterrupt traceback, or worse: numpy's C start-up turns it into an ImportError,
+jax's garbage-collection callback swallows it (the command then ran on), and an interrupted
+extension once crashed the interpreter. So ``imported`` holds SIGINT off while the imports run
+and afterwards ends the command with one line, ``PROG: interrupted``, and exit status 130, as a
+Ctrl-C during a command does. This module imports nothing heavy.
+"""
+
+import importlib
+import signal
+import sys
+
+
+def imported(module: str, prog: str):
+    """``import module`` with SIGINT held off; the module, or None after printing
+    ``PROG: interrupted`` to stderr when a Ctrl-C came meanwhile (the caller exits 130). Where
+    SIGINT is ignored or handled by someone else (a background job, an embedding program), the
+    import runs as it is."""
+    got = []
+    held = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if held:
+        signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        mod = importlib.import_module(module)
+    finally:
+        if held:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if got:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return None
+    return mod
+
+
+def main() -> int:
+    """The ``puts-jax`` console script: ``puts_jax.cli.main()`` (which handles a Ctrl-C from
+    parsing on), or 130 after a Ctrl-C during its imports."""
+    cli = imported("puts_jax.cli", "puts-jax")
+    return 130 if cli is None else cli.main()
