@@ -248,7 +248,9 @@ class Scorer:
         with W's K, mask not [B, N], valid not [B], context not [B, D] with the model's D,
         context_ids not [B, C] with the model's C embedded id columns (or given to a model that
         embeds none), lam not f32[J] with the model's J, or lam not a distribution; and naming
-        the rows for a mask or valid value that is not 0/1 and an id outside its vocabulary.
+        the rows for a mask or valid value that is not 0/1, a non-finite context value and an id
+        outside its vocabulary (non-finite preds are not errors: such candidates are never
+        ranked and are counted in ``n_nonfinite``).
         The constructor raises InputError("action_weights") when W is not f32[A, K] with the
         model's A."""
         lam = checks.check_lambda(np.asarray(lam, np.float32))
@@ -264,6 +266,10 @@ class Scorer:
             np.ones(B, bool) if batch.valid is None else np.asarray(batch.valid, bool),
             None if batch.context_ids is None else np.asarray(batch.context_ids, np.int32))
         self._check_shapes(lam, batch)
+        # a NaN or inf context gives NaN Q-values, which select the fallback action for every
+        # such request without a word; puts-jax score refuses them by row, and so does this
+        if not np.isfinite(batch.context).all():  # f32 pass; rows named only when one is bad
+            checks.check_finite("context", batch.context)
         N = preds.shape[1]
         n_pad = _bucket(max(N, 1), self.cfg.candidate_buckets)
         step = self.cfg.batch_buckets[-1]

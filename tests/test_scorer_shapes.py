@@ -109,3 +109,12 @@ def test_context_ids_are_checked_against_the_models_embeddings(scorer):
     assert e.value.rows == [4]
     ids[4, 1] = 2
     assert s(LAM, _batch(context_ids=ids)).action.shape == (B,)
+
+
+def test_a_non_finite_context_names_its_rows(scorer):
+    context = np.random.default_rng(0).normal(size=(B, D)).astype(np.float32)
+    context[1, 0], context[4, 2] = np.nan, np.inf
+    with pytest.raises(InputError) as e:
+        scorer(LAM, _batch(context=context))
+    assert e.value.field == "context" and e.value.rows == [1, 4]
+    assert "non-finite" in str(e.value)
