@@ -21,8 +21,8 @@ def cmd_plan(args) -> None:
     from puts_jax import planning
 
     with fields_as_flags({"n_actions": "--actions"}):
-        days = (floats("--days", args.days, "1,7,28") if args.days is not None
-                else planning.day_grid(args.max_days))
+        days = (sorted(set(floats("--days", args.days, "1,7,28"))) if args.days is not None
+                else planning.day_grid(args.max_days))  # one row a day count, ascending
         kw = dict(agreement=args.agreement, reward_var=args.reward_var)
         p = planning.plan(args.actions, args.share, args.requests_per_day, args.base_rate, days,
                           alpha=args.alpha, power=args.power, **kw)

@@ -139,3 +139,14 @@ def test_cli_plan(capsys):
     assert "lift (+0.0135) with paired test" in out
     assert cli.main(["plan", "--actions", "1", "--share", "0.05", "--requests-per-day", "1e6",
                      "--base-rate", "0.4"]) == 2
+
+
+def test_plan_days_are_one_row_each_in_ascending_order(capsys):
+    from puts_jax import cli
+
+    argv = ["plan", "--actions", "36", "--share", "0.05", "--requests-per-day", "2e6",
+            "--base-rate", "0.415", "--days"]
+    assert cli.main(argv + ["7,1,7"]) == 0
+    messy = capsys.readouterr().out
+    assert cli.main(argv + ["1,7"]) == 0
+    assert messy == capsys.readouterr().out
