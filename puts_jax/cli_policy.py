@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from puts_jax.checks import InputError, check_distinct_paths
+from puts_jax.checks import check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
                                  parse_guardrail, read_frontier)
@@ -198,21 +198,25 @@ def _publish(args) -> None:
 
 def _print_versions(registry: str) -> None:
     """The versions after a change (``*`` marks CURRENT; a broken one shows its problem). The
-    change is made: a registry that cannot be listed now is a note, never a failure."""
+    change is made: a listing that fails for any reason is a one-line note on stderr, never a
+    failure (the command still exits 0)."""
     from puts_jax import policy
 
     try:
-        shown = policy.show(registry)
-    except (InputError, OSError) as e:
-        _print(f"note: the versions cannot be listed ({e}); the change above is made")
+        shown, lines = policy.show(registry), []
+        for v in shown["versions"]:
+            mark = "*" if v["version"] == shown["current"] else " "
+            lines.append(f"{mark} {v['version']}  {v['problem']}" if v["problem"] else
+                         f"{mark} {v['version']}  {v['action']:<10} "
+                         f"lambda={readable_lambda(v['lambda'])}  params={v['params_version']}"
+                         f"  {v['reason']}")
+    except Exception as e:  # noqa: BLE001 - the change is made; the listing is a courtesy
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"puts-jax: note: the versions cannot be listed ({type(e).__name__}: {why}); the "
+              "change above is made", file=sys.stderr, flush=True)
         return
-    for v in shown["versions"]:
-        mark = "*" if v["version"] == shown["current"] else " "
-        if v["problem"]:
-            _print(f"{mark} {v['version']}  {v['problem']}")
-            continue
-        _print(f"{mark} {v['version']}  {v['action']:<10} lambda={readable_lambda(v['lambda'])}"
-               f"  params={v['params_version']}  {v['reason']}")
+    for line in lines:
+        _print(line)
 
 
 def add_parser(sub) -> None:

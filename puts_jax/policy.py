@@ -22,11 +22,12 @@ parent's parameters: instant, no copy, no retraining, no recompilation (lambda i
 argument of the serving program).
 
 What each writer needs (checked under the lock, before anything is written): publish, a whole
-audit chain; set-lambda, that and a CURRENT naming a version whose policy.json reads and whose
-parameters folder is there; rollback, a whole chain and a target that reads and can be served (a
-CURRENT file that is garbage or empty, or names a version that cannot be served, is what
-rollback repairs). Another version's broken policy.json blocks nothing: ``show`` lists it with
-its ``problem``.
+audit chain; set-lambda, that and a CURRENT version that can be served; rollback, a whole chain
+and a target that can be served (a broken CURRENT is what rollback repairs). "Can be served"
+(``_served_problem``): policy.json reads, its lambda is J finite non-negative numbers summing to
+1, and its parameters restore and hash to ``params_hash``. ``show`` checks each version cheaply
+(no parameter read: the folder is there) and lists a broken one with its ``problem``; another
+version's problem blocks nothing.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ import numpy as np
 import puts_jax
 from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
-from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
+from puts_jax.checks import InputError
 from puts_jax.qnet import QNetwork
 from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, History,  # noqa: F401
-                                     _last_byte, _read_policy_json, audit_problem,
-                                     check_registry, current_problem, current_version, history, params_problem,
-                                     read_audit, versions)
+                                     _last_byte, _read_policy_json, audit_problem, check_lam,
+                                     check_registry, current_problem, current_version, history,
+                                     lambda_problem, params_problem, read_audit, version_problem,
+                                     versions)
 
 SCHEMA = "puts_jax.policy/1"
 _FIX = "roll back to a complete version (policy rollback --version V) or publish again"
@@ -79,33 +81,6 @@ def _now() -> str:
 
 
 params_hash = model_io.params_hash
-
-
-def _at(a: np.ndarray, bad: np.ndarray) -> str:
-    """'index 1 (-0.5)' / 'indices [0, 2] ([nan, inf])': the coefficients flagged by ``bad``."""
-    i = np.flatnonzero(bad)
-    if len(i) == 1:
-        return f"index {int(i[0])} ({a[i[0]]:g})"
-    return f"indices {i.tolist()} ({[float(x) for x in a[i]]})"
-
-
-def _check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
-    """lam f[J] as float64, or an InputError naming ``field`` and the coefficient's index (a
-    lambda is one vector: its entries are coefficients, not rows)."""
-    a = np.asarray(lam, np.float64)
-    if a.ndim != 1 or a.shape[0] != J:
-        raise InputError(field, [], f"expected f32[J] with length J = {J} (the model's reward "
-                                    f"objectives), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise InputError(field, [], f"non-finite coefficient at {_at(a, ~np.isfinite(a))}")
-    if (a < 0).any():
-        raise InputError(field, [], f"coefficients must be non-negative; {_at(a, a < 0)}")
-    tol = max(PROB_SUM_TOL, 1e-5)  # check_lambda's tolerance
-    if abs(a.sum() - 1.0) > tol:
-        raise InputError(field, [], f"coefficients sum to {a.sum():.6g}; they must sum to 1 "
-                                    f"(within {tol:g})")
-    check_lambda(a, field=field)  # the same test in float32, as the serve pass reads lambda
-    return a  # stored as given (float64), not rounded through float32
 
 
 def _check_point(frontier_point, lam: np.ndarray) -> dict:
@@ -232,7 +207,7 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
     Raises InputError naming the field (lambda, action_set, reason, frontier_point.lambda).
     """
     J = len(model.reward_kinds)
-    lam = _check_lam(lam, J)
+    lam = check_lam(lam, J)
     if action_set.n_actions != model.n_actions:
         raise InputError("action_set", [], f"A = {action_set.n_actions} actions but the model "
                                            f"scores {model.n_actions}")
@@ -251,8 +226,7 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
 def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | None = None) -> str:
     """New version with the current version's parameters and action set and a new lambda; it
     references the parent's params (no copy) and becomes current. Returns its version. Creates
-    nothing when the registry has no current policy, CURRENT is broken, or the current version's
-    policy.json does not read or its parameters folder is missing."""
+    nothing when there is no current policy, CURRENT is broken, or its version cannot be served."""
     if not (versions(registry_dir) or os.path.exists(os.path.join(registry_dir, "CURRENT"))):
         raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
     with _locked(registry_dir) as hist:
@@ -265,12 +239,13 @@ def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | No
         if parent is None:
             raise InputError("CURRENT", [], f"{registry_dir} has no current policy; publish first")
         pm = _read_meta(registry_dir, parent)
-        why = params_problem(registry_dir, parent, pm)
+        why = _served_problem(registry_dir, parent, pm)
         if why:
-            raise InputError("registry", [], f"CURRENT {parent} cannot be served: {why}; a new "
-                                             f"lambda on it could not be either: {_FIX} "
-                                             "(nothing written)")
-        lam = _check_lam(lam, len(pm["model_spec"]["reward_kinds"]))
+            tail = ("set-lambda builds on the current version, so" if lambda_problem(pm)
+                    else "a new lambda on it could not be either:")
+            raise InputError("registry", [], f"CURRENT {parent} cannot be served: {why}; {tail} "
+                                             f"{_FIX} (nothing written)")
+        lam = check_lam(lam, len(pm["model_spec"]["reward_kinds"]))
         keep = ("model_spec", "params_version", "params_hash", "param_shapes", "action_set",
                 "action_set_hash", "source")
         meta = {"reason": _check_reason(reason), "lambda": lam.tolist(),
@@ -281,13 +256,12 @@ def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | No
 
 def rollback(registry_dir: str, version: str, reason: str) -> str:
     """Make an existing ``version`` current again (no new version); audited. Returns it. The
-    target's policy.json must read and its parameters folder be there; the current version need
-    not (rolling back is how a broken CURRENT is repaired)."""
+    target must be servable; CURRENT need not (rolling back is how it is repaired)."""
     reason = _check_reason(reason)
     _read_meta(registry_dir, version)  # an unknown version creates nothing (read again locked)
     with _locked(registry_dir) as hist:
         meta = _read_meta(registry_dir, version)
-        why = params_problem(registry_dir, version, meta)
+        why = _served_problem(registry_dir, version, meta)
         if why:
             raise InputError("version", [], f"{version} cannot be served: {why}; roll back to "
                                             "another version (nothing written)")
@@ -306,7 +280,7 @@ _SUMMARY = ("version", "parent", "action", "created", "lambda", "reason", "param
 
 def _summaries(registry_dir: str, found: list[str]) -> tuple[list[dict], dict]:
     """Every version's summary, with ``problem`` ("unreadable: ..." for a policy.json that does
-    not read, "cannot be served: ..." for missing parameters, else None), and the metas read."""
+    not read, "cannot be served: ..." by ``version_problem``, else None), and the metas read."""
     out, metas = [], {}
     for v in found:
         try:
@@ -314,7 +288,7 @@ def _summaries(registry_dir: str, found: list[str]) -> tuple[list[dict], dict]:
         except InputError as e:
             out.append({**dict.fromkeys(_SUMMARY), "version": v, "problem": f"unreadable: {e.msg}"})
             continue
-        why = params_problem(registry_dir, v, m)
+        why = version_problem(registry_dir, v, m)
         out.append({**{k: m.get(k) for k in _SUMMARY}, "version": v,
                     "problem": f"cannot be served: {why}" if why else None})
     return out, metas
@@ -322,8 +296,8 @@ def _summaries(registry_dir: str, found: list[str]) -> tuple[list[dict], dict]:
 
 def show(registry_dir: str) -> dict:
     """The registry at a glance: current version and its policy.json, every version's summary
-    (with its ``problem``: a policy.json that does not read or a parameters folder that is
-    missing; the other versions are shown all the same), the audit log, whether its chain of
+    (with its ``problem``: a policy.json that does not read, an invalid lambda, a parameters
+    folder that is missing; cheap checks, no parameter is read), the audit log, whether its chain of
     switches is whole and ends at CURRENT (``audit_consistent``; ``audit_problem`` says what
     breaks it), and stale temp directories (left by a crash; never visible as versions).
     ``current_problem`` says what is wrong with CURRENT, else None: when the CURRENT file is
@@ -354,6 +328,8 @@ def load(registry_dir: str, version: str | None = None) -> OperatingPolicy:
     if version is None:
         raise InputError("CURRENT", [], f"{registry_dir} has no published policy")
     meta = _read_meta(registry_dir, version)
+    if why := lambda_problem(meta):
+        raise InputError(version, [], f"{why}; {_FIX}", registry_dir)
     action_set = ActionSet.from_dict(meta["action_set"])  # checks its stored hash
     model = QNetwork.from_spec(meta["model_spec"])
     _restore(registry_dir, version, meta, model)
@@ -384,6 +360,26 @@ def _restore(registry_dir: str, version: str, meta: dict, model: QNetwork) -> No
         raise InputError(version, [], f"incomplete version{via}: its parameters in {path} cannot "
                                       f"be read ({type(e).__name__}: {first}){fix}",
                          registry_dir) from None
+
+
+def _served_problem(registry_dir: str, version: str, meta: dict) -> str | None:
+    """Why ``version`` cannot be served, or None: ``version_problem``, then its parameters
+    restored as ``load`` restores them and hashed against the recorded ``params_hash`` (a
+    partly deleted or replaced params folder is caught here, not by ``show``'s cheap check)."""
+    if why := version_problem(registry_dir, version, meta):
+        return why
+    try:
+        model = QNetwork.from_spec(meta["model_spec"])
+        _restore(registry_dir, version, meta, model)
+    except InputError as e:
+        return e.msg.removesuffix(f"; {_FIX}")
+    except (KeyError, TypeError, ValueError) as e:  # a model_spec that does not rebuild
+        return f"its model_spec does not rebuild a Q-network ({type(e).__name__}: {e})"[:300]
+    if (got := params_hash(model)) != meta["params_hash"]:
+        path = os.path.join(registry_dir, meta["params_version"], "params")
+        return (f"its parameters in {path} hash to {got} but policy.json records params_hash "
+                f"{meta['params_hash']} (the folder was changed or replaced)")
+    return None
 
 
 def describe(op: OperatingPolicy) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Reading the files of an operating-policy registry (``puts_jax.policy``): a version's
 policy.json and the audit log, each a JSON object (a truncated or corrupt file is an
-InputError("registry") naming the file and the line); the versions and CURRENT; whether a
-version can be served (its parameters folder is there); and the audit log's chain of switches.
-Re-exported by ``puts_jax.policy``.
+InputError("registry") naming the file and the line); the versions and CURRENT; the cheap
+checks of whether a version can be served (its lambda is valid, ``check_lam``; its parameters
+folder is there; ``policy`` restores and hashes the parameters before a change); and the audit
+log's chain of switches. Re-exported by ``puts_jax.policy``.
 
 The chain: every audit line records ``current_before`` and ``current_after``; each line's
 ``current_before`` is the previous line's ``current_after``, and the last ``current_after`` is
@@ -10,9 +11,11 @@ what CURRENT names. A writer appends its line before it switches CURRENT (write-
 writer stopped in between leaves a last line whose switch was never made (CURRENT still names
 that line's ``current_before``): the next writer first appends a "switch-not-made" entry
 (``current_before`` the claimed version, ``current_after`` the real CURRENT), so the log stays
-true and whole. Any other break (a missing audit.jsonl while versions exist, a missing or
-edited line, CURRENT changed by hand) stops every writer, named, before it writes; a CURRENT
-file that is garbage or empty does not (``policy rollback`` is how it is repaired).
+true and whole. Any other break (a missing audit.jsonl while versions exist, a missing line or
+one whose current_before/current_after was edited, CURRENT changed by hand) stops every writer,
+named, before it writes; a CURRENT file that is garbage or empty does not (``policy rollback``
+is how it is repaired). The chain is not a signature: an edit inside a line that keeps
+current_before/current_after (its reason, its lambda) is not detected.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import os
 import re
 from typing import NamedTuple
 
-from puts_jax.checks import InputError
+import numpy as np
+
+from puts_jax.checks import PROB_SUM_TOL, InputError, check_lambda
 
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -145,6 +150,57 @@ def params_problem(registry_dir: str, version: str, meta: dict) -> str | None:
     if not os.listdir(path):
         return f"its parameters folder {path} is empty{via}"
     return None
+
+
+def _at(a: np.ndarray, bad: np.ndarray) -> str:
+    """'index 1 (-0.5)' / 'indices [0, 2] ([nan, inf])': the coefficients flagged by ``bad``."""
+    i = np.flatnonzero(bad)
+    if len(i) == 1:
+        return f"index {int(i[0])} ({a[i[0]]:g})"
+    return f"indices {i.tolist()} ({[float(x) for x in a[i]]})"
+
+
+def check_lam(lam, J: int, field: str = "lambda") -> np.ndarray:
+    """lam f[J] as float64, or an InputError naming ``field`` and the coefficient's index (a
+    lambda is one vector: its entries are coefficients, not rows)."""
+    a = np.asarray(lam, np.float64)
+    if a.ndim != 1 or a.shape[0] != J:
+        raise InputError(field, [], f"expected f32[J] with length J = {J} (the model's reward "
+                                    f"objectives), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InputError(field, [], f"non-finite coefficient at {_at(a, ~np.isfinite(a))}")
+    if (a < 0).any():
+        raise InputError(field, [], f"coefficients must be non-negative; {_at(a, a < 0)}")
+    tol = max(PROB_SUM_TOL, 1e-5)  # check_lambda's tolerance
+    if abs(a.sum() - 1.0) > tol:
+        raise InputError(field, [], f"coefficients sum to {a.sum():.6g}; they must sum to 1 "
+                                    f"(within {tol:g})")
+    check_lambda(a, field=field)  # the same test in float32, as the serve pass reads lambda
+    return a  # stored as given (float64), not rounded through float32
+
+
+def lambda_problem(meta: dict) -> str | None:
+    """What is wrong with a version's ``lambda`` (policy.json ``meta``), or None: it must be a
+    list of J numbers that ``check_lam`` accepts, J = its ``model_spec``'s ``reward_kinds``."""
+    lam, spec = meta.get("lambda"), meta.get("model_spec")
+    kinds = spec.get("reward_kinds") if isinstance(spec, dict) else None
+    if not isinstance(kinds, list) or not kinds:
+        return "its model_spec records no reward_kinds, so its lambda cannot be checked"
+    shown = json.dumps(lam)[:80]
+    if not isinstance(lam, list) or not all(isinstance(x, (int, float))
+                                            and not isinstance(x, bool) for x in lam):
+        return f"its lambda {shown} is not a list of numbers"
+    try:
+        check_lam(lam, len(kinds))
+    except InputError as e:
+        return f"its lambda {shown}: {e.msg}"
+    return None
+
+
+def version_problem(registry_dir: str, version: str, meta: dict) -> str | None:
+    """Why ``version`` (its policy.json ``meta``) cannot be served, by the cheap checks (no
+    parameter is read): ``lambda_problem``, then ``params_problem``; None when both pass."""
+    return lambda_problem(meta) or params_problem(registry_dir, version, meta)
 
 
 # ----------------------------------------------------------------------------- the audit chain

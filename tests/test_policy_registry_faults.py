@@ -250,3 +250,103 @@ def test_set_lambda_and_rollback_name_a_read_only_registry(reg, capsys, monkeypa
         assert cli_error(capsys) == (f"--registry: cannot create a file in {reg} (Read-only file "
                                      "system); nothing written"), cmd
     assert snapshot(reg) == before
+
+
+# ----------------------------------------------------------------------------- invalid lambda
+
+_BAD_LAMBDAS = [([1.0], ": expected f32[J] with length J = 2 (the model's reward objectives), "
+                        "got shape (1,)"),
+                ([float("nan"), 0.5], ": non-finite coefficient at index 0 (nan)"),
+                ([2.0, -1.0], ": coefficients must be non-negative; index 1 (-1)"),
+                ([0.5, 0.6], ": coefficients sum to 1.1; they must sum to 1 (within 1e-05)"),
+                (None, " is not a list of numbers"), ("abc", " is not a list of numbers"),
+                ([0.9, 0.9, "x"], " is not a list of numbers")]
+
+
+def _edit_lambda(reg, version, lam):
+    pj = reg / version / "policy.json"
+    meta = json.loads(pj.read_text())
+    meta["lambda"] = lam
+    pj.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("lam,why", _BAD_LAMBDAS)
+def test_a_version_with_an_invalid_lambda_is_never_made_current(reg, capsys, lam, why):
+    _edit_lambda(reg, "v0001", lam)
+    shown = policy.show(str(reg))
+    problem = shown["versions"][0]["problem"]
+    assert problem == f"cannot be served: its lambda {json.dumps(lam)}{why}"
+    assert shown["current_problem"] is None  # v0003 is current and whole
+    before = snapshot(reg)
+    capsys.readouterr()
+    assert _pol(reg, "rollback", "--version", "v0001", "--reason", "r") == 2
+    assert cli_error(capsys) == (f"--version: v0001 {problem}; roll back to another version "
+                                 "(nothing written)")
+    assert snapshot(reg) == before and _current(reg) == "v0003"
+
+
+@pytest.mark.parametrize("lam,why", _BAD_LAMBDAS)
+def test_set_lambda_on_a_current_version_with_an_invalid_lambda_writes_nothing(reg, capsys, lam,
+                                                                               why):
+    _edit_lambda(reg, "v0003", lam)
+    before = snapshot(reg)
+    capsys.readouterr()
+    assert _set_lambda(reg) == 2
+    err = cli_error(capsys)
+    assert err == (f"--registry: CURRENT v0003 cannot be served: its lambda {json.dumps(lam)}{why};"
+                   f" set-lambda builds on the current version, so {_FIX} (nothing written)")
+    assert snapshot(reg) == before
+    assert _pol(reg, "show") == 2  # CURRENT itself cannot be served
+    assert json.loads(capsys.readouterr().out)["current_problem"].startswith(
+        "names 'v0003', which cannot be served: its lambda ")
+    with pytest.raises(policy.InputError, match="its lambda"):
+        policy.load(str(reg))
+    assert _pol(reg, "rollback", "--version", "v0002", "--reason", "repair") == 0  # the repair
+    assert _current(reg) == "v0002"
+
+
+def test_a_listing_that_fails_after_a_change_is_a_note_and_exit_0(reg, capsys, monkeypatch):
+    def broken(registry_dir):
+        raise ValueError("could not convert string to float: 'x'")
+
+    monkeypatch.setattr(policy, "show", broken)
+    capsys.readouterr()
+    assert _set_lambda(reg) == 0
+    out, err = capsys.readouterr()
+    assert out == "published v0004 (parameters reused)\n"
+    assert err == ("puts-jax: note: the versions cannot be listed (ValueError: could not convert "
+                   "string to float: 'x'); the change above is made\n")
+    assert _current(reg) == "v0004"
+
+
+# ----------------------------------------------------------------------------- damaged params
+
+def test_partly_deleted_parameters_are_found_before_set_lambda_or_rollback(reg, capsys):
+    params = reg / "v0001" / "params"
+    shutil.rmtree(params / "d")  # v0001 and v0002 (its parameters) are damaged
+    assert policy.show(str(reg))["versions"][0]["problem"] is None  # show's check is cheap
+    assert _pol(reg, "rollback", "--version", "v0002", "--reason", "r") == 2
+    err = cli_error(capsys)
+    assert err.startswith(f"--version: v0002 cannot be served: incomplete version (it uses the "
+                          f"parameters of v0001): its parameters in {params} cannot be read ")
+    assert err.endswith("; roll back to another version (nothing written)")
+    before = snapshot(reg)
+    assert _pol(reg, "rollback", "--version", "v0001", "--reason", "r") == 2
+    assert f"its parameters in {params} cannot be read " in cli_error(capsys)
+    assert snapshot(reg) == before and _current(reg) == "v0003"
+
+
+def test_replaced_parameters_are_found_by_their_hash(reg, capsys):
+    shutil.rmtree(reg / "v0003" / "params")
+    shutil.copytree(reg / "v0001" / "params", reg / "v0003" / "params")  # same shapes
+    meta = json.loads((reg / "v0003" / "policy.json").read_text())
+    ours = json.loads((reg / "v0001" / "policy.json").read_text())["params_hash"]
+    before = snapshot(reg)
+    capsys.readouterr()
+    assert _set_lambda(reg) == 2
+    assert cli_error(capsys) == (
+        f"--registry: CURRENT v0003 cannot be served: its parameters in {reg / 'v0003' / 'params'}"
+        f" hash to {ours} but policy.json records params_hash {meta['params_hash']} (the folder "
+        f"was changed or replaced); a new lambda on it could not be either: {_FIX} (nothing "
+        "written)")
+    assert snapshot(reg) == before
