@@ -9,7 +9,8 @@ The chain: every audit line records ``current_before`` and ``current_after``; ea
 ``current_before`` is the previous line's ``current_after``, and the last ``current_after`` is
 what CURRENT names. A writer appends its line before it switches CURRENT (write-ahead), so a
 writer stopped in between leaves a last line whose switch was never made (CURRENT still names
-that line's ``current_before``): the next writer first appends a "switch-not-made" entry
+that line's ``current_before``, and CURRENT's mtime is older than the line's ``time``; one put
+back by hand after the line was written counts as changed by hand): the next writer first appends a "switch-not-made" entry
 (``current_before`` the claimed version, ``current_after`` the real CURRENT), so the log stays
 true and whole. Any other break (a missing audit.jsonl while versions exist, a missing line or
 one whose current_before/current_after was edited, CURRENT changed by hand) stops every writer,
@@ -20,6 +21,7 @@ current_before/current_after (its reason, its lambda) is not detected.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -249,7 +251,7 @@ def audit_problem(registry_dir: str) -> tuple[list[tuple[int, dict]], str | None
         raw = current_version(registry_dir)
     except (OSError, UnicodeDecodeError):
         raw = bad
-    if raw == last.get("current_before"):
+    if raw == last.get("current_before") and not _changed_after(registry_dir, last):
         return lines, (f"{path}: line {n}: its switch to {last.get('current_after')!r} was not "
                        f"made (CURRENT names {raw!r}): a crash between the audit line and the "
                        "switch"), True
@@ -258,6 +260,18 @@ def audit_problem(registry_dir: str) -> tuple[list[tuple[int, dict]], str | None
     return lines, (f"CURRENT names {cur!r} but {path} line {n} switched to "
                    f"{last.get('current_after')!r}: CURRENT was changed outside puts-jax, or "
                    "audit lines are missing"), False
+
+
+def _changed_after(registry_dir: str, entry: dict) -> bool:
+    """Whether CURRENT was modified after ``entry`` (an audit line) was written: then a CURRENT
+    naming the line's ``current_before`` was put back by hand, not left by a crash between the
+    line and its switch (a crash leaves CURRENT as it was before the line). False when the
+    line's time or CURRENT's mtime cannot be read."""
+    try:
+        written = datetime.datetime.fromisoformat(entry["time"]).timestamp()
+        return os.stat(os.path.join(registry_dir, "CURRENT")).st_mtime > written
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
 
 
 def history(registry_dir: str, now: str) -> History:

@@ -217,6 +217,21 @@ def test_current_changed_by_hand_or_a_missing_audit_log_stops_writers(reg, capsy
     assert policy.show(str(reg))["audit_problem"] == missing
 
 
+def test_current_put_back_by_hand_is_not_a_switch_never_made(reg, capsys):
+    audit = reg / "audit.jsonl"
+    (reg / "CURRENT").write_text("v0002\n")  # the last line's current_before, after the line
+    before = snapshot(reg)
+    problem = (f"CURRENT names 'v0002' but {audit} line 3 switched to 'v0003': CURRENT was "
+               "changed outside puts-jax, or audit lines are missing")
+    assert policy.show(str(reg))["audit_problem"] == problem
+    capsys.readouterr()
+    assert _set_lambda(reg) == 2
+    assert cli_error(capsys).startswith(f"--registry: {problem}; restore the log")
+    assert snapshot(reg) == before
+    os.utime(reg / "CURRENT", (0, 0))  # older than the line: as a crash before the switch leaves
+    assert "was not made" in policy.show(str(reg))["audit_problem"]
+
+
 # ----------------------------------------------------------------------------- CURRENT, read-only
 
 def test_set_lambda_on_a_broken_current_says_to_roll_back(reg, capsys):
