@@ -58,6 +58,14 @@ def tiny_cli_world(d, frontiers=(("frontier", 3),), halves: bool = True) -> None
                         + ([] if halves else ["--no-halves"])) == 0
 
 
+def no_work(monkeypatch, target, name: str) -> None:
+    """Make ``target.name`` fail the test if the command gets that far (a check that must come
+    before the work)."""
+    def fail(*a, **k):
+        raise AssertionError(f"{name} ran: the check came after the work")
+    monkeypatch.setattr(target, name, fail)
+
+
 def one_line(capsys) -> str:
     """The captured stderr, checked to be exactly one line without a traceback; its text."""
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ from puts_jax import cli, cli_checks, planning, sweep_job
 from puts_jax.checks import InputError
 from puts_jax.data import obd
 from puts_jax.data import simulator as sim
-from conftest import cli_error as _err, snapshot, tiny_cli_world
+from conftest import cli_error as _err, no_work as _no_work, snapshot, tiny_cli_world
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,6 @@ def run(tmp_path_factory):
     return d
 
 
-def _no_work(monkeypatch, target, name):
-    """Make ``target.name`` fail the test if the command gets that far."""
-    def fail(*a, **k):
-        raise AssertionError(f"{name} ran: the check came after the work")
-    monkeypatch.setattr(target, name, fail)
 
 
 def _sweep_args(d, out, *extra):

@@ -21,7 +21,7 @@ import pytest
 from puts_jax import cli, cli_checks, model_io, report, sweep_job
 from puts_jax.data import logs
 from puts_jax.data import simulator as sim
-from conftest import cli_error, one_line, snapshot, tiny_cli_world
+from conftest import cli_error, no_work as _no_work, one_line, snapshot, tiny_cli_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,10 +33,6 @@ def run(tmp_path_factory):
     return d
 
 
-def _no_work(monkeypatch, target, name):
-    def fail(*a, **k):
-        raise AssertionError(f"{name} ran: the check came after the work")
-    monkeypatch.setattr(target, name, fail)
 
 
 # ----------------------------------------------------------------------------- 1. --miscalibration

@@ -140,12 +140,17 @@ def test_crash_mid_publish_leaves_no_version(tmp_path, monkeypatch):
     assert _current(reg) == "v0001\n" and len(policy.read_audit(reg)) == 1
 
 
-def test_tampered_params_hash_detected(tmp_path):
+def _published(tmp_path) -> tuple[str, str, dict]:
+    """A registry with v0001 published: (registry, v0001's policy.json path, its contents)."""
     reg = str(tmp_path / "reg")
     policy.publish(reg, _model(), _aset(), [0.5, 0.5], None, "first")
     path = os.path.join(reg, "v0001", "policy.json")
     with open(path) as f:
-        meta = json.load(f)
+        return reg, path, json.load(f)
+
+
+def test_tampered_params_hash_detected(tmp_path):
+    reg, path, meta = _published(tmp_path)
     meta["params_hash"] = "0" * 16
     with open(path, "w") as f:
         json.dump(meta, f)
@@ -190,11 +195,7 @@ def test_audit_log_a_crash_left_without_its_newline_and_a_corrupt_line(tmp_path)
 
 
 def test_policy_json_that_is_not_an_object_or_lacks_keys(tmp_path):
-    reg = str(tmp_path / "reg")
-    policy.publish(reg, _model(), _aset(), [0.5, 0.5], None, "first")
-    path = os.path.join(reg, "v0001", "policy.json")
-    with open(path) as f:
-        meta = json.load(f)
+    reg, path, meta = _published(tmp_path)
     with open(path, "w") as f:
         json.dump({k: v for k, v in meta.items() if k not in ("params_hash", "source")}, f)
     with pytest.raises(InputError, match=r"^registry: .*v0001/policy.json: missing keys "
