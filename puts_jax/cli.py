@@ -294,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         return _stdout_gone()
 
 
+def _source_as_flag(source: str | None, args) -> str | None:
+    """A library error whose source is the registry folder a flag gave ('reg5') names that flag
+    too ('--policy reg5'): a bare folder name says less than a file's. (Errors in a file keep
+    the ``FILE: FIELD`` form the README documents.)"""
+    for name in ("policy", "registry"):
+        if source is not None and getattr(args, name, None) == source:
+            return f"--{name.replace('_', '-')} {source}"
+    return source
+
+
 def _stdout_gone() -> int:
     """The reader of stdout closed it (``puts-jax policy show --registry R | head -1``): stdout
     is pointed at devnull, so that the interpreter's flush at exit does not fail again, and the
@@ -317,7 +327,8 @@ def _run(argv: list[str] | None) -> int:
         args.fn(args)
     except InputError as e:  # a library field that came from a flag is named as the flag
         msg = e.msg.replace(LIBRARY_FLOOR_HINT, CLI_FLOOR_HINT)
-        e = InputError(e.field if e.source else as_flag(e.field, args), e.rows, msg, e.source)
+        e = InputError(e.field if e.source else as_flag(e.field, args), e.rows, msg,
+                       _source_as_flag(e.source, args))
         print(f"puts-jax: error: {e}", file=sys.stderr)
         return 2
     except UsageError as e:

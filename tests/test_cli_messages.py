@@ -229,7 +229,8 @@ def test_a_registry_version_without_params_is_named_incomplete(run, capsys):
     capsys.readouterr()
     assert _score(run, run / "never_inc.parquet", registry=reg) == 2
     assert _err(capsys) == (
-        f"{reg}: v0002: incomplete version (it uses the parameters of v0001): its parameters "
+        f"--policy {reg}: v0002: incomplete version (it uses the parameters of v0001): its "
+        "parameters "
         f"folder {reg / 'v0001' / 'params'} is missing; roll back to a complete version (policy "
         "rollback --version V) or publish again")
     assert not (run / "never_inc.parquet").exists()
@@ -243,7 +244,7 @@ def test_a_registry_version_with_an_empty_params_folder_is_named_incomplete(run,
     capsys.readouterr()
     assert _score(run, run / "never_emp.parquet", "--version", "v0001", registry=reg) == 2
     err = _err(capsys)
-    assert err.startswith(f"{reg}: v0001: incomplete version: its parameters in "
+    assert err.startswith(f"--policy {reg}: v0001: incomplete version: its parameters in "
                           f"{reg / 'v0001' / 'params'} cannot be read (")
     assert err.endswith("; roll back to a complete version (policy rollback --version V) or "
                         "publish again")
