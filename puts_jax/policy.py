@@ -7,10 +7,13 @@ Layout of ``registry_dir``:
   audit.jsonl    append-only, one JSON line per action (publish / set-lambda / rollback), written
                  before CURRENT is switched (write-ahead). Its lines form a chain (each line's
                  ``current_before`` is the previous line's ``current_after``, the last one's is
-                 CURRENT); a writer stopped between its line and the switch leaves a last line
-                 whose switch was never made, and the next writer appends a "switch-not-made"
-                 entry saying so before its own (``registry_files.history``). Any other break,
-                 or no audit.jsonl while versions exist, stops every writer before it writes;
+                 CURRENT; each line records ``prev_sha256``, the sha256 of the previous line's
+                 bytes, so an edit inside an earlier line breaks it too; lines written before
+                 that existed lack it and are accepted); a writer stopped between its line and
+                 the switch leaves a last line whose switch was never made, and the next writer
+                 appends a "switch-not-made" entry saying so before its own
+                 (``registry_files.history``). Any other break, or no audit.jsonl while
+                 versions exist, stops every writer before it writes;
                  ``show`` reports it (``audit_problem``)
   .lock          advisory lock (fcntl) serializing writers of this registry
   v0001/         policy.json (+ params/, an orbax checkpoint of the Q-network's nnx.Param state)
@@ -49,10 +52,10 @@ from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
 from puts_jax.checks import InputError
 from puts_jax.qnet import QNetwork
 from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, History,  # noqa: F401
-                                     _last_byte, _read_policy_json, audit_problem, check_lam,
-                                     check_registry, current_problem, current_version, history,
-                                     lambda_problem, params_problem, read_audit, version_problem,
-                                     versions)
+                                     _last_byte, _read_policy_json, audit_problem, chained,
+                                     check_lam, check_registry, current_problem, current_version,
+                                     history, lambda_problem, params_problem, read_audit,
+                                     version_problem, versions)
 
 SCHEMA = "puts_jax.policy/1"
 _FIX = "roll back to a complete version (policy rollback --version V) or publish again"
@@ -139,10 +142,11 @@ def _next_version(registry_dir: str) -> str:
 
 
 def _audit(registry_dir: str, entries: list[dict]) -> None:
-    """Append ``entries``, one line each, in one write (after a newline, if a crash left the last
-    line without one); ``_locked`` has already checked that every existing line reads."""
+    """Append ``entries``, one line each with its ``prev_sha256``, in one write (after a newline,
+    if a crash left the last line without one); ``_locked`` has already checked that every
+    existing line reads."""
     path = os.path.join(registry_dir, "audit.jsonl")
-    text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+    text = chained(registry_dir, entries)
     with open(path, "ab") as f:
         gap = f.tell() > 0 and _last_byte(path) != b"\n"
         f.write((("\n" if gap else "") + text).encode())

@@ -15,13 +15,18 @@ back by hand after the line was written counts as changed by hand): the next wri
 true and whole. Any other break (a missing audit.jsonl while versions exist, a missing line or
 one whose current_before/current_after was edited, CURRENT changed by hand) stops every writer,
 named, before it writes; a CURRENT file that is garbage or empty does not (``policy rollback``
-is how it is repaired). The chain is not a signature: an edit inside a line that keeps
-current_before/current_after (its reason, its lambda) is not detected.
+is how it is repaired). Every line written since the log was hash-chained also records
+``prev_sha256``, the sha256 of the previous line's exact bytes (without its newline; of b""
+for the first line), so an edit inside an earlier line (its reason, its lambda) is a break too,
+named by the line after it. Lines without it (written before) are accepted, but not after one
+that has it. The chain is not a signature: the last line can still be edited, and the whole log
+rewritten with fresh hashes.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -75,14 +80,37 @@ _AUDIT_FIX = ("; repair or remove that line (publish, set-lambda and rollback wr
               "until the log reads)")
 
 
-def _read_audit_lines(registry_dir: str) -> list[tuple[int, dict]]:
-    """(line number, entry) of every non-blank line of audit.jsonl, oldest first."""
+def _read_audit_raw(registry_dir: str) -> list[tuple[int, bytes, dict]]:
+    """(line number, the line's bytes without its newline, entry) of every non-blank line of
+    audit.jsonl, oldest first."""
     path = os.path.join(registry_dir, "audit.jsonl")
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
-        return [(n, _parse(line, path, n, _AUDIT_FIX)) for n, line in enumerate(f, 1)
-                if line.strip()]
+        return [(n, line[:-1] if line.endswith(b"\n") else line, _parse(line, path, n, _AUDIT_FIX))
+                for n, line in enumerate(f, 1) if line.strip()]
+
+
+def _read_audit_lines(registry_dir: str) -> list[tuple[int, dict]]:
+    """(line number, entry) of every non-blank line of audit.jsonl, oldest first."""
+    return [(n, entry) for n, _, entry in _read_audit_raw(registry_dir)]
+
+
+def line_sha256(raw: bytes) -> str:
+    """The ``prev_sha256`` a line after ``raw`` (a line's bytes, no newline) records."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def chained(registry_dir: str, entries: list[dict]) -> str:
+    """``entries`` as audit.jsonl text, one line each, each with its ``prev_sha256``: the sha256
+    of the line before it (the log's last line for the first; b"" when the log is empty)."""
+    raw = [r for _, r, _ in _read_audit_raw(registry_dir)]
+    prev, out = raw[-1] if raw else b"", []
+    for e in entries:
+        line = json.dumps({**e, "prev_sha256": line_sha256(prev)}, sort_keys=True)
+        out.append(line + "\n")
+        prev = line.encode()
+    return "".join(out)
 
 
 def read_audit(registry_dir: str) -> list[dict]:
@@ -222,12 +250,27 @@ class History(NamedTuple):
     current_problem: str | None
 
 
-def _chain_gap(lines: list[tuple[int, dict]]) -> str | None:
-    for (_, prev), (n, entry) in zip(lines, lines[1:]):
-        if entry.get("current_before") != prev.get("current_after"):
+def _chain_gap(lines: list[tuple[int, bytes, dict]]) -> str | None:
+    """The first break of the chain: a ``current_before`` that is not the previous line's
+    ``current_after``, a ``prev_sha256`` that is not the sha256 of the previous line's bytes, or
+    a line without ``prev_sha256`` after one that has it (only lines written before prev_sha256
+    existed lack it)."""
+    hashed = None  # the first line that records prev_sha256
+    for i, (n, _, entry) in enumerate(lines):
+        m, raw, prev = lines[i - 1] if i else (None, b"", {})
+        if i and entry.get("current_before") != prev.get("current_after"):
             return (f"line {n}: current_before {entry.get('current_before')!r} is not the previous "
                     f"line's current_after {prev.get('current_after')!r} (a line is missing or "
                     "was edited)")
+        if "prev_sha256" in entry:
+            hashed = hashed or n
+            if entry["prev_sha256"] != line_sha256(raw):
+                what = f"line {m}'s bytes" if i else "an empty log (it is the first line)"
+                return (f"line {n}: prev_sha256 is not the sha256 of {what} (an earlier line "
+                        "was edited, or a line is missing)")
+        elif hashed is not None:
+            return (f"line {n}: no prev_sha256, but line {hashed} has one (a line was edited "
+                    "or added by hand)")
     return None
 
 
@@ -237,11 +280,12 @@ def audit_problem(registry_dir: str) -> tuple[list[tuple[int, dict]], str | None
     ``current_before`` is the previous line's ``current_after``, and the last ``current_after``
     is what CURRENT names. Raises InputError("registry") when a line does not read."""
     path = os.path.join(registry_dir, "audit.jsonl")
-    lines, found = _read_audit_lines(registry_dir), versions(registry_dir)
+    raw, found = _read_audit_raw(registry_dir), versions(registry_dir)
+    lines = [(n, entry) for n, _, entry in raw]
     if not lines:
         return lines, (f"{path} is missing or empty but the registry has versions {found}"
                        if found else None), False
-    gap = _chain_gap(lines)
+    gap = _chain_gap(raw)
     if gap:
         return lines, f"{path}: {gap}", False
     (n, last), (cur, bad) = lines[-1], current_problem(registry_dir, found)

@@ -4,6 +4,7 @@ current, the audit log's chain of switches stays true (a write-ahead line whose 
 happened is recorded as such; a gap or a missing log stops writers), and every refusal is one
 ``puts-jax: error: --flag: ...`` line with the registry byte-identical."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -134,6 +135,120 @@ def test_a_version_without_its_parameters_is_never_made_current(reg, capsys):
                                  f"folder {reg / 'v0001' / 'params'} is missing (it uses the "
                                  "parameters of v0001); a new lambda on it could not be either: "
                                  f"{_FIX} (nothing written)")
+
+
+def _refused(reg, capsys, problem):
+    """set-lambda, rollback and publish's chain check refuse with ``problem``, nothing written."""
+    before = snapshot(reg)
+    capsys.readouterr()
+    for cmd in (["set-lambda", "--lam", "0.5,0.5", "--reason", "r"],
+                ["rollback", "--version", "v0001", "--reason", "r"]):
+        assert _pol(reg, *cmd) == 2, cmd
+        assert cli_error(capsys) == (
+            f"--registry: {problem}; restore the log (or CURRENT) from a backup so that they "
+            "agree (publish, set-lambda and rollback write nothing while the history of "
+            "switches is broken)"), cmd
+    assert snapshot(reg) == before
+
+
+def test_each_audit_line_records_the_sha256_of_the_line_before(reg):
+    lines = (reg / "audit.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    assert [json.loads(x)["prev_sha256"] for x in lines[:3]] == \
+        [hashlib.sha256(x).hexdigest() for x in (b"", lines[0], lines[1])]
+
+
+def test_an_edit_inside_a_middle_line_stops_writers(reg, capsys):
+    audit = reg / "audit.jsonl"
+    lines = audit.read_bytes().splitlines(keepends=True)
+    edited = lines[1].replace(b'"reason": "second"', b'"reason": "SECOND"')
+    assert edited != lines[1]
+    audit.write_bytes(lines[0] + edited + lines[2])  # current_before/current_after kept
+    problem = (f"{audit}: line 3: prev_sha256 is not the sha256 of line 2's bytes (an earlier "
+               "line was edited, or a line is missing)")
+    shown = policy.show(str(reg))
+    assert not shown["audit_consistent"] and shown["audit_problem"] == problem
+    assert shown["audit"][1]["reason"] == "SECOND"
+    _refused(reg, capsys, problem)
+    audit.write_bytes(lines[0] + lines[1] + lines[2])  # restored from a backup: writers go on
+    assert policy.show(str(reg))["audit_consistent"]
+    assert _set_lambda(reg) == 0
+
+
+def test_a_hash_removed_from_a_line_after_a_hashed_one_stops_writers(reg, capsys):
+    audit = reg / "audit.jsonl"
+    lines = audit.read_bytes().splitlines(keepends=True)
+    entry = json.loads(lines[2])
+    del entry["prev_sha256"]
+    entry["reason"] = "forged"
+    audit.write_bytes(lines[0] + lines[1] + json.dumps(entry, sort_keys=True).encode() + b"\n")
+    problem = (f"{audit}: line 3: no prev_sha256, but line 1 has one (a line was edited or "
+               "added by hand)")
+    assert policy.show(str(reg))["audit_problem"] == problem
+    _refused(reg, capsys, problem)
+
+
+def _legacy(reg):
+    """The audit log as written before prev_sha256 existed: each line without it."""
+    audit = reg / "audit.jsonl"
+    entries = [json.loads(x) for x in audit.read_bytes().splitlines()]
+    audit.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "prev_sha256"},
+                                        sort_keys=True) + "\n" for e in entries))
+    return audit
+
+
+def test_a_legacy_log_without_hashes_still_works_and_the_next_line_chains_from_it(reg, capsys):
+    audit = _legacy(reg)
+    old = audit.read_bytes()
+    assert b"prev_sha256" not in old
+    shown = policy.show(str(reg))
+    assert shown["audit_consistent"] and shown["audit_problem"] is None
+    capsys.readouterr()
+    assert _set_lambda(reg) == 0 and capsys.readouterr().err == ""
+    new = audit.read_bytes()
+    assert new.startswith(old)
+    added = new[len(old):].split(b"\n")
+    assert len(added) == 2 and added[1] == b""
+    assert json.loads(added[0])["prev_sha256"] == \
+        hashlib.sha256(old.split(b"\n")[-2]).hexdigest()
+    assert policy.show(str(reg))["audit_consistent"]
+    assert _pol(reg, "rollback", "--version", "v0001", "--reason", "back") == 0
+    assert policy.show(str(reg))["audit_consistent"] and _current(reg) == "v0001"
+
+
+def test_an_edit_inside_a_legacy_line_is_caught_once_a_hashed_line_follows(reg, capsys):
+    audit = _legacy(reg)
+    lines = audit.read_bytes().splitlines(keepends=True)
+    audit.write_bytes(lines[0] + lines[1].replace(b'"second"', b'"forged"') + lines[2])
+    assert policy.show(str(reg))["audit_consistent"]  # legacy lines carry no hash: accepted
+    assert _set_lambda(reg) == 0  # its line hashes the last line (line 3) as it is now
+    lines = audit.read_bytes().splitlines(keepends=True)
+    audit.write_bytes(lines[0] + lines[1] + lines[2].replace(b'"third"', b'"forged"') + lines[3])
+    problem = (f"{audit}: line 4: prev_sha256 is not the sha256 of line 3's bytes (an earlier "
+               "line was edited, or a line is missing)")
+    assert policy.show(str(reg))["audit_problem"] == problem
+    _refused(reg, capsys, problem)
+
+
+def test_a_switch_not_made_entry_is_hash_chained_too(reg, monkeypatch):
+    real = policy.atomic_write_text
+
+    def killed(path, text):
+        if os.path.basename(path) == "CURRENT":
+            raise KeyboardInterrupt
+        real(path, text)
+
+    monkeypatch.setattr(policy, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        policy.rollback(str(reg), "v0001", "killed")
+    monkeypatch.undo()
+    policy.set_lambda(str(reg), [0.5, 0.5], "after")
+    lines = (reg / "audit.jsonl").read_bytes().split(b"\n")[:-1]
+    entries = [json.loads(x) for x in lines]
+    assert [e["action"] for e in entries][-3:] == ["rollback", "switch-not-made", "set-lambda"]
+    assert [e["prev_sha256"] for e in entries] == \
+        [hashlib.sha256(x).hexdigest() for x in [b"", *lines[:-1]]]
+    assert policy.show(str(reg))["audit_consistent"]
 
 
 # ----------------------------------------------------------------------------- the audit chain
