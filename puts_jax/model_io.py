@@ -85,6 +85,9 @@ def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None)
     (None where absent), before any array is read: the model is left unchanged, never zero-,
     partly- or random-filled (PITFALLS P6a).
 
+    A data file that cannot be read (corrupt, truncated) raises ValueError naming ``path``
+    and the reader's first line of error (orbax raises a bare Exception there).
+
     Each array is restored with the sharding of the model's current array (for a model built in
     this process: its default device), whatever devices or mesh it was saved from; the shardings
     recorded at save time are ignored, so params saved sharded over 8 devices restore in a
@@ -102,7 +105,15 @@ def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None)
     # Target shapes, dtypes and shardings: the model's arrays on this process's devices.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.abspath(path), abstract)
+        try:
+            restored = ckptr.restore(os.path.abspath(path), abstract)
+        except (OSError, KeyError, ValueError):
+            raise
+        except Exception as e:  # orbax wraps a read error of a corrupt data file in Exception
+            why = e.__cause__ if e.__cause__ is not None else e
+            first = (str(why).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{path}: the saved arrays cannot be read ({type(why).__name__}: "
+                             f"{first}); nothing restored") from e
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
 
