@@ -2,6 +2,7 @@
 
   simulate      write a simulated data set (exploration logs, request set, ground truth)
   data obd      convert the Open Bandit Dataset (the obp sample or a full copy) to our format
+  data split    split a log by request id into two files, written as one pair
   sweep         evaluate every lambda policy on a log, write frontier.json / .png / .html
   policy        publish | select | set-lambda | rollback | show  (the operating-policy registry)
   score         batch-score a request set with the current operating policy

@@ -114,7 +114,13 @@ def _select(args) -> None:
                                                "file is kept)" if args.out else ""))
     if args.out:
         from puts_jax.action_set import atomic_write_text
-        _mark_operating_point(args.frontier, doc, sel)
+        if sel.get("report_passes_guardrails") is False:  # publish refuses it without a flag
+            _print(f"note: the operating point is not marked on {args.frontier}: point "
+                   f"{sel['index']} fails a guardrail on the report half (publish it with "
+                   "--accept-guardrail-miss to make it the operating policy); the selection "
+                   "is written")
+        else:
+            _mark_operating_point(args.frontier, doc, sel)
         atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
 
 

@@ -81,9 +81,16 @@ def test_a_guardrail_missed_on_the_report_half_needs_the_flag(run, tmp_path, cap
         doc["primary_estimator"]]
     base["value"] = [[v[0], 1000.0] for v in base["value"]]  # no point reaches 1% of that
     f.write_text(json.dumps(doc))
+    before = snapshot(f.parent)
     assert _select(f, sel_path) == 0
     sel = json.loads(sel_path.read_text())
     assert sel["report_passes_guardrails"] is False
+    # not marked as the operating point: publish refuses it without the flag
+    assert snapshot(f.parent) == before
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: the operating point is not marked on {f}: point {sel['index']} fails a guardrail "
+        "on the report half (publish it with --accept-guardrail-miss to make it the operating "
+        "policy); the selection is written")
     why = sel["reason"].rpartition("on the report half it fails a guardrail ")[2]
     miss = (f"point {sel['index']} ({sel['name']}) fails a guardrail on the report half, whose "
             f"estimate is the one published: {why}")
