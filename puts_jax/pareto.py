@@ -163,12 +163,14 @@ def separability(value, lo, hi, directions: Sequence[str] | None = None) -> list
     return out
 
 
-def separable_pairs(lo, hi) -> np.ndarray:
+def separable_pairs(lo, hi, every: bool = False) -> np.ndarray:
     """``bool[P, P]``: True where the intervals of points p and q are disjoint on at least one
-    objective (the data tells them apart there). Non-finite bounds are never separable."""
+    objective (the data tells them apart there), or with ``every`` on every objective (the data
+    tells them apart on each trade-off). Non-finite bounds are never separable."""
     l, h = _as_points(lo, "lo"), _as_points(hi, "hi")
     ok = np.isfinite(l).all(1) & np.isfinite(h).all(1)
-    disjoint = ((l[:, None, :] > h[None, :, :]) | (h[:, None, :] < l[None, :, :])).any(-1)
+    apart = (l[:, None, :] > h[None, :, :]) | (h[:, None, :] < l[None, :, :])
+    disjoint = apart.all(-1) if every else apart.any(-1)
     return disjoint & ok[:, None] & ok[None, :]
 
 

@@ -59,8 +59,11 @@ def overall_verdict(verdicts: list[str], lo: np.ndarray, hi: np.ndarray,
     sep = pareto.separable_pairs(lo, hi)
     pairs = [(a, b) for ai, a in enumerate(nd) for b in nd[ai + 1:]]
     n_sep = sum(bool(sep[a, b]) for a, b in pairs)
+    sep_all = pareto.separable_pairs(lo, hi, every=True)
+    n_all = sum(bool(sep_all[a, b]) for a, b in pairs)
     detail = {"points": len(verdicts), "estimable": int(ok.sum()), "nondominated": len(nd),
               "nondominated_pairs": len(pairs), "separable_nondominated_pairs": n_sep,
+              "separable_on_every_objective_pairs": n_all,
               "clearly_dominated": verdicts.count(pareto.CLEARLY_DOMINATED),
               "not_separable": verdicts.count(pareto.NOT_SEPARABLE),
               "any_separable_pair": bool(sep.any())}
@@ -71,7 +74,8 @@ def overall_verdict(verdicts: list[str], lo: np.ndarray, hi: np.ndarray,
         return (f"the data cannot tell the frontier points apart: every pair of points has "
                 f"overlapping {pct} intervals on every objective"), detail
     text = (f"{len(nd)} nondominated of {len(verdicts)} points; {n_sep} of {len(pairs)} "
-            f"nondominated pairs separable at {pct}; {detail['clearly_dominated']} clearly "
+            f"nondominated pairs separable at {pct} (disjoint intervals on at least one "
+            f"objective; {n_all} on every objective); {detail['clearly_dominated']} clearly "
             f"dominated, {detail['not_separable']} dominated but not separable")
     if len(pairs) and n_sep == 0:
         text = "the data cannot tell the nondominated points apart; " + text

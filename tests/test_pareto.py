@@ -132,3 +132,13 @@ def test_select_operating_point_with_guardrails():
     assert sel.index == 1
     with pytest.raises(InputError, match="maximize"):
         pareto.select_operating_point(values, lo, hi, 2)
+
+
+def test_pairs_separable_on_one_or_on_every_objective():
+    # p0 and p1 apart on objective 0 only; p0 and p2 apart on both; p1 and p2 on objective 1 only
+    lo = np.array([[0.0, 0.0], [1.0, 0.05], [1.0, 1.0]])
+    hi = np.array([[0.5, 0.1], [1.5, 0.2], [1.5, 1.5]])
+    one = pareto.separable_pairs(lo, hi)
+    every = pareto.separable_pairs(lo, hi, every=True)
+    assert one[0, 1] and one[0, 2] and one[1, 2] and not one[0, 0]
+    assert every[0, 2] and every[2, 0] and not every[0, 1] and not every[1, 2]
