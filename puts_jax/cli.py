@@ -25,7 +25,8 @@ import time
 from puts_jax import cli_plan, cli_policy, hostmem
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
-                                 check_out_dir, check_out_file, fields_as_flags, read_frontier)
+                                 check_out_dir, check_out_file, fields_as_flags,
+                                 print_line as _print, read_frontier)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
@@ -33,10 +34,6 @@ from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in c
 # script says what its user can do instead
 LIBRARY_FLOOR_HINT = "pass an explicit floor to clip"
 CLI_FLOOR_HINT = "fix the log's propensities or drop those rows (puts-jax does not clip)"
-
-
-def _print(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------- simulate / data

@@ -41,6 +41,11 @@ def parse_guardrail(text: str, names: list[str],
     return j, value
 
 
+def print_line(msg: str = "") -> None:
+    """Print one line of a command's output, flushed: every line reaches a pipe at once."""
+    print(msg, flush=True)
+
+
 class UsageError(ValueError):
     """A command-line argument that cannot be used (exit status 2)."""
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from puts_jax.cli_checks import fields_as_flags, floats
-
-
-def _print(msg: str = "") -> None:  # as cli._print: every line reaches a pipe at once
-    print(msg, flush=True)
+from puts_jax.cli_checks import fields_as_flags, floats, print_line as _print
 
 
 def cmd_plan(args) -> None:

@@ -27,14 +27,10 @@ import numpy as np
 from puts_jax.checks import check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
-                                 parse_guardrail, read_frontier)
+                                 parse_guardrail, print_line as _print, read_frontier)
 from puts_jax.policy_checks import (check_exploration_log, check_frontier,  # noqa: F401
                                     check_objectives, check_selection_source, frontier_sha256,
                                     guardrail_miss, readable_lambda, select_again)
-
-
-def _print(msg: str = "") -> None:  # as cli._print: every line reaches a pipe at once
-    print(msg, flush=True)
 
 
 def _for_print(x):

@@ -17,12 +17,7 @@ import numpy as np
 from puts_jax.checks import InputError
 from puts_jax.cli_checks import UsageError, parse_guardrail
 from puts_jax.data.log_schema import LOG_COLUMNS
-
-
-def readable_lambda(lam) -> list[float]:
-    """lambda f[J] at float32 precision, for printing: the shortest decimal that reads back as
-    the same float32 (0.8999999761581421 -> 0.9). Files keep the exact values."""
-    return [float(str(np.float32(x))) for x in np.asarray(lam, np.float64).reshape(-1)]
+from puts_jax.scalarization import readable_lambda  # noqa: F401 (re-exported: cli_policy)
 
 
 def frontier_sha256(doc: dict) -> str:

@@ -18,6 +18,7 @@ from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_esti
                                        check_provenance)
 from puts_jax.report_verdicts import (baseline_blocks, compare_to_baseline, data_warnings,
                                       hypervolume_block, overall_verdict, set_block)
+from puts_jax.scalarization import readable_lambda
 
 SCHEMA = "puts_jax.frontier/1"
 BASELINE_KINDS = ("logging", "production", "actions")  # known kinds; others are kept as given
@@ -93,7 +94,7 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
     lam = np.asarray(lambdas)
     if lam.dtype == np.float32:  # 0.9, not 0.8999999761581421: the shortest decimal that reads
         # back as the same float32 (what the compiled passes use), so the file is readable
-        lam = np.array([float(str(v)) for v in lam.ravel()]).reshape(lam.shape)
+        lam = np.array(readable_lambda(lam)).reshape(lam.shape)
     lam = np.asarray(lam, np.float64)
     J = next(iter(pe.estimates.values()))["value"].shape[1]
     if lam.shape != (len(pe.names), J):

@@ -13,6 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def readable_lambda(lam) -> list[float]:
+    """lambda f[J] (any shape, flattened) as the shortest decimals that read back as the same
+    float32 values (0.8999999761581421 -> 0.9): what the compiled passes use, written readably.
+    For printing, and for frontier.json's lambdas (whose float32 bits are unchanged)."""
+    return [float(str(np.float32(x))) for x in np.asarray(lam, np.float64).reshape(-1)]
+
+
 def lambda_grid(n_objectives: int, n_points: int) -> np.ndarray:
     """Lambdas on the J-simplex: f32[L, J].
 
