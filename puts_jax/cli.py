@@ -25,8 +25,8 @@ import time
 from puts_jax import cli_plan, cli_policy, hostmem
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
-                                 check_out_dir, check_out_file, fields_as_flags,
-                                 print_line as _print, read_frontier)
+                                 ArgumentParser, check_out_dir, check_out_file,
+                                 fields_as_flags, print_line as _print, read_frontier)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
@@ -182,8 +182,9 @@ def cmd_truth(args) -> None:
 def _add_simulate(sub) -> None:
     """``simulate``: write a simulated data set."""
     s = sub.add_parser("simulate", help="write a simulated data set")
-    s.add_argument("--out", required=True)
-    s.add_argument("--preset", choices=("tiny", "default"), default="default")
+    s.add_argument("--out", required=True, help="output folder (created if missing)")
+    s.add_argument("--preset", choices=("tiny", "default"), default="default",
+                   help="simulator world: tiny (smoke tests) or default")
     s.add_argument("--n-logs", type=int, default=300_000, help="training exploration log rows")
     s.add_argument("--n-heldout", type=int, default=100_000, help="checkpoint-selection log rows")
     s.add_argument("--n-evaluation", type=int, default=200_000, help="frontier (OPE) log rows")
@@ -192,7 +193,7 @@ def _add_simulate(sub) -> None:
     s.add_argument("--miscalibration", type=float, default=None,
                    help="scale of the ranker's per-segment distortion, 0 to 100 (0 = "
                         "calibrated; the preset's default is 1.0)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="world and log draws, 0 to 2**32 - 1")
     s.add_argument("--slate-matching", action="store_true",
                    help="logs carry ranker preds (P / pbar) and slate-level consistent actions "
                         "with slate propensities (same draws; more matched rows per policy)")
@@ -204,20 +205,24 @@ def _add_data(sub) -> None:
     d = sub.add_parser("data", help="convert external logs").add_subparsers(dest="data_cmd",
                                                                           required=True)
     o = d.add_parser("obd", help="Open Bandit Dataset -> exploration log + request set")
-    o.add_argument("--out", required=True)
+    o.add_argument("--out", required=True, help="output folder (created if missing)")
     o.add_argument("--root", default=None, help="full dataset root (default: the obp sample)")
-    o.add_argument("--campaign", default="all", choices=("all", "men", "women"))
+    o.add_argument("--campaign", default="all", choices=("all", "men", "women"),
+                   help="which OBD campaign's logs")
     o.add_argument("--behavior", default="random", choices=("random", "bts"),
                    help="which OBD logging policy: uniform random (the exploration log the "
                         "estimators need) or Bernoulli Thompson sampling (file propensities)")
-    o.add_argument("--grid-steps", type=int, default=4)
+    o.add_argument("--grid-steps", type=int, default=4,
+                   help="simplex grid steps over the 3 heads, 1 to 14: (steps + 1)(steps + 2)/2 "
+                        "actions")
     o.set_defaults(fn=cmd_data_obd)
     o = d.add_parser("split", help="split a log by request id (e.g. training vs evaluation rows)")
-    o.add_argument("--logs", required=True)
+    o.add_argument("--logs", required=True, help="exploration log to split (Parquet)")
     o.add_argument("--out-a", required=True, help="the other rows")
     o.add_argument("--out-b", required=True, help="a SHARE of the rows")
-    o.add_argument("--share", type=float, default=0.5)
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--share", type=float, default=0.5,
+                   help="share of the rows (by request-id hash) that go to --out-b")
+    o.add_argument("--seed", type=int, default=0, help="request-id hash seed, 0 to 2**32 - 1")
     o.set_defaults(fn=cmd_data_split)
 
 
@@ -226,9 +231,12 @@ def _add_sweep_and_report(sub) -> None:
     w = sub.add_parser("sweep", help="evaluate lambda policies on a log; write the frontier")
     w.add_argument("--model", required=True, help="exported model directory (spec.json)")
     w.add_argument("--logs", required=True, help="exploration log not used for training")
-    w.add_argument("--out", required=True)
-    w.add_argument("--n-lambdas", type=int, default=21)
-    w.add_argument("--chunk-rows", type=int, default=65536)
+    w.add_argument("--out", required=True,
+                   help="folder for frontier.json / .png / .html (created if missing)")
+    w.add_argument("--n-lambdas", type=int, default=21,
+                   help="lambda points on the objectives' simplex (at most 1,001)")
+    w.add_argument("--chunk-rows", type=int, default=65536,
+                   help="log rows streamed a chunk (memory, not results)")
     w.add_argument("--estimator", default=None, choices=("auto", "snips", "ips", "dr", "exact"),
                    help="primary estimator for flags, verdicts and the table (default auto: "
                         "exact Clopper-Pearson where valid, SNIPS elsewhere)")
@@ -243,8 +251,9 @@ def _add_sweep_and_report(sub) -> None:
     w.set_defaults(fn=cmd_sweep)
 
     r = sub.add_parser("report", help="re-render a frontier.json")
-    r.add_argument("--frontier", required=True)
-    r.add_argument("--out", default=None)
+    r.add_argument("--frontier", required=True, help="frontier.json of 'puts-jax sweep'")
+    r.add_argument("--out", default=None,
+                   help="folder to write the files into (default: the frontier's own folder)")
     r.set_defaults(fn=cmd_report)
 
 
@@ -252,25 +261,29 @@ def _add_score_and_truth(sub) -> None:
     """``score`` (batch-score a request set) and ``truth`` (simulator only)."""
     c = sub.add_parser("score", help="batch-score a request set")
     c.add_argument("--policy", required=True, help="registry directory")
-    c.add_argument("--requests", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--version", default=None)
-    c.add_argument("--top-k", type=int, default=10)
-    c.add_argument("--chunk-rows", type=int, default=8192)
+    c.add_argument("--requests", required=True, help="request set (Parquet)")
+    c.add_argument("--out", required=True, help="scored output file (Parquet)")
+    c.add_argument("--version", default=None,
+                   help="registry version to score with, e.g. v0002 (default: CURRENT)")
+    c.add_argument("--top-k", type=int, default=10,
+                   help="candidates kept per request (all of them when a request has fewer)")
+    c.add_argument("--chunk-rows", type=int, default=8192, help="requests scored a chunk")
     c.set_defaults(fn=cmd_score)
 
     t = sub.add_parser("truth", help="simulator ground truth vs estimates")
     t.add_argument("--data", required=True, help="simulate --out directory")
-    t.add_argument("--model", required=True)
-    t.add_argument("--frontier", required=True)
-    t.add_argument("--registry", default=None)
+    t.add_argument("--model", required=True, help="exported model directory (spec.json)")
+    t.add_argument("--frontier", required=True,
+                   help="frontier.json estimated on --data's evaluation.parquet")
+    t.add_argument("--registry", default=None,
+                   help="also show the registry's CURRENT operating policy at its lambda")
     t.set_defaults(fn=cmd_truth)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``puts-jax`` argument parser: one subcommand per ``cmd_*`` (``args.fn``)."""
-    p = argparse.ArgumentParser(prog="puts-jax", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The ``puts-jax`` argument parser: one subcommand per ``cmd_*`` (``args.fn``); every
+    parser's help shows the options' defaults (``cli_checks.HelpFormatter``)."""
+    p = ArgumentParser(prog="puts-jax", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     for add in (_add_simulate, _add_data, _add_sweep_and_report, cli_policy.add_parser,
                 _add_score_and_truth, cli_plan.add_parser):

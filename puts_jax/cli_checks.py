@@ -1,10 +1,13 @@
 """Argument checks of the ``puts-jax`` console script, run before any work: every failure is one
 line naming the flag (``UsageError``, exit status 2), never a traceback and never a file
-written. ``cli`` wires them; this module only reads paths and the parsed arguments.
+written. ``cli`` wires them; this module only reads paths and the parsed arguments. It also
+holds the parser class every ``puts-jax`` subcommand and ``python -m train`` use
+(``ArgumentParser``), so each option's ``--help`` line shows its default.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -44,6 +47,32 @@ def parse_guardrail(text: str, names: list[str],
 def print_line(msg: str = "") -> None:
     """Print one line of a command's output, flushed: every line reaches a pipe at once."""
     print(msg, flush=True)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Help that keeps descriptions as written (the module docstrings' layout) and ends each
+    option's help with its default, ``(default: 10)``, except where there is none to show: no
+    default (None: the option is required, or its help says what applies), a suppressed one
+    (``-h``), an empty list (``--guardrail``), an on/off flag (``store_true``: off unless
+    given), or a help text that already names the default (it contains "(default")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if (default is None or default is argparse.SUPPRESS or default == []
+                or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction))
+                or "(default" in text):
+            return text
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``HelpFormatter`` by default; its subparsers are of
+    this class too (argparse makes them of the parent's class), so every ``--help`` of
+    ``puts-jax`` and ``python -m train`` lists the defaults."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
 class UsageError(ValueError):

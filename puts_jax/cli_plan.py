@@ -49,22 +49,23 @@ def add_parser(sub) -> None:
     pl.add_argument("--actions", type=int, required=True, help="action-set size A")
     pl.add_argument("--share", type=float, required=True,
                     help="share of traffic under uniform exploration, e.g. 0.05")
-    pl.add_argument("--requests-per-day", type=float, required=True)
+    pl.add_argument("--requests-per-day", type=float, required=True,
+                    help="requests a day, all traffic (up to 1e11)")
     pl.add_argument("--base-rate", type=float, required=True,
                     help="baseline reward rate (binary objective), e.g. 0.415")
     days = pl.add_mutually_exclusive_group()  # either the day counts or the grid's end
     days.add_argument("--days", default=None, help="comma-separated day counts, e.g. 1,7,14,28")
     days.add_argument("--max-days", type=float, default=28.0,
-                      help="day grid up to this (default 28; not with --days)")
+                      help="day grid up to this (not with --days)")
     pl.add_argument("--agreement", type=float, default=0.0,
                     help="share of requests on which the lambda policy and the baseline pick the "
                          "same action (0 = conservative)")
     pl.add_argument("--reward-var", type=float, default=None,
                     help="reward variance for a non-binary objective (default: binary)")
     pl.add_argument("--alpha", type=float, default=0.05,
-                    help="two-sided test level of the detectable lifts (default 0.05)")
+                    help="two-sided test level of the detectable lifts")
     pl.add_argument("--power", type=float, default=0.8,
-                    help="power of the detectable lifts (default 0.8)")
+                    help="power of the detectable lifts")
     pl.add_argument("--lift", type=float, default=None,
                     help="relative lift to plan for, e.g. 0.03: prints the days it needs")
     pl.set_defaults(fn=cmd_plan)

@@ -221,6 +221,10 @@ def _print_versions(registry: str) -> None:
         _print(line)
 
 
+REGISTRY_HELP = "operating-policy registry folder"
+REASON_HELP = "why (kept in policy.json and the audit log)"
+
+
 def add_parser(sub) -> None:
     """Add ``policy`` and its actions to the console script's subparsers ``sub``."""
     pol = sub.add_parser("policy", help="operating-policy registry: select, publish, set-lambda, "
@@ -229,38 +233,40 @@ def add_parser(sub) -> None:
                          "roll back; every change is audited.")
     ps = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     x = ps.add_parser("show", help="print the registry: current version, versions, audit log")
-    x.add_argument("--registry", required=True)
+    x.add_argument("--registry", required=True, help=REGISTRY_HELP)
     x = ps.add_parser("select", help="pick a frontier point under guardrails (reads the "
                       "frontier; with --out writes the selection and marks the point)")
-    x.add_argument("--frontier", required=True)
+    x.add_argument("--frontier", required=True, help="frontier.json of 'puts-jax sweep'")
     x.add_argument("--maximize", required=True, help="objective name")
     x.add_argument("--guardrail", action="append", default=[], help="e.g. 'clicks >= -1%%'")
     x.add_argument("--baseline", default="production", choices=("production", "logging"),
-                   help="the policy guardrails compare against (default: production)")
+                   help="the policy guardrails compare against")
     x.add_argument("--out", default=None,
                    help="write the selection JSON here (only when a point is selected) and mark "
                         "the operating point on frontier.json/png/html; without it nothing is "
                         "written")
     x = ps.add_parser("publish", help="publish a frontier point (--point or --selection) as a "
                       "new current version")
-    x.add_argument("--registry", required=True)
-    x.add_argument("--model", required=True)
-    x.add_argument("--frontier", required=True)
+    x.add_argument("--registry", required=True, help=REGISTRY_HELP + " (created if missing)")
+    x.add_argument("--model", required=True, help="exported model directory the frontier was "
+                   "swept with")
+    x.add_argument("--frontier", required=True, help="frontier.json of 'puts-jax sweep'")
     x.add_argument("--logs", required=True, help="a log of the action set (its metadata)")
-    x.add_argument("--point", type=int, default=None, help="frontier point index")
+    x.add_argument("--point", type=int, default=None,
+                   help="frontier point index (or give --selection)")
     x.add_argument("--selection", default=None, help="selection JSON of 'policy select --out' "
                    "made on this --frontier")
-    x.add_argument("--reason", required=True)
+    x.add_argument("--reason", required=True, help=REASON_HELP)
     x.add_argument("--accept-guardrail-miss", action="store_true",
                    help="publish a --selection whose point fails a guardrail on the report half "
                         "(recorded in policy.json and the audit log, with a warning)")
     x = ps.add_parser("set-lambda", help="new current version with another lambda, the "
                       "parameters reused")
-    x.add_argument("--registry", required=True)
+    x.add_argument("--registry", required=True, help=REGISTRY_HELP)
     x.add_argument("--lam", required=True, help="comma-separated, e.g. 0.7,0.3")
-    x.add_argument("--reason", required=True)
+    x.add_argument("--reason", required=True, help=REASON_HELP)
     x = ps.add_parser("rollback", help="make an earlier version current again (audited)")
-    x.add_argument("--registry", required=True)
-    x.add_argument("--version", required=True)
-    x.add_argument("--reason", required=True)
+    x.add_argument("--registry", required=True, help=REGISTRY_HELP)
+    x.add_argument("--version", required=True, help="the version to make current, e.g. v0001")
+    x.add_argument("--reason", required=True, help=REASON_HELP)
     pol.set_defaults(fn=cmd_policy)

@@ -16,7 +16,7 @@ import re
 import sys
 
 from puts_jax.checks import InputError
-from puts_jax.cli_checks import UsageError, settle_split
+from puts_jax.cli_checks import ArgumentParser, UsageError, settle_split
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
 from train.workdir_lock import WorkdirInUseError
@@ -25,15 +25,31 @@ PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": Trai
 PROG = "python -m train"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--config", choices=sorted(PRESETS), default="default")
+def _preset_values(field: str) -> str:
+    """'tiny 2, default 8, obd 30': ``field`` of each preset, for the help of its override."""
+    return ", ".join(f"{name} {getattr(make(), field)}" for name, make in PRESETS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m train`` parser; ``--help`` shows every option's default (``cli_checks``)."""
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=sorted(PRESETS), default="default",
+                   help="TrainConfig preset (train/config.py)")
     p.add_argument("--logs", required=True, help="training exploration log (Parquet)")
     p.add_argument("--heldout", required=True, help="held-out exploration log (Parquet)")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, selected model")
-    p.add_argument("--seed", type=int, default=None, help="override TrainConfig.seed")
-    p.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=None,
+                   help="override TrainConfig.seed, 0 to 2**32 - 1 (default: the preset's: "
+                        f"{_preset_values('seed')})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override TrainConfig.epochs (default: the preset's: "
+                        f"{_preset_values('epochs')})")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed arguments (``build_parser``)."""
+    return build_parser().parse_args(argv)
 
 
 def _flag(err: InputError, args: argparse.Namespace) -> str:
