@@ -77,10 +77,31 @@ def _show(args) -> None:
     from puts_jax import policy
 
     shown = policy.show(args.registry)
+    if not args.full and isinstance(shown.get("policy"), dict):  # A x K rows: one line each
+        shown["policy"] = {**shown["policy"],
+                           "action_set": action_set_summary(shown["policy"].get("action_set"))}
     _print(json.dumps(_for_print(shown), indent=1, default=str))
     if shown["current_problem"]:
         raise UsageError(f"--registry: CURRENT {shown['current_problem']}; the versions are "
                          "listed above ('policy rollback --version V' makes one current)")
+
+
+def action_set_summary(action_set):
+    """``policy show``'s view of a policy.json ``action_set`` (its ``weights`` f[A, K]): the
+    shape, the K ranker outcomes the weights apply to (``objective_names``), the production
+    action and its weight row (the one fixed row an operating policy is compared with: the
+    policy itself picks a row per request), the hash, and in place of the matrix a note that
+    ``--full`` prints it. Anything that is not an A x K list of number rows is returned as it is
+    (``show`` prints what it read)."""
+    w = action_set.get("weights") if isinstance(action_set, dict) else None
+    if not (isinstance(w, list) and w and all(_numbers(r) and len(r) == len(w[0]) for r in w)):
+        return action_set
+    A, K, prod = len(w), len(w[0]), action_set.get("production")
+    row = readable_lambda(w[prod]) if isinstance(prod, int) and 0 <= prod < A else None
+    return {"shape": f"A x K = {A} x {K} (actions x ranker outcomes)",
+            "objective_names": action_set.get("objective_names"), "production": prod,
+            "production_weights": row, "hash": action_set.get("hash"),
+            "weights": f"not shown ({A} rows of {K}): 'policy show --full' prints the matrix"}
 
 
 def _select(args) -> None:
@@ -234,6 +255,9 @@ def add_parser(sub) -> None:
     ps = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     x = ps.add_parser("show", help="print the registry: current version, versions, audit log")
     x.add_argument("--registry", required=True, help=REGISTRY_HELP)
+    x.add_argument("--full", action="store_true",
+                   help="print the current policy's whole action-set matrix (A x K weights); "
+                        "without it, its shape, outcome names and the production action's row")
     x = ps.add_parser("select", help="pick a frontier point under guardrails (reads the "
                       "frontier; with --out writes the selection and marks the point)")
     x.add_argument("--frontier", required=True, help="frontier.json of 'puts-jax sweep'")

@@ -322,3 +322,40 @@ def test_printed_lambdas_read_at_float32_precision(registry, tmp_path, capsys):
     assert cli.main(["policy", "show", "--registry", str(reg)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["policy"]["lambda"] == [0.9, 0.1] and shown["audit"][-1]["lambda"] == [0.9, 0.1]
+
+
+# ----------------------------------------------------------------------------- 5. show --full
+
+def test_show_summarizes_the_action_set_and_full_prints_the_matrix(registry, capsys):
+    stored = json.loads((registry / "v0002" / "policy.json").read_text())["action_set"]
+    A, K = len(stored["weights"]), len(stored["weights"][0])
+    capsys.readouterr()
+    assert cli.main(["policy", "show", "--registry", str(registry)]) == 0
+    text = capsys.readouterr().out
+    shown = json.loads(text)["policy"]["action_set"]
+    prod = stored["production"]
+    assert (A, K, prod) == (10, 4, 4)  # the tiny world's action set
+    assert shown == {
+        "shape": "A x K = 10 x 4 (actions x ranker outcomes)",
+        "objective_names": ["click", "save", "closeup", "hide"], "production": 4,
+        "production_weights": cli_policy.readable_lambda(stored["weights"][prod]),
+        "hash": stored["hash"],
+        "weights": "not shown (10 rows of 4): 'policy show --full' prints the matrix"}
+    assert shown["production_weights"] == [0.33333334, 0.33333334, 0.33333334, -0.25]
+    assert cli.main(["policy", "show", "--registry", str(registry), "--full"]) == 0
+    full_text = capsys.readouterr().out
+    full = json.loads(full_text)
+    assert full["policy"]["action_set"] == stored  # every row, the file's exact values
+    assert {k: v for k, v in full.items() if k != "policy"} == \
+        {k: v for k, v in json.loads(text).items() if k != "policy"}  # the rest is the same
+    assert len(full_text.splitlines()) - len(text.splitlines()) >= A * K
+
+
+def test_show_prints_an_action_set_it_cannot_summarize_as_it_is():
+    odd = {"weights": [[1.0, 0.0], [0.5]], "objective_names": ["a", "b"]}  # ragged rows
+    assert cli_policy.action_set_summary(odd) is odd
+    assert cli_policy.action_set_summary(None) is None
+    no_prod = cli_policy.action_set_summary({"weights": [[1.0, 0.0]], "objective_names":
+                                             ["a", "b"], "production": None, "hash": "h"})
+    assert no_prod["production"] is None and no_prod["production_weights"] is None
+    assert no_prod["shape"] == "A x K = 1 x 2 (actions x ranker outcomes)"
