@@ -205,3 +205,18 @@ def test_native_post_request_writes_the_channel_before_the_program_continues():
     assert hdr[0] == 42 and hdr[2] == 2
     fn(context + 1, jnp.arange(3.0)).block_until_ready()
     assert hdr[0] == 43 and ctx[1, 2] == 6.0
+
+
+def test_bandwidth_is_measured_past_the_last_level_cache():
+    """STREAM's rule: the bandwidth array is at least 4x the last-level cache (here a 64 MiB
+    array fit in the 480 MiB L3 and measured 2x the memory's rate), 256 MiB at least, capped
+    at 1/8 of physical memory."""
+    import os
+
+    n = roofline.stream_bytes()
+    cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    llc = roofline.last_level_cache_bytes()
+    want = min(max(256 << 20, 4 * (llc or 0)), cap) // 4096 * 4096
+    assert n == max(64 << 20, want)
+    if llc is not None and 4 * llc <= cap:
+        assert n >= 4 * llc - 4096
