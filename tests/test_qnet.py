@@ -89,3 +89,43 @@ def test_jit_equals_eager_with_split_params():
     x = jax.random.normal(jax.random.key(0), (6, 3))
     got = jax.jit(lambda p, x: nnx.merge(gd, p)(x))(params, x)
     np.testing.assert_allclose(got, m(x), rtol=1e-6)  # the one eager call
+
+
+def test_row_blocks_equals_one_call_row_for_row():
+    """serving.row_blocks: blocks of `rows` through lax.map, the rest as one more call; None
+    inputs pass through; fewer than two blocks (or a symbolic B) is one call."""
+    from puts_jax.serving import row_blocks
+
+    x = jnp.arange(11 * 3, dtype=jnp.float32).reshape(11, 3)
+    ids = jnp.arange(11, dtype=jnp.int32)[:, None]
+    calls = []
+
+    def fn(a, i):
+        calls.append(a.shape[0])
+        return a * 2.0 + (0.0 if i is None else i.astype(jnp.float32))
+
+    np.testing.assert_array_equal(jax.jit(lambda a, i: row_blocks(fn, a, i, rows=4))(x, ids),
+                                  np.asarray(x) * 2.0 + np.asarray(ids))
+    assert calls == [4, 3]  # one traced block body (map over 2 blocks), one rest of 3 rows
+    calls.clear()
+    np.testing.assert_array_equal(row_blocks(fn, x, None, rows=6), np.asarray(x) * 2.0)
+    assert calls == [11]  # 11 < 2 * 6: one call
+
+
+@pytest.mark.parametrize("B", [600, 1024])
+def test_q_values_are_the_model_on_blocks_of_q_block_rows(B):
+    """q_values computes Q on blocks of Q_BLOCK_ROWS rows: every block equals the model applied
+    to those rows alone, bit for bit (what serve and sweep both evaluate), and all of it is
+    within f32 rounding of one unblocked call."""
+    from puts_jax.serving import Q_BLOCK_ROWS, q_values
+
+    m = QNetwork(QNetConfig(hidden=(32, 32), n_components=4), 8, 16, KINDS, rngs=nnx.Rngs(0))
+    gd, params = nnx.split(m)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(B, 8)).astype(np.float32))
+    q = np.asarray(jax.jit(lambda p, c: q_values(gd, p, c))(params, x))
+    full = np.asarray(_q(m, x))
+    np.testing.assert_allclose(q, full, rtol=1e-5, atol=1e-6)
+    R = Q_BLOCK_ROWS
+    for start in range(0, B, R):
+        blk = x[start:start + R]
+        np.testing.assert_array_equal(q[start:start + blk.shape[0]], np.asarray(_q(m, blk)))
