@@ -27,13 +27,14 @@ from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_esti
 from puts_jax.report_figure import figure_png, frontier_figure, render_png
 from puts_jax.report_json import (BASELINE_KINDS, REQUIRED_KEYS, SCHEMA, build_frontier, dumps,
                                   frontier_point, read_frontier, validate_frontier)
-from puts_jax.report_verdicts import LOW_ESS
+from puts_jax.report_verdicts import LOW_ESS, best_global_actions
 
-__all__ = ["BASELINE_KINDS", "FRONTIER_STAGING", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS", "SCHEMA",
-           "PolicyEstimates", "as_estimates", "build_frontier", "dumps", "file_sha256",
-           "format_table", "from_ope", "frontier_figure", "frontier_point", "make_provenance",
-           "publish_files", "read_frontier", "recover_frontier", "render_frontier", "render_png",
-           "validate_frontier", "write_frontier"]
+__all__ = ["BASELINE_KINDS", "FRONTIER_STAGING", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS",
+           "SCHEMA", "PolicyEstimates", "as_estimates", "best_global_action_lines",
+           "build_frontier", "dumps", "file_sha256", "format_table", "from_ope", "frontier_figure",
+           "frontier_point", "make_provenance", "publish_files", "read_frontier",
+           "recover_frontier", "render_frontier", "render_png", "validate_frontier",
+           "with_runner_ups", "write_frontier"]
 
 
 def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[str, bytes]:
@@ -41,7 +42,8 @@ def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[s
     rendered in memory (nothing written). Raises InputError for a document missing keys."""
     validate_frontier(frontier)
     fig = frontier_figure(frontier, axes)
-    page = report_html.render_html(frontier, report_html.figure_svg(fig, "front-"), LOW_ESS)
+    page = report_html.render_html(with_runner_ups(frontier), report_html.figure_svg(fig, "front-"),
+                                   LOW_ESS)
     return {"json": dumps(frontier).encode("utf-8"), "png": figure_png(fig),
             "html": page.encode("utf-8")}
 
@@ -137,15 +139,62 @@ def _summary_lines(doc: Mapping, missing: bool) -> list[str]:
         lines.append(f"simultaneous {band['confidence']:.0%} band on the "
                      f"{band.get('estimator', 'snips').upper()} estimates ({band['method']}): " +
                      ", ".join(f"{n} {v}" for v, n in counts.items()) + why)
+    lines += best_global_action_lines(doc)
     if doc.get("operating_point"):
         lines.append(f"operating point: {doc['operating_point']['reason']}")
     return lines + [f"warning: {w}" for w in doc["warnings"]]
 
 
+def with_runner_ups(doc: Mapping) -> Mapping:
+    """``doc``, or for a frontier written before runner-ups were recorded a copy whose "actions"
+    baseline has "best", "is_best", "runner_up" and "best_apart" computed from its primary
+    estimates (``report_verdicts.best_global_actions``, as a sweep records them now); for
+    rendering only: ``doc`` itself is not changed, and frontier.json is written as read."""
+    acts, prim = doc["baselines"].get("actions"), doc["primary_estimator"]
+    if not acts or "runner_up" in acts or prim not in acts["estimators"]:
+        return doc
+    obj = doc["objectives"]
+    acts = {**acts, **best_global_actions(acts["estimators"][prim], obj["directions"],
+                                          obj["names"])}
+    return {**doc, "baselines": {**doc["baselines"], "actions": acts}}
+
+
+def best_global_action_lines(doc: Mapping) -> list[str]:
+    """One line per objective on the frontier's best global action (the single action with the
+    best primary estimate of that objective, ``report_verdicts.best_global_actions``): which
+    action, its estimate, and whether its interval is apart from the runner-up's ("not tested
+    against the runner-up" where a bound is missing). No lines without an "actions" baseline."""
+    acts, prim = with_runner_ups(doc)["baselines"].get("actions"), doc["primary_estimator"]
+    if not acts or prim not in acts["estimators"]:
+        return []
+    e, names = acts["estimators"][prim], acts["names"]
+    pct, lines = f"{doc['confidence']:.0%}", []
+    for j, (obj, d) in enumerate(zip(doc["objectives"]["names"], doc["objectives"]["directions"])):
+        b = (acts.get("best") or {}).get(obj)
+        head = (f"best global action on {obj} (the {'lowest' if d == 'min' else 'highest'} "
+                f"{prim} estimate of {obj} among the {len(names)} single actions): ")
+        if b is None:
+            lines.append(head + "none (no action has a finite estimate)")
+            continue
+        head += f"{names[b]}, {_cell(e['value'][b][j], e['lo'][b][j], e['hi'][b][j])}; "
+        r, apart = acts["runner_up"].get(obj), acts["best_apart"].get(obj)
+        if r is None:
+            lines.append(head + "no runner-up with a finite estimate")
+        else:
+            ru = f"runner-up {names[r]}, {_cell(e['value'][r][j], e['lo'][r][j], e['hi'][r][j])}"
+            lines.append(head + ru + (
+                ": not tested against the runner-up (an interval bound is not available)"
+                if apart is None else
+                f": {pct} intervals disjoint, ahead of the runner-up" if apart else
+                f": {pct} intervals overlap, within noise of the runner-up"))
+    return lines
+
+
 def format_table(doc: Mapping, estimator: str | None = None) -> str:
     """Plain-text table: one row per lambda point (estimates with intervals, n, matched, ESS,
     verdict; ``*`` marks the operating point), then the logging, production and best global
-    action baselines, the hypervolume, the overall verdict and the warnings."""
+    action baselines, the hypervolume, the overall verdict, the best global actions against their
+    runner-ups (``best_global_action_lines``) and the warnings."""
     est = estimator or doc["primary_estimator"]
     names = doc["objectives"]["names"]
     J, pts = len(names), doc["points"]
@@ -172,7 +221,9 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
         for i in keep:
             if est not in bl["estimators"]:
                 continue
-            label = f"{kind}: {bl['names'][i]}" + (" (best)" if kind == "actions" else "")
+            on = [n for n, k in (bl.get("best") or {}).items() if k == i]
+            label = (f"best global action ({', '.join(on)}): {bl['names'][i]}"
+                     if kind == "actions" else f"{kind}: {bl['names'][i]}")
             rows.append([""] + _row(label, bl["estimators"], i, est, J) +
                         [str(bl["n"][i]), str(bl["matched"][i]), summed(bl, i),
                          _fmt_count(bl["ess"][i]), "baseline"])

@@ -84,7 +84,7 @@ def _plot_baselines(ax, doc: Mapping, xy) -> int:
         if kind == "actions" and any(bl.get("is_best", [])):
             best = np.asarray(bl["is_best"], bool) & c.shown
             ax.plot(c.x[best], c.y[best], "P", color="C1", ms=10, ls="none", zorder=4,
-                    label="best global action")
+                    label="best global action (on one objective)")
     return hidden
 
 

@@ -160,6 +160,22 @@ def _head(doc: Mapping) -> str:
     return row1 + row2
 
 
+def _best_global(doc: Mapping, acts: Mapping, obj: str) -> str:
+    """'best global action on OBJ (...)' for the estimates table: the single action with the
+    best primary estimate of objective OBJ, and whether its interval is apart from the
+    runner-up's (``report_verdicts.best_global_actions``; "not tested against the runner-up"
+    where the block does not say)."""
+    j = doc["objectives"]["names"].index(obj)
+    word = "lowest" if doc["objectives"]["directions"][j] == "min" else "highest"
+    r = (acts.get("runner_up") or {}).get(obj)
+    apart = (acts.get("best_apart") or {}).get(obj)
+    pct = f"{doc['confidence']:.0%}"
+    vs = ("not tested against the runner-up" if r is None or apart is None else
+          f"{pct} intervals disjoint from the runner-up's ({acts['names'][r]})" if apart else
+          f"within noise of the runner-up ({acts['names'][r]}): {pct} intervals overlap")
+    return f"best global action on {obj} ({word} {doc['primary_estimator']} estimate; {vs})"
+
+
 def _table(doc: Mapping) -> str:
     width = 10 + len(doc["objectives"]["names"]) * len(doc["estimators"])
     op = (doc.get("operating_point") or {}).get("index")
@@ -177,7 +193,7 @@ def _table(doc: Mapping) -> str:
             tops = [o for o, k in best.items() if k == i]
             verdict = "baseline" if kind != "actions" else (
                 f"{bl['verdicts'][i]} (among actions)"
-                + (f"; best on {', '.join(tops)}" if tops else ""))
+                + "".join(f"; {_best_global(doc, bl, o)}" for o in tops))
             rows.append(_row("baseline best" if tops else "baseline", "", name, None, bl,
                              bl["estimators"], i, doc, verdict))
     return (f'<div class="scroll"><table id="estimates"><thead>{_head(doc)}</thead><tbody>'

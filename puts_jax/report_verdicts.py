@@ -97,8 +97,8 @@ def data_warnings(pe: PolicyEstimates, what: str) -> list[str]:
 def baseline_blocks(baselines: Mapping, primary: str, dirs, names: Sequence[str]) -> dict:
     """{kind: ``set_block``} of every baseline set (``as_estimates``; raises InputError naming
     ``baselines.<kind>`` when one is malformed or lacks the primary estimator). The "actions" set
-    also gets "best" ({objective name: index of the best action, None if no finite value}) and
-    "is_best" (bool per action). names: the J objective names."""
+    also gets its best global actions (``best_global_actions``): "best", "is_best", "runner_up"
+    and "best_apart". names: the J objective names."""
     out = {}
     for kind, obj in baselines.items():
         pe = as_estimates(obj, f"baselines.{kind}")
@@ -106,15 +106,41 @@ def baseline_blocks(baselines: Mapping, primary: str, dirs, names: Sequence[str]
             raise InputError(f"baselines.{kind}.estimates", [], f"lacks primary '{primary}'")
         block = set_block(pe, primary, dirs)
         if kind == "actions":
-            v = pe.estimates[primary]["value"]
-            s = pareto.direction_signs(dirs, v.shape[1])
-            score = np.where(np.isfinite(v), v * -s, -np.inf)
-            best = {names[j]: (int(np.argmax(score[:, j])) if np.isfinite(score[:, j]).any() else None)
-                    for j in range(v.shape[1])}
-            block["best"] = best
-            block["is_best"] = [any(b == i for b in best.values()) for i in range(len(pe.names))]
+            block.update(best_global_actions(pe.estimates[primary], dirs, names))
         out[kind] = block
     return out
+
+
+def best_global_actions(est: Mapping, dirs, names: Sequence[str]) -> dict:
+    """The best global action per objective: the single action with the best (highest; lowest
+    for a "min" objective) estimate of that objective, and whether it is told apart from the
+    runner-up (the second best).
+
+    Args:
+      est: one estimator's {"value", "lo", "hi"}, each f[A, J], of the A single global actions.
+      dirs: "max"/"min" per objective. names: the J objective names.
+    Returns {"best": {name: action index, None if no finite value}, "is_best": bool[A] (best on
+    some objective), "runner_up": {name: index of the second best, None if no other action has a
+    finite value}, "best_apart": {name: True when the best's and the runner-up's intervals are
+    disjoint, False when they overlap (within noise of each other), None when there is no
+    runner-up or a bound is not finite}}."""
+    v = np.asarray(est["value"], np.float64)
+    lo, hi = (np.asarray(est[k], np.float64) for k in ("lo", "hi"))
+    score = np.where(np.isfinite(v), v * -pareto.direction_signs(dirs, v.shape[1]), -np.inf)
+    best, runner_up, apart = {}, {}, {}
+    for j, name in enumerate(names):
+        order = np.argsort(-score[:, j], kind="stable")  # best first; ties to the lowest index
+        ok = [int(a) for a in order if np.isfinite(score[a, j])]
+        best[name] = ok[0] if ok else None
+        runner_up[name] = ok[1] if len(ok) > 1 else None
+        apart[name] = None
+        if runner_up[name] is not None:
+            a, r = best[name], runner_up[name]
+            bounds = (lo[a, j], hi[a, j], lo[r, j], hi[r, j])
+            if np.isfinite(bounds).all():
+                apart[name] = bool(max(lo[a, j], lo[r, j]) > min(hi[a, j], hi[r, j]))
+    return {"best": best, "is_best": [any(b == i for b in best.values()) for i in range(len(v))],
+            "runner_up": runner_up, "best_apart": apart}
 
 
 def hypervolume_block(values: np.ndarray, base_values: list[np.ndarray], reference,

@@ -4,8 +4,9 @@ action and the logging policy on fresh requests (``truth.npz``), next to their S
 with intervals on the evaluation log the frontier was estimated on.
 
 It judges the learned policy against the Bayes context policy's true value (DESIGN.md section 7):
-the personalization gain over the best global action and the share of the Bayes policy's
-headroom the learned policy reaches. ``puts_jax.sweep_job`` re-exports ``truth_table``.
+the personalization gain over the best global action (the single action with the highest true
+mean of the first objective) and the share of the Bayes policy's headroom the learned policy
+reaches. ``puts_jax.sweep_job`` re-exports ``truth_table``.
 """
 
 from __future__ import annotations
@@ -181,15 +182,48 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
     if lam_op is not None:
         rows.append(policy_row(f"{label}, lam={[round(float(x), 2) for x in lam_op]}",
                                greedy(lam_op)))
+    names = list(meta.reward_names)
     rows += [policy_row("Bayes context policy", lambda c: simulator.bayes_actions(world, c)),
-             policy_row(f"best global action ({g})", lambda c: np.full(len(c), g)),
+             policy_row(f"best global action on {names[0]} (action {g})",
+                        lambda c: np.full(len(c), g)),
              policy_row(f"production action ({prod})", lambda c: np.full(len(c), prod)),
              _row("logging policy (uniform)", truth["value_uniform"], _baseline(doc, "logging")),
              _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
-    names = list(meta.reward_names)
     v_l = float(simulator.policy_value(tv, greedy(lam_0)(ctx))[0])
     v_g, v_b = float(truth["value_best_global"][0]), float(truth["value_bayes"][0])
     return "\n".join(_format(rows, names, conf) + [
+        best_global_line(world.vbar[:, :, 0].mean(0), g, names[0], doc),
         f"personalization gain ({names[0]}, learned at lam={lam_0.tolist()}): learned - best "
-        f"global = {v_l - v_g:+.4f} ({(v_l - v_g) / v_g:+.2%}); fraction of the Bayes context "
-        f"policy's headroom ({v_b - v_g:+.4f}) reached: {(v_l - v_g) / (v_b - v_g):.2f}"])
+        f"global action = {v_l - v_g:+.4f} ({(v_l - v_g) / v_g:+.2%}); fraction of the Bayes "
+        f"context policy's headroom ({v_b - v_g:+.4f}) reached: {(v_l - v_g) / (v_b - v_g):.2f}"])
+
+
+def best_global_line(true_means: np.ndarray, g: int, objective: str, doc: dict) -> str:
+    """What the truth table's best global action is: the single action ``g`` with the highest
+    true population mean of ``objective`` (``true_means`` f[A], the simulator's exact values, so
+    its choice has no noise), its runner-up, and whether the frontier's estimates of the two on
+    the evaluation log (its "actions" baseline, primary estimator) have overlapping intervals
+    ("not tested against the runner-up" when the frontier has no such estimates)."""
+    means = np.asarray(true_means, np.float64)
+    others = [a for a in np.argsort(-means, kind="stable") if a != g]
+    head = (f"best global action = the single action with the highest true mean {objective} "
+            f"(the simulator's exact population mean): action {g} (population mean "
+            f"{means[g]:.4f})")
+    if not others:
+        return head + "; no runner-up (one action)"
+    r = int(others[0])
+    head += f"; runner-up action {r} ({means[r]:.4f}, {means[r] - means[g]:+.4f})"
+    try:
+        j = doc["objectives"]["names"].index(objective)
+        e = doc["baselines"]["actions"]["estimators"][doc["primary_estimator"]]
+        (lo_g, hi_g), (lo_r, hi_r) = np.array([[e[q][a][j] for q in ("lo", "hi")] for a in (g, r)],
+                                              np.float64)  # a null bound reads as nan
+    except (KeyError, IndexError, TypeError, ValueError):
+        return head + "; not tested against the runner-up on the evaluation log"
+    if not np.isfinite([lo_g, hi_g, lo_r, hi_r]).all():
+        return head + ("; not tested against the runner-up on the evaluation log (an interval "
+                       "bound is not available)")
+    overlap = max(lo_g, lo_r) <= min(hi_g, hi_r)
+    return head + (f"; on the evaluation log their {doc['primary_estimator']} "
+                   f"{doc['confidence']:.0%} intervals "
+                   + ("overlap: the log cannot tell them apart" if overlap else "are disjoint"))

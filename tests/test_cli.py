@@ -62,6 +62,9 @@ def test_sweep_select_publish_score_truth(run, capsys):
                      str(d / "frontier" / "frontier.json"), "--registry", str(d / "reg")]) == 0
     out = capsys.readouterr().out
     assert "Bayes context policy" in out and "personalization gain" in out
+    assert "best global action on session_success (action " in out
+    assert ("best global action = the single action with the highest true mean session_success "
+            "(the simulator's exact population mean)") in out
 
 
 def test_sweep_without_bootstrap_uses_bonferroni(run):

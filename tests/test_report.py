@@ -78,6 +78,8 @@ def test_frontier_roundtrip_every_key(tmp_path):
     assert back["hypervolume"]["global_actions"] < back["hypervolume"]["value"]
     acts = back["baselines"]["actions"]
     assert acts["best"] == {"click": 0, "save": 2} and acts["is_best"] == [True, False, True]
+    assert acts["runner_up"] == {"click": 1, "save": 1}
+    assert acts["best_apart"]["click"] is True  # [0.27, 0.29] vs [0.21, 0.23]
     assert set(back["baselines"]) == {"logging", "production", "actions"}
     # Point 1 (0.29, 0.15) vs logging (0.22, 0.15): better click, overlapping save.
     assert back["points"]["vs_logging"][1] == ["better", "overlap"]
@@ -92,7 +94,10 @@ def test_frontier_roundtrip_every_key(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".tmp")]
     table = report.format_table(back)
     assert "lambda" in table and "click (snips, 95% CI)" in table and "clearly dominated" in table
-    assert "logging: uniform" in table and "actions: action 2 (best)" in table
+    assert "logging: uniform" in table and "best global action (save): action 2" in table
+    assert ("best global action on click (the highest snips estimate of click among the 3 "
+            "single actions): action 0, 0.28 [0.27, 0.29]; runner-up action 1, 0.22 [0.21, "
+            "0.23]: 95% intervals disjoint, ahead of the runner-up") in table.splitlines()
     starred = [ln for ln in table.splitlines() if ln.startswith("*")]
     assert len(starred) == 1 and "(0.25, 0.75)" in starred[0]  # the operating point
     assert "1,000  baseline" in table  # ESS as a rounded count, not 1e+03
@@ -191,3 +196,56 @@ def test_float32_lambdas_are_written_as_their_shortest_decimal(tmp_path):
     assert doc["lambdas"][1:4] == [[0.9, 0.1], [0.7, 0.3], [0.33333334, 0.6666667]]
     back = np.asarray(json.loads(text)["lambdas"], np.float32)
     np.testing.assert_array_equal(back.view(np.uint32), lam.view(np.uint32))  # same float32 bits
+
+
+def _actions_est(value, lo, hi):
+    return {"value": np.array(value, np.float64), "lo": np.array(lo, np.float64),
+            "hi": np.array(hi, np.float64)}
+
+
+def test_best_global_actions_rank_by_direction_and_test_the_runner_up():
+    from puts_jax.report_verdicts import best_global_actions
+
+    nan = float("nan")
+    # 4 actions, J = 3: "a" max (action 2 best, 0 runner-up, overlapping), "b" min (action 3
+    # best, 1 runner-up, disjoint), "c" max with one finite action (no runner-up).
+    est = _actions_est([[0.50, 0.30, nan], [0.40, 0.20, nan], [0.52, 0.40, 7.0], [nan, 0.10, nan]],
+                       [[0.45, 0.28, nan], [0.35, 0.19, nan], [0.48, 0.38, 6.0], [nan, 0.05, nan]],
+                       [[0.55, 0.32, nan], [0.45, 0.21, nan], [0.56, 0.42, 8.0], [nan, 0.15, nan]])
+    out = best_global_actions(est, ["max", "min", "max"], ["a", "b", "c"])
+    assert out["best"] == {"a": 2, "b": 3, "c": 2}
+    assert out["runner_up"] == {"a": 0, "b": 1, "c": None}
+    # a: [0.48, 0.56] and [0.45, 0.55] overlap; b: [0.05, 0.15] lies below [0.19, 0.21]
+    assert out["best_apart"] == {"a": False, "b": True, "c": None}
+    assert out["is_best"] == [False, False, True, True]
+
+
+def test_best_global_actions_ties_go_to_the_lowest_index_and_missing_bounds_are_untested():
+    from puts_jax.report_verdicts import best_global_actions
+
+    nan = float("nan")
+    est = _actions_est([[0.3], [0.5], [0.5]], [[0.2], [0.1], [nan]], [[0.4], [0.6], [0.6]])
+    out = best_global_actions(est, ["max"], ["a"])
+    assert out["best"] == {"a": 1} and out["runner_up"] == {"a": 2}  # as np.argmax breaks ties
+    assert out["best_apart"] == {"a": None}  # the runner-up's lower bound is not available
+    est = _actions_est([[0.3], [0.5]], [[0.2], [0.45]], [[0.4], [0.55]])
+    assert best_global_actions(est, ["max"], ["a"])["best_apart"] == {"a": True}
+
+
+def test_a_frontier_written_before_runner_ups_reads_the_same(tmp_path):
+    lam, pts = _points()
+    doc = json.loads(json.dumps(report.build_frontier(
+        lam, pts, objective_names=("click", "save"), provenance=_prov(tmp_path),
+        baselines=_baselines())))
+    old = json.loads(json.dumps(doc))
+    for k in ("runner_up", "best_apart"):
+        del old["baselines"]["actions"][k]
+    assert report.with_runner_ups(doc) is doc
+    assert report.with_runner_ups(old)["baselines"]["actions"] == doc["baselines"]["actions"]
+    assert "runner_up" not in old["baselines"]["actions"]  # the document itself is unchanged
+    assert report.best_global_action_lines(old) == report.best_global_action_lines(doc)
+    assert report.format_table(old) == report.format_table(doc)
+    html = report.render_frontier(old)["html"].decode()
+    assert ("best global action on click (highest snips estimate; 95% intervals disjoint from "
+            "the runner-up&#x27;s (action 1))") in html
+    assert report.render_frontier(old)["json"] == report.dumps(old).encode()  # written as read

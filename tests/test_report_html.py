@@ -135,7 +135,9 @@ def test_page_is_self_contained_and_has_every_number(tmp_path):
     base = [" ".join(c) for a, c in page.rows if "baseline" in a.get("class", "")]
     assert len(base) == 5 and any("uniform <logging>" in r and "0.2200" in r for r in base)
     assert "&lt;logging&gt;" in text and "<logging>" not in text
-    assert sum("best on" in r for r in base) == 2
+    assert sum("best global action on" in r for r in base) == 2
+    assert any("best global action on click (highest snips estimate; 95% intervals disjoint "
+               "from the runner-up's (action 1))" in r for r in base)
     # Operating point (index 3): starred row, its own section, the star in the frontier plot.
     op = doc["operating_point"]["index"]
     assert op == 3 and "\u2605" in rows[op]

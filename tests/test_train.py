@@ -264,6 +264,12 @@ def test_metrics_selection_and_export(runs, sim_logs):
     assert {"snips", "snips_lo", "snips_hi", "matched", "ess"} <= set(
         info["selection"]["session_success"])
     assert info["global_heldout"]["session_success"]["n"] == 400
+    choice = info["global_choice"]  # the best global action: chosen on the training log
+    assert choice["action"] == info["global_action"]
+    assert (choice["objective"], choice["chosen_on"], choice["estimator"]) == (
+        "session_success", "training log", "snips")
+    assert choice["lo"] <= choice["value"] <= choice["hi"]
+    assert choice["runner_up"]["value"] <= choice["value"]
     meta = logs.read_meta(sim_logs["train"])
     q = model(jnp.zeros((3, 4)))
     assert q.shape == (3, meta.action_set.n_actions, 2)

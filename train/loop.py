@@ -113,14 +113,14 @@ class _Run:
         self.step_fn = step_lib.build_train_step(self.defs, kinds, cfg.loss_weights(J), self.mesh)
         self.names = tuple(meta.reward_names)
         self.select_lambda = cfg.selection_lambda(J)
-        g = selection.best_global_action(lb.consistent, lb.rewards, lb.propensity,
-                                         cfg.select_objective)
+        g = selection.global_action_choice(lb.consistent, lb.rewards, lb.propensity,
+                                           cfg.select_objective)
         chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows, vocab)
         _check_widths(arrays, chunks, heldout_path)
         _check_estimable(chunks, heldout_path)
         self.evaluator = selection.HeldoutEvaluator(
             chunks, self.names, kinds, A, self.select_lambda, cfg.select_objective,
-            cfg.report_lambdas, g, cfg.heldout_chunk_rows)
+            cfg.report_lambdas, g["action"], cfg.heldout_chunk_rows, global_choice=g)
         os.makedirs(workdir, exist_ok=True)  # only once both logs have been read and checked
         # Process 0 writes the workdir's files; it holds the lock until train_and_evaluate ends.
         self.lock = WorkdirLock(workdir)

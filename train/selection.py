@@ -7,9 +7,9 @@ interval; IPS, DR and exact intervals alongside), for the selection lambda (row 
 reported lambdas. The step with the highest held-out SNIPS of ``select_objective`` at the
 selection lambda is selected; once the run ends its model is exported to
 ``workdir/selected_model`` and described in ``workdir/selected.json`` (``train.publish``), next
-to the same estimate
-for the best single global action (chosen on the TRAINING log), so a caller can fall back when
-the data cannot show a gain.
+to the same estimate for the best global action (the single action with the highest SNIPS of
+``select_objective`` on the TRAINING log, ``global_action_choice``, recorded with its
+runner-up), so a caller can fall back when the data cannot show a gain.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 
 import numpy as np
 
@@ -29,16 +30,48 @@ SELECTED_MODEL = "selected_model"
 
 def best_global_action(consistent: np.ndarray, rewards: np.ndarray, propensity: np.ndarray,
                        objective: int) -> int:
-    """The single action with the best SNIPS value of ``objective`` on a (training) log:
-    per action a, sum_b consistent[b, a] r_b / p_b divided by sum_b consistent[b, a] / p_b (the
-    row mean under uniform logging with one-hot matching). consistent: bool[n, A] (slot-level
-    logs match several or no actions per row). Actions never matched rank last."""
+    """The best global action of a (training) log: the single action with the highest SNIPS
+    value of ``objective`` (``global_action_choice``)."""
+    return global_action_choice(consistent, rewards, propensity, objective)["action"]
+
+
+def global_action_choice(consistent: np.ndarray, rewards: np.ndarray, propensity: np.ndarray,
+                         objective: int, confidence: float = 0.95) -> dict:
+    """The best global action of a log and how clearly it beats the runner-up.
+
+    Per action a, SNIPS (Swaminathan & Joachims 2015) of ``objective``: sum_b c[b, a] w_b r_b /
+    sum_b c[b, a] w_b with w_b = 1 / propensity_b (the row mean under uniform logging with
+    one-hot matching), and its delta-method interval, the form of ``ope.finalize``: se =
+    sqrt(sum_b c w^2 (r - v)^2) / sum_b c w. consistent: bool[n, A] (slot-level logs match
+    several or no actions per row); rewards f[n, J]; propensity f[n]. Actions never matched
+    rank last; ties go to the lowest index.
+
+    Returns {"action", "value", "lo", "hi", "runner_up": {"action", "value", "lo", "hi"} or
+    None (no other matched action), "overlaps_runner_up": whether the two intervals overlap
+    (the best is then within noise of the runner-up), None without a runner-up, "confidence"};
+    when no action matches a row, action 0 with None for the numbers."""
     c = np.asarray(consistent, np.float64)
     w = 1.0 / np.asarray(propensity, np.float64)
-    num = (w * rewards[:, objective]) @ c
-    den = w @ c
-    value = np.where(den > 0, num / np.where(den > 0, den, 1.0), -np.inf)
-    return int(np.argmax(value))
+    r = np.asarray(rewards, np.float64)[:, objective]
+    sw, sw2 = w @ c, (w * w) @ c
+    matched = sw > 0
+    value = np.where(matched, ((w * r) @ c) / np.where(matched, sw, 1.0), -np.inf)
+    v0 = np.where(matched, value, 0.0)
+    resid2 = np.maximum((w * w * r * r) @ c - 2 * v0 * ((w * w * r) @ c) + v0 ** 2 * sw2, 0.0)
+    se = np.sqrt(resid2) / np.where(matched, sw, 1.0)
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    order = [int(a) for a in np.argsort(-value, kind="stable") if matched[a]]
+    if not order:  # no action matched a row: action 0, with no estimate
+        return {"action": 0, "value": None, "lo": None, "hi": None, "runner_up": None,
+                "overlaps_runner_up": None, "confidence": confidence}
+
+    def one(a: int) -> dict:
+        return {"action": a, "value": float(value[a]), "lo": float(value[a] - z * se[a]),
+                "hi": float(value[a] + z * se[a])}
+    best = one(order[0])
+    ru = one(order[1]) if len(order) > 1 else None
+    overlap = None if ru is None else bool(max(best["lo"], ru["lo"]) <= min(best["hi"], ru["hi"]))
+    return {**best, "runner_up": ru, "overlaps_runner_up": overlap, "confidence": confidence}
 
 
 def _row(est, p: int, j: int) -> dict:
@@ -50,17 +83,20 @@ def _row(est, p: int, j: int) -> dict:
 
 
 class HeldoutEvaluator:
-    """Evaluates (graphdef, params) on held-out chunks; the global baseline is fixed."""
+    """Evaluates (graphdef, params) on held-out chunks; the global baseline is fixed: the best
+    global action ``global_action``, with ``global_choice`` (``global_action_choice`` on the
+    training log) when known."""
 
     def __init__(self, chunks: list, reward_names: tuple[str, ...], reward_kinds: tuple[str, ...],
                  n_actions: int, select_lambda: tuple[float, ...], select_objective: int,
-                 report_lambdas: int, global_action: int, chunk_rows: int):
+                 report_lambdas: int, global_action: int, chunk_rows: int,
+                 global_choice: dict | None = None):
         J = len(reward_names)
         grid = scalarization.lambda_grid(J, report_lambdas)
         self.lams = np.concatenate([np.asarray([select_lambda], np.float32), grid])
         self.chunks, self.names, self.kinds = chunks, reward_names, reward_kinds
         self.n_actions, self.objective = n_actions, select_objective
-        self.global_action = global_action
+        self.global_action, self.global_choice = global_action, global_choice
         self.sweep_cfg = SweepConfig(chunk_rows=chunk_rows)
         base = evaluation.evaluate_fixed_actions([global_action], n_actions, chunks, self.sweep_cfg,
                                              reward_kinds=reward_kinds)
@@ -85,7 +121,15 @@ def is_better(value: float | None, best: float | None) -> bool:
 
 
 def summary(progress: dict, evaluator: HeldoutEvaluator, select_lambda, objective_name: str) -> dict:
-    """The selected.json document: selected step and estimates, the global baseline, history."""
+    """The selected.json document: selected step and estimates, the global baseline, history.
+
+    The global baseline is the best global action (``global_action``: the single action with
+    the highest SNIPS of ``objective_name`` on the TRAINING log; ``global_choice`` records that
+    choice, its interval and its runner-up) and its held-out estimates (``global_heldout``).
+    ``gain_over_global`` is the selected step's held-out SNIPS of ``objective_name`` (at the
+    selection lambda) minus the global action's; ``gain_shown`` is True when the selected
+    step's held-out 95% interval lies entirely above the global action's (``snips_lo`` >
+    the global's ``snips_hi``): disjoint intervals, a conservative test of the gain."""
     best = progress.get("best") or {}
     g = evaluator.global_estimate[objective_name]
     sel = (best.get("selection") or {}).get(objective_name) or {}
@@ -96,6 +140,9 @@ def summary(progress: dict, evaluator: HeldoutEvaluator, select_lambda, objectiv
         "select_lambda": list(select_lambda), "value": best.get("value"),
         "selection": best.get("selection"), "lambdas": best.get("lambdas"),
         "global_action": evaluator.global_action, "global_heldout": evaluator.global_estimate,
+        **({} if evaluator.global_choice is None else {"global_choice": {
+            **evaluator.global_choice, "objective": objective_name, "chosen_on": "training log",
+            "estimator": "snips"}}),
         "gain_over_global": (None if best.get("value") is None or g["snips"] is None
                              else best["value"] - g["snips"]),
         # Conservative: the learned policy's interval lies entirely above the global action's.
