@@ -18,7 +18,7 @@ from puts_jax.data import logs, simulator as sim
 from puts_jax.qnet import QNetwork
 from train import TrainConfig, load_selected, train_and_evaluate
 from train import checkpointing, input as input_lib, metrics as metrics_lib, state as state_lib
-from train import step as step_lib
+from train import selection, step as step_lib
 from train.main import main as cli_main
 
 
@@ -279,9 +279,20 @@ def test_metrics_selection_and_export(runs, sim_logs):
 def test_cli_runs_the_tiny_preset(sim_logs, tmp_path, capsys):
     assert cli_main(["--config", "tiny", "--logs", sim_logs["train"], "--heldout",
                      sim_logs["heldout"], "--workdir", str(tmp_path / "wd"), "--epochs", "1"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cap = capsys.readouterr()
+    printed = json.loads(cap.out)  # stdout is the JSON line alone: scripts parse it
     selected = json.loads((tmp_path / "wd" / "selected.json").read_text())
     assert printed["final_step"] == selected["total_steps"] == 10  # 600 rows / 64, one epoch
+    sentence = cap.err.strip().splitlines()[-1]  # after it on stderr, for people
+    assert sentence == selection.describe(selected)
+    assert sentence.startswith(f"selected step {selected['step']}: held-out SNIPS of "
+                               "session_success ")
+    assert f"the best global action, action {selected['global_action']} (the highest " \
+        "training-log SNIPS of session_success" in sentence
+    assert sentence.endswith("shown: yes (the step's 95% interval lies entirely above the "
+                             "action's)" if selected["gain_shown"] else "shown: no (the 95% "
+                             "intervals overlap; shown needs the step's interval entirely above "
+                             "the action's)")
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):

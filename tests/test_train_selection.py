@@ -62,3 +62,57 @@ def test_unmatched_actions_rank_last_and_no_runner_up_is_none():
     assert out["runner_up"] is None and out["overlaps_runner_up"] is None
     none = selection.global_action_choice(np.zeros((2, 3), bool), rewards, np.full(2, 0.5), 0)
     assert none["action"] == 0 and none["value"] is None and none["runner_up"] is None
+
+
+def _doc(**over):
+    """A selected.json document (``selection.summary``'s keys) for ``describe``."""
+    doc = {"step": 1200, "selection_metric": "heldout SNIPS of session_success",
+           "select_lambda": [1.0, 0.0], "value": 0.4312,
+           "selection": {"session_success": {"snips": 0.4312, "snips_lo": 0.4280,
+                                             "snips_hi": 0.4344}},
+           "global_action": 17,
+           "global_heldout": {"session_success": {"snips": 0.4271, "snips_lo": 0.4240,
+                                                  "snips_hi": 0.4302}},
+           "global_choice": {"action": 17, "runner_up": {"action": 3}, "overlaps_runner_up": True},
+           "gain_over_global": 0.0041, "gain_shown": False}
+    return {**doc, **over}
+
+
+def test_describe_says_what_gain_shown_means():
+    assert selection.describe(_doc()) == (
+        "selected step 1200: held-out SNIPS of session_success 0.4312 [0.4280, 0.4344] at lambda "
+        "[1, 0]; the best global action, action 17 (the highest training-log SNIPS of "
+        "session_success; within noise of the runner-up, action 3), has 0.4271 [0.4240, "
+        "0.4302]: gain +0.0041, shown: no (the 95% intervals overlap; shown needs the step's "
+        "interval entirely above the action's)")
+    shown = selection.describe(_doc(gain_shown=True, global_choice={
+        "action": 17, "runner_up": {"action": 3}, "overlaps_runner_up": False}))
+    assert shown.endswith("(the highest training-log SNIPS of session_success; ahead of the "
+                          "runner-up, action 3, beyond noise), has 0.4271 [0.4240, 0.4302]: "
+                          "gain +0.0041, shown: yes (the step's 95% interval lies entirely "
+                          "above the action's)")
+
+
+def test_describe_a_gain_not_shown_because_the_step_is_below():
+    below = selection.describe(_doc(
+        gain_over_global=-0.01, selection={"session_success": {
+            "snips": 0.4171, "snips_lo": 0.4150, "snips_hi": 0.4200}}))
+    assert below.endswith("gain -0.0100, shown: no (the step's 95% interval lies entirely below "
+                          "the action's)")
+    no_bound = selection.describe(_doc(selection={"session_success": {
+        "snips": 0.4312, "snips_lo": None, "snips_hi": None}}))
+    assert "held-out SNIPS of session_success 0.4312 [n/a, n/a]" in no_bound
+    assert no_bound.endswith("shown: no (an interval bound is not available)")
+
+
+def test_describe_without_a_runner_up_an_estimate_or_a_step():
+    alone = selection.describe(_doc(global_choice={"action": 17, "runner_up": None,
+                                                   "overlaps_runner_up": None}))
+    assert "(the highest training-log SNIPS of session_success; no runner-up)" in alone
+    old = selection.describe(_doc(global_choice=None))  # selected.json before global_choice
+    assert "action 17 (the highest training-log SNIPS of session_success), has" in old
+    none = selection.describe(_doc(gain_over_global=None, global_heldout={
+        "session_success": {"snips": None, "snips_lo": None, "snips_hi": None}}))
+    assert none.endswith("has no held-out estimate: gain not estimable")
+    assert selection.describe(_doc(step=None)) == (
+        "no step selected: no evaluation gave a held-out SNIPS of session_success")

@@ -17,6 +17,7 @@ import sys
 
 from puts_jax.checks import InputError
 from puts_jax.cli_checks import ArgumentParser, UsageError, settle_split
+from train import selection
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
 from train.workdir_lock import WorkdirInUseError
@@ -125,9 +126,9 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    """Train, print the selection summary as one JSON line; returns the exit status (0, or 2
-    after a one-line ``error:`` message on stderr for bad input or arguments, or 130 after one
-    line on Ctrl-C)."""
+    """Train; print the selection summary as one sentence on stderr (``selection.describe``)
+    and as one JSON line on stdout; returns the exit status (0, or 2 after a one-line
+    ``error:`` message on stderr for bad input or arguments, or 130 after one line on Ctrl-C)."""
     args = parse_args(argv)
     problem = _check_paths(args)
     if problem:
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # committed checkpoints and exports stay; the next run resumes
         print(f"{PROG}: interrupted (resume with the same command)", file=sys.stderr)
         return 130
+    # the sentence for people on stderr, then the JSON line alone on stdout (scripts parse it)
+    print(selection.describe(out), file=sys.stderr, flush=True)
     print(json.dumps({k: out.get(k) for k in ("step", "value", "gain_over_global", "gain_shown",
                                                "global_action", "final_step")}))
     return 0

@@ -152,6 +152,56 @@ def summary(progress: dict, evaluator: HeldoutEvaluator, select_lambda, objectiv
     }
 
 
+def _cell(e: dict | None) -> str:
+    """'0.4312 [0.4200, 0.4424]' of a held-out row (``_row``), 'not estimable' without a value."""
+    if not e or e.get("snips") is None:
+        return "not estimable"
+    bounds = [("n/a" if e.get(k) is None else f"{e[k]:.4f}") for k in ("snips_lo", "snips_hi")]
+    return f"{e['snips']:.4f} [{bounds[0]}, {bounds[1]}]"
+
+
+def _shown(doc: dict, obj: str) -> str:
+    """'yes (...)' / 'no (why)' for ``gain_shown``: the selected step's held-out 95% interval
+    lies entirely above the global action's."""
+    if doc["gain_shown"]:
+        return "yes (the step's 95% interval lies entirely above the action's)"
+    mine = (doc.get("selection") or {}).get(obj) or {}
+    theirs = doc["global_heldout"].get(obj) or {}
+    if None in (mine.get("snips_hi"), theirs.get("snips_lo")):
+        return "no (an interval bound is not available)"
+    if mine["snips_hi"] < theirs["snips_lo"]:
+        return "no (the step's 95% interval lies entirely below the action's)"
+    return "no (the 95% intervals overlap; shown needs the step's interval entirely above the " \
+           "action's)"
+
+
+def describe(doc: dict) -> str:
+    """One sentence on a selected.json document (``summary``) for people: the selected step,
+    its held-out SNIPS of the selection objective with its 95% interval and the selection
+    lambda; the best global action (how it was chosen, and whether it is within noise of its
+    runner-up on the training log) with the same held-out estimate; the gain
+    (``gain_over_global``) and whether it is shown (``gain_shown``: the step's interval lies
+    entirely above the global action's)."""
+    obj = doc["selection_metric"].removeprefix("heldout SNIPS of ")
+    if doc.get("step") is None:
+        return f"no step selected: no evaluation gave a held-out SNIPS of {obj}"
+    lam = "[" + ", ".join(f"{x:g}" for x in doc["select_lambda"]) + "]"
+    mine = _cell((doc.get("selection") or {}).get(obj))
+    g, choice = doc["global_action"], doc.get("global_choice") or {}
+    ru = choice.get("runner_up")
+    how = f"the highest training-log SNIPS of {obj}" + (
+        "" if "runner_up" not in choice else "; no runner-up" if ru is None else
+        f"; within noise of the runner-up, action {ru['action']}" if choice["overlaps_runner_up"]
+        else f"; ahead of the runner-up, action {ru['action']}, beyond noise")
+    gain = doc.get("gain_over_global")
+    theirs = _cell(doc["global_heldout"].get(obj))
+    theirs = "no held-out estimate" if theirs == "not estimable" else theirs
+    verdict = ("gain not estimable" if gain is None
+               else f"gain {gain:+.4f}, shown: {_shown(doc, obj)}")
+    return (f"selected step {doc['step']}: held-out SNIPS of {obj} {mine} at lambda {lam}; the "
+            f"best global action, action {g} ({how}), has {theirs}: {verdict}")
+
+
 def load_selected(workdir: str):
     """(QNetwork, info) of a run's selected checkpoint: info is selected.json (step, held-out
     estimates, global baseline, history) plus ``model_info`` (spec, params hash).
