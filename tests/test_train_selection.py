@@ -116,3 +116,8 @@ def test_describe_without_a_runner_up_an_estimate_or_a_step():
     assert none.endswith("has no held-out estimate: gain not estimable")
     assert selection.describe(_doc(step=None)) == (
         "no step selected: no evaluation gave a held-out SNIPS of session_success")
+    assert selection.describe({}) == (
+        "no step selected: no evaluation gave a held-out SNIPS of the selection objective")
+    sparse = selection.describe({"step": 5})  # whatever a caller returns, a sentence
+    assert sparse.startswith("selected step 5: held-out SNIPS of the selection objective not "
+                             "estimable at lambda []")

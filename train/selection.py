@@ -163,10 +163,10 @@ def _cell(e: dict | None) -> str:
 def _shown(doc: dict, obj: str) -> str:
     """'yes (...)' / 'no (why)' for ``gain_shown``: the selected step's held-out 95% interval
     lies entirely above the global action's."""
-    if doc["gain_shown"]:
+    if doc.get("gain_shown"):
         return "yes (the step's 95% interval lies entirely above the action's)"
     mine = (doc.get("selection") or {}).get(obj) or {}
-    theirs = doc["global_heldout"].get(obj) or {}
+    theirs = (doc.get("global_heldout") or {}).get(obj) or {}
     if None in (mine.get("snips_hi"), theirs.get("snips_lo")):
         return "no (an interval bound is not available)"
     if mine["snips_hi"] < theirs["snips_lo"]:
@@ -181,20 +181,22 @@ def describe(doc: dict) -> str:
     lambda; the best global action (how it was chosen, and whether it is within noise of its
     runner-up on the training log) with the same held-out estimate; the gain
     (``gain_over_global``) and whether it is shown (``gain_shown``: the step's interval lies
-    entirely above the global action's)."""
-    obj = doc["selection_metric"].removeprefix("heldout SNIPS of ")
+    entirely above the global action's). A document missing keys gets a sentence all the
+    same (what it lacks reads "not estimable" or "no ..."), never an error."""
+    obj = str(doc.get("selection_metric") or "the selection objective").removeprefix(
+        "heldout SNIPS of ")
     if doc.get("step") is None:
         return f"no step selected: no evaluation gave a held-out SNIPS of {obj}"
-    lam = "[" + ", ".join(f"{x:g}" for x in doc["select_lambda"]) + "]"
+    lam = "[" + ", ".join(f"{x:g}" for x in doc.get("select_lambda") or []) + "]"
     mine = _cell((doc.get("selection") or {}).get(obj))
-    g, choice = doc["global_action"], doc.get("global_choice") or {}
+    g, choice = doc.get("global_action"), doc.get("global_choice") or {}
     ru = choice.get("runner_up")
     how = f"the highest training-log SNIPS of {obj}" + (
         "" if "runner_up" not in choice else "; no runner-up" if ru is None else
         f"; within noise of the runner-up, action {ru['action']}" if choice["overlaps_runner_up"]
         else f"; ahead of the runner-up, action {ru['action']}, beyond noise")
     gain = doc.get("gain_over_global")
-    theirs = _cell(doc["global_heldout"].get(obj))
+    theirs = _cell((doc.get("global_heldout") or {}).get(obj))
     theirs = "no held-out estimate" if theirs == "not estimable" else theirs
     verdict = ("gain not estimable" if gain is None
                else f"gain {gain:+.4f}, shown: {_shown(doc, obj)}")
