@@ -27,7 +27,7 @@ from puts_jax import native as puts_native
 BATCHES = (1, 64, 1024, 8192)
 # library options (engine.build_serve with the pure-XLA tail or fold_lambda=True,
 # engine.compile_latency_serve) and the bench.fast candidate
-EXPERIMENTS = ("fused_xla", "fused_fold", "fused_latency", "fused_exp")
+EXPERIMENTS = ("fused_xla", "fused_fold", "fused_latency", "fused_exp", "fused_unblocked")
 
 
 def _np(out: Any) -> dict[str, np.ndarray]:
@@ -74,12 +74,14 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
     comp = {"fused": harness.aot_compile(ctx["fused"], params, lam, batch),
             "fused_fold": harness.aot_compile(ctx["fused_fold"], params, lam, batch),
             "fused_latency": _latency_compiled(ctx, s, batch),
-            "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch)}
+            "fused_exp": harness.aot_compile(ctx["fused_exp"], params, lam, batch),
+            "fused_unblocked": harness.aot_compile(ctx["fused_unblocked"], params, lam, batch)}
     if ctx.get("fused_xla") is not None:
         comp["fused_xla"] = harness.aot_compile(ctx["fused_xla"], params, lam, batch)
     calls = {"fused": lambda: comp["fused"].fn(params, lam, batch),
              "fused_exp": lambda: comp["fused_exp"].fn(params, lam, batch),
              "fused_fold": lambda: comp["fused_fold"].fn(params, lam, batch),
+             "fused_unblocked": lambda: comp["fused_unblocked"].fn(params, lam, batch),
              "fused_latency": lambda: comp["fused_latency"].fn(lam, batch),
              "unfused_jax": lambda: ctx["unfused"](params, lam, arr),
              "numpy": lambda: baselines.numpy_serve(ctx["np_params"], ctx["W"], lam_np, arr,
@@ -119,6 +121,9 @@ def run_case(rep: Report, s: workload.Shapes, B: int, ctx: dict[str, Any], quick
             for exp in EXPERIMENTS:
                 if exp in med:
                     rep.ratio(f"B={B} {exp} vs {other} (x faster)", med[other] / med[exp], tgt)
+    if B >= 2 * 256:  # the Q-network in blocks of 256 rows against one call (same program else)
+        rep.ratio(f"B={B} fused vs fused_unblocked (x faster)",
+                  med["fused_unblocked"] / med["fused"])
     if B == 8192:
         rep.ratio("B=8192 fused fraction of roofline", roof.fraction(med["fused"], cost), 0.45)
         for exp in EXPERIMENTS:
@@ -269,6 +274,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
            "lam_np": np.array([0.5, 0.5], np.float32),
            "fused": fused, "fused_exp": fast.fast_serve(graphdef, W, s.top_k),
            "fused_fold": variants.fold_serve(graphdef, W, s.top_k),
+           "fused_unblocked": variants.unblocked_serve(graphdef, W, s.top_k),
            "unfused": variants.unfused_serve(graphdef, W, s.top_k),
            "np_params": workload.numpy_params(model)}
     ctx["lam"] = jnp.asarray(ctx["lam_np"])

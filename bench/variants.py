@@ -90,6 +90,16 @@ def fold_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
     return engine.build_serve(graphdef, jnp.asarray(W), cfg, fold_lambda=True)
 
 
+def unblocked_serve(graphdef, W: np.ndarray, top_k: int, fallback: int = 0):
+    """``engine.build_serve(q_block_rows=0)``: the library's pass with the Q-network in one call
+    instead of blocks of 256 rows (what the blocking buys, side by side)."""
+    from puts_jax import engine
+    from puts_jax.config import ScoringConfig
+
+    cfg = ScoringConfig(top_k=top_k, fallback_action=fallback)
+    return engine.build_serve(graphdef, jnp.asarray(W), cfg, q_block_rows=0)
+
+
 def latency_serve(model, W: np.ndarray, top_k: int, example: RequestBatch, fallback: int = 0):
     """``engine.compile_latency_serve``: compiled ahead of time for ``example``'s shapes with
     the parameters built in as constants; ``fn(lam, batch)``."""

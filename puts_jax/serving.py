@@ -43,27 +43,41 @@ def split_model(model) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(model)
 
 
-# Rows per block of the Q-network's forward pass (``row_blocks``). Measured on the 2-core CPU,
-# one core, B = 8192 (bench serve): the whole serve pass 24.3 -> 22.3 ms; the Q-network alone
-# 15.8 -> 11.4 ms with the other core busy. The layers' f32[rows, 256] activations then stay in
-# the 4 MiB L2 between a dot and its bias + ReLU, instead of 8 MiB round trips through L3.
+# Rows per block of the Q-network's forward pass on CPU (``row_blocks``). Measured on the
+# 2-core CPU, one core, B = 8192, interleaved in one process: the serve pass 27.2 -> 24.9 ms
+# (three runs, -8 to -10%; bench serve's ``fused_unblocked`` row measures it in every run); the
+# Q-network alone 15.8 -> 11.4 ms with the other core busy. The layers' f32[rows, 256]
+# activations then stay in the 4 MiB L2 between a dot and its bias + ReLU instead of 8 MiB round
+# trips through L3. Accelerators get one call (a loop of small matmuls would idle a GPU).
 Q_BLOCK_ROWS = 256
 
 
-def row_blocks(fn: Callable[..., jax.Array], *xs, rows: int = Q_BLOCK_ROWS) -> jax.Array:
+def q_block_rows(rows: int | None = None) -> int:
+    """Rows per Q-network block: ``rows`` if given (0 = one call), else ``Q_BLOCK_ROWS`` when
+    JAX's default backend is the CPU and 0 on an accelerator. Raises ValueError if rows < 0."""
+    if rows is None:
+        return Q_BLOCK_ROWS if jax.default_backend() == "cpu" else 0
+    if int(rows) < 0:
+        raise ValueError(f"q_block_rows: must be >= 0 (0 = one call), got {rows}")
+    return int(rows)
+
+
+def row_blocks(fn: Callable[..., jax.Array], *xs, rows: int | None = None) -> jax.Array:
     """``fn(*xs)`` computed on blocks of ``rows`` rows (one ``lax.map``, i.e. a loop inside the
     program) when the leading dimension B holds at least two blocks; a last partial block is one
     more call. ``fn`` must treat rows independently (a row's output depends on that row only),
     as a forward pass does. xs: arrays with the same leading B, or None (passed through).
-    A symbolic B (``jax.export``) or B < 2 rows: one call, as written.
+    rows: as ``q_block_rows`` (None: 256 on CPU, one call on accelerators). A symbolic B
+    (``jax.export``), rows = 0 or B < 2 rows: one call, as written.
 
     Each block's output is what ``fn`` gives for those rows in a batch of ``rows``: XLA:CPU picks
     its matmul code by shape (rows 64-511 share one, 512 and more another, measured), so Q's last
     bits can differ from one unblocked call at B >= 512 (2.4e-7 at most on the bench Q-network);
     every program that evaluates Q (serve, sweep, fixed) goes through ``q_values`` and blocks the
     same way."""
+    rows = q_block_rows(rows)
     B = xs[0].shape[0]
-    if not isinstance(B, int) or B < 2 * rows:
+    if rows == 0 or not isinstance(B, int) or B < 2 * rows:
         return fn(*xs)
     nb = B // rows
     head = tuple(None if x is None else x[:nb * rows].reshape(nb, rows, *x.shape[1:]) for x in xs)
@@ -75,14 +89,15 @@ def row_blocks(fn: Callable[..., jax.Array], *xs, rows: int = Q_BLOCK_ROWS) -> j
     return out
 
 
-def q_values(graphdef, params, context, context_ids=None) -> jax.Array:
+def q_values(graphdef, params, context, context_ids=None, rows: int | None = None) -> jax.Array:
     """Q-values f32[B, A, J] of the merged model (inside a traced function), on blocks of
-    ``Q_BLOCK_ROWS`` rows (``row_blocks``)."""
+    ``rows`` rows (``row_blocks``; None: ``Q_BLOCK_ROWS`` on CPU, one call on accelerators)."""
     model = nnx.merge(graphdef, params)
-    return row_blocks(lambda c, i: model(c, i).astype(jnp.float32), context, context_ids)
+    return row_blocks(lambda c, i: model(c, i).astype(jnp.float32), context, context_ids,
+                      rows=rows)
 
 
-def scalarized_q(model, lam_J, context, context_ids=None) -> jax.Array:
+def scalarized_q(model, lam_J, context, context_ids=None, rows: int | None = None) -> jax.Array:
     """Q @ lam: f32[B, A] of a merged model (inside a traced function), with lambda folded into
     the last layer: for the mixture head, ``sum_r pi_r link(V[r]) @ lam`` is computed as
     ``pi @ (link(V) @ lam)`` (f32[R, A] per call, f32[B, A, J] never formed); for the per-action
@@ -97,7 +112,8 @@ def scalarized_q(model, lam_J, context, context_ids=None) -> jax.Array:
     pass. So the serve pass folds only when asked (``build_serve(fold_lambda=True)``: about 10%
     of the pass at B = 8192 on the 2-core CPU, bench serve ``fused_fold``); by default it serves
     exactly the policy that the sweep evaluates (``kernels.scalarize_rows`` in both)."""
-    return row_blocks(lambda c, i: _scalarized_q(model, lam_J, c, i), context, context_ids)
+    return row_blocks(lambda c, i: _scalarized_q(model, lam_J, c, i), context, context_ids,
+                      rows=rows)
 
 
 def _scalarized_q(model, lam_J, context, context_ids) -> jax.Array:
@@ -116,40 +132,47 @@ def _scalarized_q(model, lam_J, context, context_ids) -> jax.Array:
     return kernels.scalarize_rows(model(context, context_ids), lam)
 
 
-def _serve(graphdef, W_AxK, k: int, fallback: int, fold: bool, method: str, params, lam_J,
-           batch: RequestBatch) -> ServeOutput:
+def _serve(graphdef, W_AxK, k: int, fallback: int, fold: bool, method: str, rows: int | None,
+           params, lam_J, batch: RequestBatch) -> ServeOutput:
     TRACE_COUNTS["serve"] += 1
     if fold:
-        s = scalarized_q(nnx.merge(graphdef, params), lam_J, batch.context, batch.context_ids)
+        s = scalarized_q(nnx.merge(graphdef, params), lam_J, batch.context, batch.context_ids,
+                         rows)
         return kernels.serve_scores(s, W_AxK, batch.preds, batch.mask, k, fallback, method)
-    q = q_values(graphdef, params, batch.context, batch.context_ids)
+    q = q_values(graphdef, params, batch.context, batch.context_ids, rows)
     return kernels.serve_batch(q, lam_J, W_AxK, batch.preds, batch.mask, k, fallback, method)
 
 
-def _serve_parts(graphdef, action_weights, cfg: ScoringConfig, fold: bool, method: str):
+def _serve_parts(graphdef, action_weights, cfg: ScoringConfig, fold: bool, method: str,
+                 q_rows: int | None = None):
     W = jnp.asarray(np.asarray(action_weights, np.float32))
     if not 0 <= cfg.fallback_action < W.shape[0]:
         raise ValueError(f"ScoringConfig.fallback_action: {cfg.fallback_action} outside [0, {W.shape[0]})")
     if method not in kernels.TOPK_METHODS:
         raise ValueError(f"method: must be one of {kernels.TOPK_METHODS}, got {method!r}")
+    if q_rows is not None:
+        q_rows = q_block_rows(q_rows)  # validated here, before tracing
     return functools.partial(_serve, graphdef, W, cfg.top_k, cfg.fallback_action, bool(fold),
-                             method)
+                             method, q_rows)
 
 
 def build_serve(graphdef, action_weights, cfg: ScoringConfig, *, fold_lambda: bool = False,
-                method: str = "auto") -> Callable[..., ServeOutput]:
+                method: str = "auto", q_block_rows: int | None = None) -> Callable[..., ServeOutput]:
     """One jitted program ``serve(params, lam f32[J], batch: RequestBatch) -> ServeOutput``:
     context -> Q f32[B, A, J] -> scalarize -> select -> gather W -> re-weight all candidates ->
     masked top-k (PRL-PUTS serving; ``kernels.serve_batch``, top-k ``method`` as in
     ``kernels.rerank``). ``fold_lambda=True`` computes Q @ lam with lambda folded into the last
-    layer (``scalarized_q``: faster, but not the sweep's f32 arithmetic). graphdef and
+    layer (``scalarized_q``: faster, but not the sweep's f32 arithmetic). ``q_block_rows``: rows
+    per Q-network block (``row_blocks``; None: 256 on CPU as the sweep does, one call on
+    accelerators; 0: one call; another value changes Q's last bits against the sweep's). graphdef and
     W f32[A, K] are closed over; params and lam are traced (changing lambda or publishing new
     parameters never recompiles). Shapes are used as given (``scorer.Scorer`` buckets them);
     ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
     Outputs are small (f32/i32[B, k] at most, 1.7 MB at B = 8192, k = 25), so nothing is
     donated: writing them into donated buffers measured within noise on the 2-core CPU (-4% to
     +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays)."""
-    return jax.jit(_serve_parts(graphdef, action_weights, cfg, fold_lambda, method))
+    return jax.jit(_serve_parts(graphdef, action_weights, cfg, fold_lambda, method,
+                                q_block_rows))
 
 
 def compile_latency_serve(model, action_weights, cfg: ScoringConfig, example: RequestBatch, *,

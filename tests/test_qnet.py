@@ -129,3 +129,20 @@ def test_q_values_are_the_model_on_blocks_of_q_block_rows(B):
     for start in range(0, B, R):
         blk = x[start:start + R]
         np.testing.assert_array_equal(q[start:start + blk.shape[0]], np.asarray(_q(m, blk)))
+
+
+def test_q_block_rows_defaults_to_blocks_on_cpu_and_checks_its_value():
+    """None: Q_BLOCK_ROWS on the CPU backend (these tests), one call on accelerators; 0 is one
+    call; a negative count is refused by name, before anything is traced."""
+    from puts_jax import serving
+    from puts_jax.config import ScoringConfig
+
+    assert jax.default_backend() == "cpu"
+    assert serving.q_block_rows() == serving.Q_BLOCK_ROWS and serving.q_block_rows(0) == 0
+    x = jnp.ones((8, 2), jnp.float32)
+    calls = []
+    serving.row_blocks(lambda a: calls.append(a.shape[0]) or a, x, rows=0)
+    assert calls == [8]
+    with pytest.raises(ValueError, match="q_block_rows: must be >= 0"):
+        serving.build_serve(None, np.eye(2, dtype=np.float32), ScoringConfig(top_k=1),
+                            q_block_rows=-1)
