@@ -30,7 +30,8 @@ from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_mat
                                  parse_guardrail, print_line as _print, read_frontier)
 from puts_jax.policy_checks import (check_exploration_log, check_frontier,  # noqa: F401
                                     check_objectives, check_selection_source, frontier_sha256,
-                                    guardrail_miss, readable_lambda, select_again)
+                                    guardrail_miss, production_loss, readable_lambda,
+                                    runner_up, select_again, versus_production)
 
 
 def _for_print(x):
@@ -125,7 +126,12 @@ def _select(args) -> None:
     sel["criteria"] = {"maximize": args.maximize, "guardrails": list(args.guardrail),
                        "baseline": args.baseline}
     sel["frontier"] = {"path": os.path.abspath(args.frontier), "sha256": digest, "points": P}
+    found, lines = versus_production(doc, sel, args.maximize)
+    sel.update(found)
+    sel["runner_up"], more = runner_up(doc, sel, names.index(args.maximize), guards)
     _print(json.dumps(_for_print(sel), indent=1, default=str))
+    for line in lines + more:  # stderr: stdout stays the selection's JSON
+        print(line, file=sys.stderr, flush=True)
     if sel["index"] is None:  # --out is never replaced by a null selection
         raise NothingSelected(sel["reason"] + (f"; --out {args.out} not written (an existing "
                                                "file is kept)" if args.out else ""))
@@ -135,6 +141,11 @@ def _select(args) -> None:
             _print(f"note: the operating point is not marked on {args.frontier}: point "
                    f"{sel['index']} fails a guardrail on the report half (publish it with "
                    "--accept-guardrail-miss to make it the operating policy); the selection "
+                   "is written")
+        elif args.maximize in sel["below_production"]:  # the same
+            _print(f"note: the operating point is not marked on {args.frontier}: point "
+                   f"{sel['index']} is below production on {args.maximize} (publish it with "
+                   "--accept-below-production to make it the operating policy); the selection "
                    "is written")
         else:
             _mark_operating_point(args.frontier, doc, sel)
@@ -195,11 +206,12 @@ def _publish(args) -> None:
     model, info = model_io.load_model(args.model)
     doc = read_frontier(args.frontier)
     index, sel = _point_index(args, check_frontier(doc, args.frontier))
-    accepted, point = [], report.frontier_point(doc, index)
+    accepted, lost, point = [], [], report.frontier_point(doc, index)
     if sel is not None:  # the published estimate (the report half's, when the sweep had halves)
         check_selection_source(args, sel, doc, index)
         again = select_again(args, sel, doc, index)
         accepted = guardrail_miss(args, again, index)
+        lost = production_loss(args, sel, again, doc, index)
         point["selection"] = {k: again.get(k) for k in (
             "estimates", "estimates_from", "reason", "report_passes_guardrails")}
         point["selection"]["criteria"] = sel["criteria"]
@@ -211,12 +223,12 @@ def _publish(args) -> None:
                        {"model": os.path.abspath(args.model),
                         "frontier": os.path.abspath(args.frontier),
                         "frontier_sha256": frontier_sha256(doc), "train": info.get("extra", {})},
-                       accepted=accepted)
+                       accepted=accepted + lost)
     _print(f"published {v}")
-    for miss in accepted:
-        print(f"puts-jax: warning: published {v} although {miss} (accepted with "
-              "--accept-guardrail-miss; recorded in policy.json and the audit log)",
-              file=sys.stderr, flush=True)
+    for miss, flag in [(m, "--accept-guardrail-miss") for m in accepted] + [
+            (m, "--accept-below-production") for m in lost]:
+        print(f"puts-jax: warning: published {v} although {miss} (accepted with {flag}; "
+              "recorded in policy.json and the audit log)", file=sys.stderr, flush=True)
 
 
 def _print_versions(registry: str) -> None:
@@ -284,6 +296,10 @@ def add_parser(sub) -> None:
     x.add_argument("--accept-guardrail-miss", action="store_true",
                    help="publish a --selection whose point fails a guardrail on the report half "
                         "(recorded in policy.json and the audit log, with a warning)")
+    x.add_argument("--accept-below-production", action="store_true",
+                   help="publish a --selection whose point's interval lies below production's on "
+                        "the objective it maximizes (recorded in policy.json and the audit log, "
+                        "with a warning)")
     x = ps.add_parser("set-lambda", help="new current version with another lambda, the "
                       "parameters reused")
     x.add_argument("--registry", required=True, help=REGISTRY_HELP)

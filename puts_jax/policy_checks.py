@@ -198,3 +198,112 @@ def check_exploration_log(path: str) -> None:
         raise UsageError(f"--logs: {path} is not an exploration log: it lacks the columns "
                          f"{missing} (a request set has no logged decisions); give a log of the "
                          "action set, e.g. logs.parquet (nothing published)")
+
+
+def _interval(block: dict, i: int, j: int) -> tuple[float, float, float]:
+    """(value, lo, hi) of row ``i``, objective ``j`` of a {value, lo, hi} block (null -> nan)."""
+    return tuple(float(np.asarray(block[q], np.float64)[i, j]) for q in ("value", "lo", "hi"))
+
+
+def _fmt(x: tuple[float, float, float]) -> str:
+    return f"{x[0]:.4g} [{x[1]:.4g}, {x[2]:.4g}]"
+
+
+def _apart(a, b, direction: str) -> bool:
+    """a's interval lies entirely on the better side of b's (``direction`` 'max' or 'min')."""
+    return a[1] > b[2] if direction == "max" else a[2] < b[1]
+
+
+def _published_blocks(doc: dict, baseline: str) -> tuple[dict, dict | None]:
+    """(the points' primary estimates, ``baseline``'s or None) of the block select publishes
+    from: the report half's with halves, else the full data's."""
+    prim, halves = doc["primary_estimator"], doc.get("halves")
+    where = halves["report"] if halves else {"points": doc, "baselines": doc["baselines"]}
+    b = where["baselines"].get(baseline)
+    return where["points"]["estimators"][prim], None if b is None else b["estimators"][prim]
+
+
+def versus_production(doc: dict, sel: dict, maximize: str) -> tuple[dict, list[str]]:
+    """The selected point next to the logged production action on the intervals select
+    publishes (the report half's with halves): ``{"production": {estimates, from} or None,
+    "below_production": [objectives whose interval lies entirely on production's worse
+    side]}`` and the lines to print: a warning per such objective, and on ``maximize``, when
+    the intervals overlap, a note that the point is not distinguishable from production."""
+    names, dirs = doc["objectives"]["names"], doc["objectives"]["directions"]
+    points, prod = _published_blocks(doc, "production")
+    if prod is None or sel.get("index") is None:
+        return {"production": None, "below_production": []}, []
+    i, below, lines = sel["index"], [], []
+    for j, name in enumerate(names):
+        ours, theirs = _interval(points, i, j), _interval(prod, 0, j)
+        pair = f"{_fmt(ours)} vs {_fmt(theirs)}"
+        if _apart(theirs, ours, dirs[j]):
+            below.append(name)
+            lines.append(f"puts-jax: warning: the selected point is "
+                         f"{'below' if dirs[j] == 'max' else 'above'} production on {name} "
+                         f"({pair}, intervals disjoint): publishing it would lose {name}")
+        elif name == maximize and not _apart(ours, theirs, dirs[j]):
+            lines.append(f"puts-jax: note: the selected point is not distinguishable from "
+                         f"production on {name} ({pair}, intervals overlap)")
+    record = {"estimates": {q: np.asarray(prod[q], np.float64)[0].tolist()
+                            for q in ("value", "lo", "hi")}, "from": sel["estimates_from"]}
+    return {"production": record, "below_production": below}, lines
+
+
+def runner_up(doc: dict, sel: dict, maximize: int, guardrails) -> tuple[dict | None, list[str]]:
+    """The point select would choose without the selected one (same guardrails, same half),
+    compared with it on objective ``maximize`` by the intervals select publishes:
+    ``{index, lambda, name, estimate: {value, lo, hi}, distinguishable}`` (None when no other
+    point passes) and the line to print when the intervals overlap (chosen by point estimate
+    only) or the runner-up's lies above."""
+    from puts_jax import halves as halves_lib, pareto
+
+    if sel.get("index") is None:
+        return None, []
+    prim, baseline, i = doc["primary_estimator"], sel["criteria"]["baseline"], sel["index"]
+    if doc.get("halves"):
+        est, base, _ = halves_lib.estimates_of(doc, "select", prim, baseline)
+    else:
+        est, base = doc["estimators"][prim], doc["baselines"][baseline]["estimators"][prim]
+    v, lo, hi = (np.asarray(est[q], np.float64).copy() for q in ("value", "lo", "hi"))
+    v[i] = np.nan  # the selected point never passes: the next best does
+    bval = np.asarray(base["value"], np.float64)[0]
+    dirs, name = doc["objectives"]["directions"], doc["objectives"]["names"][maximize]
+    r = pareto.select_operating_point(v, lo, hi, maximize,
+                                      [(j, rel, float(bval[j])) for j, rel in guardrails], dirs)
+    if r.index is None:
+        return None, []
+    points, _ = _published_blocks(doc, baseline)
+    ours, theirs = _interval(points, i, maximize), _interval(points, r.index, maximize)
+    apart = _apart(ours, theirs, dirs[maximize]) or _apart(theirs, ours, dirs[maximize])
+    lam = ", ".join(str(x) for x in readable_lambda(doc["lambdas"][r.index]))
+    record = {"index": r.index, "lambda": doc["lambdas"][r.index],
+              "name": doc["points"]["names"][r.index],
+              "estimate": dict(zip(("value", "lo", "hi"), theirs)), "distinguishable": apart}
+    if not apart:
+        line = (f"puts-jax: note: within noise: the runner-up lambda=({lam}) {_fmt(theirs)} "
+                f"overlaps the selected point's interval on {name} ({_fmt(ours)}); the data "
+                "cannot tell them apart (chosen by point estimate)")
+    elif _apart(theirs, ours, dirs[maximize]):
+        line = (f"puts-jax: warning: the runner-up lambda=({lam}) {_fmt(theirs)} is better than "
+                f"the selected point ({_fmt(ours)}) on {name} by the published intervals")
+    else:
+        return record, []
+    return record, [line]
+
+
+def production_loss(args, sel: dict, again: dict, doc: dict, index: int) -> list[str]:
+    """[] unless point ``index`` lies below production on the objective the --selection
+    maximizes (intervals disjoint, on the published half); then the loss, to record, with
+    --accept-below-production; else UsageError."""
+    maximize = sel["criteria"]["maximize"]
+    found, lines = versus_production(doc, again, maximize)
+    if maximize not in found["below_production"]:
+        return []
+    why = next(x for x in lines if f"production on {maximize} (" in x).partition("point is ")[2]
+    loss = f"point {index} ({again['name']}) is {why}"
+    if not args.accept_below_production:
+        raise UsageError(f"--selection: {args.selection}: {loss}; select again, or publish it "
+                         "anyway with --accept-below-production (recorded in policy.json and "
+                         "the audit log); nothing published")
+    return [loss]
