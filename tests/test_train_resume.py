@@ -200,3 +200,25 @@ def test_ctrl_c_during_the_best_so_far_save_lets_it_complete(finished, sim_logs,
     rc, out, _ = _cli(capsys, sim_logs, wd, "--config", "tiny", "--epochs", "1")
     assert rc == 0 and json.loads(out)["final_step"] == 10
     assert (wd / "selected.json").read_text() == (finished / "selected.json").read_text()
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume_and_a_damaged_one_named(tmp_path):
+    """A full disk cut metrics.jsonl's last append short; every resume then failed with a bare
+    JSONDecodeError. The torn last line is dropped; a damaged line before it is named."""
+    import json
+
+    import pytest
+
+    from train.metrics import METRICS_FILE, MetricsWriter
+
+    path = tmp_path / METRICS_FILE
+    good = [json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (1, 2, 3)]
+    path.write_text("".join(good) + '{"step": 4, "lo')
+    MetricsWriter(str(tmp_path)).truncate_after(3)
+    assert path.read_text() == "".join(good)
+    path.write_text("".join(good) + '{"step": 4}')  # parses, but no newline: torn too
+    MetricsWriter(str(tmp_path)).truncate_after(10)
+    assert path.read_text() == "".join(good)
+    path.write_text(good[0] + "garbage\n" + good[1])
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+        MetricsWriter(str(tmp_path)).truncate_after(10)

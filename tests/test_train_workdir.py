@@ -290,3 +290,35 @@ def test_tiny_on_the_tiny_simulated_data_evaluates_four_times(tmp_path):
     assert json.loads(run.stdout)["final_step"] == 9376
     recs = [json.loads(line) for line in open(tmp_path / "wd" / "metrics.jsonl")]
     assert [r["step"] for r in recs if "heldout" in r] == [2344, 4688, 7032, 9376]
+
+
+def test_a_reward_too_large_for_the_loss_is_named_with_its_row(sim_logs, tmp_path, capsys):
+    """A count reward of 1e30 is finite (the reader accepts it) but overflows the f32 loss:
+    python -m train ends with one line naming --logs, the step, the loss term, and per objective
+    the row of the largest |reward|, not a NonFiniteLossError traceback."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from puts_jax.data import logs
+    from train import main as train_main
+    from train.metrics import NonFiniteLossError
+
+    meta = logs.read_meta(sim_logs["train"])
+    tab = pq.read_table(sim_logs["train"])
+    col = tab.column("rewards").combine_chunks()
+    rewards = np.asarray(col.flatten(), np.float32).reshape(len(col), -1).copy()
+    rewards[7, 1] = 1e30
+    new = pa.FixedSizeListArray.from_arrays(pa.array(rewards.reshape(-1), pa.float32()),
+                                            rewards.shape[1])
+    path = str(tmp_path / "huge.parquet")
+    pq.write_table(tab.set_column(tab.schema.get_field_index("rewards"),
+                                  tab.schema.field("rewards").with_type(new.type), new), path)
+    err = NonFiniteLossError(222, {"loss": float("inf"), "loss/clicks": float("inf"),
+                                   "loss/session_success": 0.5})
+    msg = train_main._non_finite_message(err, path)
+    names = meta.reward_names
+    assert msg.startswith("the training loss became non-finite at step 222 (loss, loss/clicks): "
+                          "rewards this large overflow the loss in float32; largest |reward| "
+                          f"per objective: {names[0]} 1 at row ")
+    assert msg.endswith(f"{names[1]} 1e+30 at row 7")

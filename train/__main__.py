@@ -5,7 +5,9 @@ at any point ends like one during training: one line and exit status 130."""
 
 import sys
 
-from puts_jax_entry import imported
+from puts_jax_entry import finished, imported, quiet_event_loop_closed
+
+quiet_event_loop_closed()
 
 trainer = imported("train.main", "python -m train")
 if trainer is None:
@@ -15,4 +17,4 @@ try:
 except KeyboardInterrupt:  # while parsing; train.main.main handles it from there on
     print("python -m train: interrupted", file=sys.stderr)
     status = 130
-sys.exit(status)
+sys.exit(finished(status))  # as puts-jax: after a Ctrl-C, exit at once (no teardown)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
+
+import numpy as np
 
 from puts_jax.checks import InputError
 from puts_jax.cli_checks import ArgumentParser, UsageError, settle_split
 from train import selection
 from train.config import TrainConfig
 from train.loop import train_and_evaluate
+from train.metrics import NonFiniteLossError
 from train.workdir_lock import WorkdirInUseError
 
 PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": TrainConfig.obd}
@@ -125,6 +129,33 @@ def _run(args: argparse.Namespace) -> dict:
         raise
 
 
+def _non_finite_message(err: NonFiniteLossError, logs: str) -> str:
+    """One line for a training loss that became NaN/inf: the step, the loss terms that did, and
+    per objective the log row whose reward is largest in magnitude (rewards near f32's range,
+    e.g. a count of 1e30, overflow the loss while every value is finite and passes the reader)."""
+    bad = sorted(k for k, v in err.record.items()
+                 if isinstance(v, float) and not math.isfinite(v))
+    where = ""
+    try:
+        import pyarrow.parquet as pq
+
+        from puts_jax.data.log_schema import read_meta
+
+        names = read_meta(logs).reward_names
+        col = pq.read_table(logs, columns=["rewards"]).column("rewards").combine_chunks()
+        r = np.abs(np.asarray(col.flatten(), np.float64).reshape(len(col), -1))
+        if r.size:
+            rows = r.argmax(axis=0)
+            parts = [f"{names[j] if j < len(names) else j} {r[rows[j], j]:.4g} at row {rows[j]}"
+                     for j in range(r.shape[1])]
+            where = "; largest |reward| per objective: " + ", ".join(parts)
+    except Exception:  # noqa: BLE001 - the message must not fail; the step alone still helps
+        where = ""
+    return (f"the training loss became non-finite at step {err.step} "
+            f"({', '.join(bad) or 'loss'}): rewards this large overflow the loss in float32"
+            f"{where}")
+
+
 def main(argv=None) -> int:
     """Train; print the selection summary as one sentence on stderr (``selection.describe``)
     and as one JSON line on stdout; returns the exit status (0, or 2 after a one-line
@@ -144,6 +175,9 @@ def main(argv=None) -> int:
         return 2
     except (OSError, ValueError, KeyError, IndexError) as err:
         print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"{PROG}: error: --logs: {_non_finite_message(err, args.logs)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # committed checkpoints and exports stay; the next run resumes
         print(f"{PROG}: interrupted (resume with the same command)", file=sys.stderr)

@@ -40,13 +40,34 @@ class MetricsWriter:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
+        """Keep the records up to ``step``. A torn last line (an append cut short by a full disk
+        or a kill: no newline, or not JSON) is dropped; a damaged line before it is a ValueError
+        naming the file and line, as nothing can say which steps it held."""
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            lines = f.readlines()
+        keep = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                torn = not line.endswith("\n")
+            except json.JSONDecodeError:
+                rec, torn = None, True
+            if torn and i == len(lines) - 1:
+                break  # the interrupted append (a step past the checkpoint runs again)
+            if rec is None:
+                raise ValueError(f"{self.path}: line {i + 1} is not a JSON record; remove it "
+                                 f"(and the lines after it) to resume")
+            if rec.get("step", 0) <= step:
+                keep.append(line)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
