@@ -322,3 +322,26 @@ def test_a_reward_too_large_for_the_loss_is_named_with_its_row(sim_logs, tmp_pat
                           "rewards this large overflow the loss in float32; largest |reward| "
                           f"per objective: {names[0]} 1 at row ")
     assert msg.endswith(f"{names[1]} 1e+30 at row 7")
+
+
+def test_workdir_errors_name_the_flag(sim_logs, tmp_path, monkeypatch, capsys):
+    """A --workdir that cannot be written is refused by name before any work, and an OSError
+    on a file under --workdir during the run (a full disk) names the flag too."""
+    import argparse
+    import os
+
+    from train import main as train_main
+
+    real = os.access
+    ro = str(tmp_path)
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == ro else real(p, m))
+    argv = ["--config", "tiny", "--logs", sim_logs["train"], "--heldout", sim_logs["heldout"],
+            "--workdir", str(tmp_path / "tr")]
+    assert train_main.main(argv) == 2
+    assert capsys.readouterr().err == f"python -m train: error: --workdir: cannot write in {ro}\n"
+    monkeypatch.setattr(os, "access", real)
+    args = argparse.Namespace(workdir=str(tmp_path / "tr"), logs=sim_logs["train"],
+                              heldout=sim_logs["heldout"])
+    err = OSError(28, "No space left on device", str(tmp_path / "tr" / "metrics.jsonl"))
+    assert train_main._flag_of_path(err, args) == "--workdir: "
+    assert train_main._flag_of_path(OSError(28, "x", "/elsewhere"), args) == ""

@@ -83,12 +83,34 @@ def _check_paths(args: argparse.Namespace) -> str | None:
             return str(err)
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
         return f"--workdir: {args.workdir} is a file"
+    near = os.path.abspath(args.workdir)
+    while not os.path.exists(near):
+        near = os.path.dirname(near)
+    if not os.path.isdir(near):
+        return f"--workdir: {args.workdir} cannot be created ({near} is a file)"
+    if not os.access(near, os.W_OK | os.X_OK):
+        return f"--workdir: cannot write in {near}"
     for flag, path in (("--logs", args.logs), ("--heldout", args.heldout)):
         if not os.path.exists(path):
             return f"{flag}: no such file {path}"
         if os.path.isdir(path):
             return f"{flag}: {path} is a directory"
     return None
+
+
+def _flag_of_path(err: Exception, args: argparse.Namespace) -> str:
+    """'--workdir: ' (or --logs / --heldout) when an OSError names a file under that path (a
+    full disk, a folder made read-only meanwhile), else ''."""
+    name = getattr(err, "filename", None)
+    if not isinstance(err, OSError) or not name:
+        return ""
+    full = os.path.abspath(str(name))
+    for flag, path in (("--workdir", args.workdir), ("--logs", args.logs),
+                       ("--heldout", args.heldout)):
+        base = os.path.abspath(path)
+        if full == base or full.startswith(base + os.sep):
+            return f"{flag}: "
+    return ""
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -174,7 +196,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {_flag(err, args)}{err}", file=sys.stderr)
         return 2
     except (OSError, ValueError, KeyError, IndexError) as err:
-        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {_flag_of_path(err, args)}{type(err).__name__}: {err}",
+              file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"{PROG}: error: --logs: {_non_finite_message(err, args.logs)}", file=sys.stderr)
