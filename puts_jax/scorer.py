@@ -89,6 +89,9 @@ class Scorer:
             raise InputError("action_weights", [], f"shape {W.shape}; expected f32[A, K] with "
                              f"A = {n_actions if n_actions is not None else 'the actions'} of "
                              "the model's Q, one utility-weight row per action")
+        checks.raise_if(~np.isfinite(W).all(axis=1), "action_weights",
+                        "a utility weight is NaN/inf (every candidate of a request given that "
+                        "action would be dropped)")
 
     def _id_vocab(self) -> tuple[int, ...] | None:
         """Vocabulary size of each categorical id column the model embeds (() for none), or
@@ -252,7 +255,11 @@ class Scorer:
         outside its vocabulary (non-finite preds are not errors: such candidates are never
         ranked and are counted in ``n_nonfinite``).
         The constructor raises InputError("action_weights") when W is not f32[A, K] with the
-        model's A."""
+        model's A, or names the rows of W holding a NaN/inf weight; a batch that is not a
+        RequestBatch is InputError("batch")."""
+        if not isinstance(batch, RequestBatch):
+            raise InputError("batch", [], f"expected a RequestBatch (context, preds, mask, ...), "
+                             f"got {type(batch).__name__}")
         lam = checks.check_lambda(np.asarray(lam, np.float32))
         for field in ("mask", "valid"):  # bool, or numbers that are exactly 0/1
             x = getattr(batch, field)

@@ -3,6 +3,7 @@ number, and nothing already written is lost: log contracts (DESIGN.md section 4)
 puts-jax command lines."""
 
 import re
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -378,7 +379,9 @@ def test_request_context_ids_outside_int32_are_rejected(tmp_path):
 def test_train_cli_context_id_of_2_pow_31_is_one_error_line_naming_file_and_row(tmp_path, capsys):
     bad = str(tmp_path / "bad.parquet")
     logs.write_log(bad, _meta(), **_arrays(), context_ids=_ids({7: 2**31}))
-    rc, err = _train(capsys, bad, bad, tmp_path / "wd")
+    heldout = str(tmp_path / "heldout.parquet")  # another file: the same one adds a warning
+    shutil.copy(bad, heldout)
+    rc, err = _train(capsys, bad, heldout, tmp_path / "wd")
     assert rc == 2
     assert re.match(rf"python -m train: error: --logs {re.escape(bad)}: {_IDS_ERROR}\[7\]$",
                     err.strip())

@@ -118,3 +118,16 @@ def test_a_non_finite_context_names_its_rows(scorer):
         scorer(LAM, _batch(context=context))
     assert e.value.field == "context" and e.value.rows == [1, 4]
     assert "non-finite" in str(e.value)
+
+
+def test_non_finite_action_weights_and_a_missing_batch_are_named(scorer):
+    """An all-NaN W row made every request given that action return no candidates, silently;
+    scorer(lam, None) raised a bare AttributeError."""
+    model = QNetwork(QNetConfig.tiny(), D, A, KINDS, rngs=nnx.Rngs(0))
+    W = np.array(scorer.action_weights)
+    W[3] = np.nan
+    with pytest.raises(InputError) as e:
+        engine.Scorer(model, W, ScoringConfig(top_k=3))
+    assert e.value.field == "action_weights" and "at rows [3]" in str(e.value)
+    with pytest.raises(InputError, match="expected a RequestBatch .* got NoneType"):
+        scorer.score(LAM, None)

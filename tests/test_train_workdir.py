@@ -345,3 +345,27 @@ def test_workdir_errors_name_the_flag(sim_logs, tmp_path, monkeypatch, capsys):
     err = OSError(28, "No space left on device", str(tmp_path / "tr" / "metrics.jsonl"))
     assert train_main._flag_of_path(err, args) == "--workdir: "
     assert train_main._flag_of_path(OSError(28, "x", "/elsewhere"), args) == ""
+
+
+def test_heldout_checks_before_training(sim_logs, tmp_path, capsys, monkeypatch):
+    """--heldout equal to --logs warns (selection on training rows is optimistic); an empty
+    --heldout says it has no rows (was 'no row matches any action')."""
+    import numpy as np
+
+    from puts_jax.checks import InputError
+    from train import loop
+    from train import main as train_main
+
+    monkeypatch.setattr(train_main, "_run", lambda args: {})
+    argv = ["--config", "tiny", "--logs", sim_logs["train"], "--heldout", sim_logs["train"],
+            "--workdir", str(tmp_path / "tr")]
+    assert train_main.main(argv) == 0
+    assert capsys.readouterr().err.startswith(
+        "python -m train: warning: --heldout is the same file as --logs: checkpoints are then "
+        "selected on the rows they were trained on")
+
+    class Chunk:
+        consistent = np.zeros((0, 4), bool)
+
+    with pytest.raises(InputError, match="the log has no rows"):
+        loop._check_estimable([Chunk()], "h.parquet")

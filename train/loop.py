@@ -27,6 +27,9 @@ from train.workdir_lock import WorkdirLock
 def _check_estimable(chunks: list, heldout_path: str) -> None:
     """Raise InputError naming ``heldout_path`` when none of its rows matches any action: no
     policy's value can be estimated on it, so no checkpoint could ever be selected."""
+    if not any(np.asarray(lb.consistent).shape[0] for lb in chunks):
+        raise logs.InputError("rows", [], "the log has no rows: nothing to select checkpoints "
+                              "on", heldout_path)
     if not any(np.asarray(lb.consistent).any() for lb in chunks):
         raise logs.InputError("consistent", [], "no row matches any action of the action set: no "
                               "policy can be estimated on this log, so no checkpoint could be "

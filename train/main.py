@@ -187,6 +187,11 @@ def main(argv=None) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
+    if os.path.samefile(args.logs, args.heldout):
+        print(f"{PROG}: warning: --heldout is the same file as --logs: checkpoints are then "
+              "selected on the rows they were trained on, and the selected value and gain are "
+              "optimistic ('puts-jax data split' makes a held-out log)", file=sys.stderr,
+              flush=True)
     try:
         out = _run(args)
     except WorkdirInUseError as err:
