@@ -36,7 +36,7 @@ def cmd_plan(args) -> None:
             n = float(planning.requests_for_lift(delta, args.base_rate, args.actions,
                                                  alpha=args.alpha, power=args.power,
                                                  disjoint=disjoint, **kw))
-            _print(f"a {args.lift:+.1%} lift ({delta:+.4f}) with {label}: " +
+            _print(f"a {args.lift * 100:+.4g}% lift ({delta:+.4f}) with {label}: " +
                    (f"{n:,.0f} logged rows = {n / per_day:,.1f} days" if np.isfinite(n)
                     else "not detectable (larger than the model allows)"))
     _print("matched/point = n / A (also the ESS of a deterministic target); the frontier calls a "

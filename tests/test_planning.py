@@ -136,7 +136,7 @@ def test_cli_plan(capsys):
                      "--lift", "0.0325"]) == 0
     out = capsys.readouterr().out
     assert "detectable lift" in out and "700,000" in out and "days" in out
-    assert "lift (+0.0135) with paired test" in out
+    assert "a +3.25% lift (+0.0135) with paired test" in out  # was printed as +3.2%
     assert cli.main(["plan", "--actions", "1", "--share", "0.05", "--requests-per-day", "1e6",
                      "--base-rate", "0.4"]) == 2
 
