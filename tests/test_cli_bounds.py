@@ -284,7 +284,7 @@ def test_the_plan_bounds_themselves_are_accepted(capsys):
     assert np.isfinite(p.hw_ips).all() and p.rows[0] == 3.65e15 < 2.0 ** 53
     assert cli.main([*PLAN, "--lift", "0.03", "--max-days", "36500"]) == 0
     out = capsys.readouterr().out
-    assert "36500" in out and "+3.0% lift" in out
+    assert "36500" in out and "a +3% lift" in out
 
 
 @pytest.mark.parametrize("flag", ["--frontier", "--logs"])
