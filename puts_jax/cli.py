@@ -76,6 +76,11 @@ def cmd_data_split(args) -> None:
     check_distinct_paths({"--out-a": args.out_a, "--out-b": args.out_b}, {"--logs": args.logs})
     check_out_file("--out-a", args.out_a)
     check_out_file("--out-b", args.out_b)
+    rows = 0  # the whole log through the reader first: a bad value is named by its row in
+    for _, ids, _ in logs.iter_log_chunks(args.logs):  # --logs, not later in a split file
+        rows += len(ids)
+    if rows == 0:
+        raise UsageError(f"--logs: {args.logs} has no rows: nothing to split (nothing written)")
     na, nb = logs.split_log(args.logs, args.out_a, args.out_b, args.share, args.seed)
     _print(f"{na} rows -> {args.out_a}\n{nb} rows -> {args.out_b}")
 

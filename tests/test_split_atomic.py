@@ -162,3 +162,31 @@ def test_sigkill_at_any_point_recovers_to_one_whole_pair(source, old, tmp_path, 
         assert logs.recover_split(str(old)) == answer
     assert snapshot(old) == {**pairs[final], "notes.txt": b"mine"}  # no staging, no temps
     assert logs.recover_split(str(old)) is None
+
+
+@pytest.mark.parametrize("bad", ["empty", "nan_reward"])
+def test_a_log_the_reader_refuses_is_named_before_anything_is_split(source, old, tmp_path,
+                                                                    capsys, bad):
+    """data split reads --logs through the log reader first: an empty log, or a NaN reward,
+    was split with exit 0 and only refused later, by a row number of a split file."""
+    import numpy as np
+    import pyarrow as pa
+
+    t = pq.read_table(source[0])
+    if bad == "empty":
+        t = t.slice(0, 0)
+    else:
+        col = t.column("rewards").combine_chunks()
+        r = np.asarray(col.flatten(), np.float32).reshape(len(col), -1).copy()
+        r[5, 0] = np.nan
+        field = t.schema.field("rewards")
+        t = t.set_column(t.schema.get_field_index("rewards"), field,
+                         pa.array(r.tolist(), type=field.type))
+    path = str(tmp_path / f"{bad}.parquet")
+    pq.write_table(t.replace_schema_metadata(t.schema.metadata), path)
+    assert _split(path, old) == 2
+    want = {"empty": f"puts-jax: error: --logs: {path} has no rows: nothing to split (nothing "
+                     "written)",
+            "nan_reward": f"puts-jax: error: {path}: rewards: non-finite value at rows [5]"}
+    assert _err(capsys) == want[bad]
+    assert snapshot(old) == {**source[1][1], "notes.txt": b"mine"}
