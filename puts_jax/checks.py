@@ -91,7 +91,15 @@ def check_lambda(lam: np.ndarray, field: str = "lambda", tol: float = PROB_SUM_T
     """Validate scalarization coefficients f[J] or f[L, J]: non-negative, summing to 1."""
     lam = np.asarray(lam, dtype=np.float32)
     lam2 = lam.reshape(-1, lam.shape[-1]) if lam.ndim else lam.reshape(1, 1)
-    check_distribution(lam2, field=field, tol=max(tol, 1e-5))
+    tol = max(tol, 1e-5)
+    if lam.ndim > 1:
+        check_distribution(lam2, field=field, tol=tol)
+        return lam
+    try:  # one lambda: its values, not "at rows [0]"
+        check_distribution(lam2, field=field, tol=tol)
+    except InputError:
+        raise InputError(field, [], f"must be non-negative, finite and sum to 1 (tol {tol}), "
+                         f"got {lam.tolist()}") from None
     return lam
 
 

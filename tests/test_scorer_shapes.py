@@ -131,3 +131,12 @@ def test_non_finite_action_weights_and_a_missing_batch_are_named(scorer):
     assert e.value.field == "action_weights" and "at rows [3]" in str(e.value)
     with pytest.raises(InputError, match="expected a RequestBatch .* got NoneType"):
         scorer.score(LAM, None)
+
+
+def test_a_bad_lambda_is_named_by_its_values_not_a_row(scorer):
+    """One lambda f32[J] is not a table: a NaN or a sum other than 1 names the values (the
+    message said 'at rows [0]')."""
+    with pytest.raises(InputError) as e:
+        scorer.score(np.array([np.nan, 0.5], np.float32), _batch())
+    assert str(e.value) == ("lambda: must be non-negative, finite and sum to 1 (tol 1e-05), "
+                            "got [nan, 0.5]")
