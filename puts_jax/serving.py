@@ -157,17 +157,18 @@ def _serve_parts(graphdef, action_weights, cfg: ScoringConfig, fold: bool, metho
 
 
 def build_serve(graphdef, action_weights, cfg: ScoringConfig, *, fold_lambda: bool = False,
-                method: str = "auto", q_block_rows: int | None = None) -> Callable[..., ServeOutput]:
+                method: str = "auto",
+                q_block_rows: int | None = None) -> Callable[..., ServeOutput]:
     """One jitted program ``serve(params, lam f32[J], batch: RequestBatch) -> ServeOutput``:
     context -> Q f32[B, A, J] -> scalarize -> select -> gather W -> re-weight all candidates ->
     masked top-k (PRL-PUTS serving; ``kernels.serve_batch``, top-k ``method`` as in
     ``kernels.rerank``). ``fold_lambda=True`` computes Q @ lam with lambda folded into the last
     layer (``scalarized_q``: faster, but not the sweep's f32 arithmetic). ``q_block_rows``: rows
     per Q-network block (``row_blocks``; None: 256 on CPU as the sweep does, one call on
-    accelerators; 0: one call; another value changes Q's last bits against the sweep's). graphdef and
-    W f32[A, K] are closed over; params and lam are traced (changing lambda or publishing new
-    parameters never recompiles). Shapes are used as given (``scorer.Scorer`` buckets them);
-    ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
+    accelerators; 0: one call; another value changes Q's last bits against the sweep's).
+    graphdef and W f32[A, K] are closed over; params and lam are traced (changing lambda or
+    publishing new parameters never recompiles). Shapes are used as given (``scorer.Scorer``
+    buckets them); ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
     Outputs are small (f32/i32[B, k] at most, 1.7 MB at B = 8192, k = 25), so nothing is
     donated: writing them into donated buffers measured within noise on the 2-core CPU (-4% to
     +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays)."""

@@ -21,7 +21,7 @@ import statistics
 
 import numpy as np
 
-from puts_jax import evaluation, model_io, scalarization
+from puts_jax import evaluation, model_io, report_verdicts, scalarization
 from puts_jax.config import SweepConfig
 
 SELECTED_FILE = "selected.json"
@@ -60,18 +60,20 @@ def global_action_choice(consistent: np.ndarray, rewards: np.ndarray, propensity
     resid2 = np.maximum((w * w * r * r) @ c - 2 * v0 * ((w * w * r) @ c) + v0 ** 2 * sw2, 0.0)
     se = np.sqrt(resid2) / np.where(matched, sw, 1.0)
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    order = [int(a) for a in np.argsort(-value, kind="stable") if matched[a]]
-    if not order:  # no action matched a row: action 0, with no estimate
+    est = {"value": value[:, None], "lo": (value - z * se)[:, None],
+           "hi": (value + z * se)[:, None]}
+    # the report's ranking of global actions: best, runner-up, ties to the lowest index
+    ranked = report_verdicts.best_global_actions(est, ["max"], ["objective"])
+    b, r = ranked["best"]["objective"], ranked["runner_up"]["objective"]
+    if b is None:  # no action matched a row: action 0, with no estimate
         return {"action": 0, "value": None, "lo": None, "hi": None, "runner_up": None,
                 "overlaps_runner_up": None, "confidence": confidence}
 
     def one(a: int) -> dict:
-        return {"action": a, "value": float(value[a]), "lo": float(value[a] - z * se[a]),
-                "hi": float(value[a] + z * se[a])}
-    best = one(order[0])
-    ru = one(order[1]) if len(order) > 1 else None
-    overlap = None if ru is None else bool(max(best["lo"], ru["lo"]) <= min(best["hi"], ru["hi"]))
-    return {**best, "runner_up": ru, "overlaps_runner_up": overlap, "confidence": confidence}
+        return {"action": a, **{k: float(est[k][a, 0]) for k in ("value", "lo", "hi")}}
+    apart = ranked["best_apart"]["objective"]
+    return {**one(b), "runner_up": None if r is None else one(r),
+            "overlaps_runner_up": None if apart is None else not apart, "confidence": confidence}
 
 
 def _row(est, p: int, j: int) -> dict:
