@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import baselines, fast, harness, roofline, variants, workload
+from bench import baselines, fast, harness, roofline, tail_profile, variants, workload
 from bench.report import Report
 from puts_jax import native as puts_native
 
@@ -293,6 +293,14 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, workers: bool =
         print(f"  serve B={B} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     for B in sorted({min(batches), max(batches)}):
         breakdown(rep, s, B, ctx, quick, roof)
+    if puts_native.available() and max(batches) % 64 == 0:  # the tail: compute against reads
+        try:
+            prof = tail_profile.run(max(batches), s.N, s.K, s.top_k, reps=5 if quick else 9)
+        except RuntimeError as e:
+            rep.note(f"native tail profile not measured: {e}")
+        else:
+            rep.extra["native_tail_profile"] = prof
+            rep.note(tail_profile.describe(prof))
     if workers:
         scaling(rep, quick, max(batches))
     return rep

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bench import harness, report, roofline
+from conftest import require_native
 
 
 @pytest.mark.parametrize("q", [0.0, 1.0, 37.5, 50.0, 99.0, 100.0])
@@ -220,3 +221,21 @@ def test_bandwidth_is_measured_past_the_last_level_cache():
     assert n == max(64 << 20, want)
     if llc is not None and 4 * llc <= cap:
         assert n >= 4 * llc - 4096
+
+
+def test_tail_profile_splits_the_native_tail_into_compute_and_reads():
+    """bench.tail_profile: the row kernels built alone, plain and instrumented, agree on the
+    top-k (checksum), and the profile's identities hold on a small batch."""
+    require_native()
+    from bench import tail_profile
+
+    p = tail_profile.run(B=128, N=60, K=6, k=5, reps=1, evict_bytes=1 << 20)
+    assert (p["B"], p["N"], p["K"], p["k"], p["bytes_read"]) == (128, 60, 6, 5, 128 * 60 * 6 * 4)
+    assert p["nonfinite"] == 0 and len(p["checksum"]) == 16
+    assert min(p["cold_ms"], p["hot_ms"], p["read_ms"]) > 0
+    assert p["overlap_ms"] == pytest.approx(p["hot_ms"] + p["read_ms"] - p["cold_ms"])
+    shares = p["phase_share"]
+    assert set(shares) == set(tail_profile.PHASES)
+    if sum(p["phase_ticks_per_row"].values()) > 0:  # AVX-512 rows: the phases are timed
+        assert sum(shares.values()) == pytest.approx(1.0)
+    assert "compute" in tail_profile.describe(p)

@@ -23,6 +23,18 @@
 #include <optional>
 #include <string>
 
+// -DPUTS_JAX_PHASE_CYCLES (bench/tail_profile.cc only): time stamp counter ticks spent in each
+// phase of row_avx512, summed over rows: scoring, the chunk's bound, the compress, the inserts.
+#ifdef PUTS_JAX_PHASE_CYCLES
+#include <x86intrin.h>
+uint64_t puts_jax_phase_ticks[4];
+#define PHASE_MARK(v) const uint64_t v = __rdtsc()
+#define PHASE_ADD(i, a, b) puts_jax_phase_ticks[i] += (b) - (a)
+#else
+#define PHASE_MARK(v)
+#define PHASE_ADD(i, a, b)
+#endif
+
 #ifndef PUTS_JAX_NO_FFI  // -DPUTS_JAX_NO_FFI: the row kernels alone (micro-benchmarks)
 #include "xla/ffi/api/ffi.h"
 
@@ -238,6 +250,7 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
   int32_t bad = 0;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, n - c0);
+    PHASE_MARK(t_score);
     __m512 g0 = _mm512_set1_ps(kNegInf), g1 = g0;
     int64_t i = 0;
     for (; i + 32 <= cn; i += 32) {
@@ -258,6 +271,8 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
     }
     // t0, the k-th largest of the 32 group maxima v: max{v_i : #{j : v_j >= v_i} >= k}, by
     // counting in registers (32 serial inserts into a sorted list cost ~12% more per row)
+    PHASE_MARK(t_bound);
+    PHASE_ADD(0, t_score, t_bound);
     const float* next = pr + (c0 + cn) * K;
     alignas(64) float gv[32];
     _mm512_store_ps(gv, g0);
@@ -276,6 +291,8 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
         _mm512_max_ps(_mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(n0, kv), ninf, g0),
                       _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(n1, kv), ninf, g1)));
     const float t = std::max(t0, key_score(best.at(k - 1)));
+    PHASE_MARK(t_compress);
+    PHASE_ADD(1, t_bound, t_compress);
     const __m512 tv = _mm512_set1_ps(t);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int64_t m = 0;
@@ -292,10 +309,14 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
                                       pass, _mm512_add_epi32(lane, _mm512_set1_epi32((int)(c0 + b)))));
       m += __builtin_popcount((unsigned)pass);
     }
+    PHASE_MARK(t_insert);
+    PHASE_ADD(2, t_compress, t_insert);
     for (int64_t j = 0; j < m; ++j) {
       pf.step(next, 2);
       best.insert((int64_t)ordered(cv[j]) << 32 | (int64_t)(uint32_t)~ci[j]);
     }
+    PHASE_MARK(t_done);
+    PHASE_ADD(3, t_insert, t_done);
   }
   alignas(64) int64_t t[8 * R];
   for (int r = 0; r < R; ++r) _mm512_store_si512(t + 8 * r, best.s[r]);
