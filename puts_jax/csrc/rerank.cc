@@ -45,17 +45,24 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Software prefetch of the predictions a little ahead of the reads, into L2: a cursor over the
-// whole preds array that every phase of a row advances, so the memory system keeps streaming
-// while a row's selection runs (a per-block prefetch a fixed distance ahead issued nothing
-// during the selection, and the reads and the selection added up: ~10.9 ms against ~10.2 ms at
-// B = 8192, N = 500, K = 6 from DRAM on the 2-core CPU).
+// Software prefetch of the predictions ahead of the reads, into L2: a cursor over the whole preds
+// array that every phase of a row advances at a steady rate, so the memory system keeps
+// streaming while a row's selection (bound, compress, inserts: half the row's compute) runs.
+// Scoring reads 2K lines per 32 candidates and prefetches K of them ahead; each selection step
+// prefetches one line. Measured at B = 8192, N = 500, K = 6 from DRAM on the 2-core CPU
+// (bench/tail_profile.py): 9.7-10.0 ms when scoring prefetched 2K + 4 lines a step and the
+// cursor's lead was capped at 16 KB (it reached the cap while scoring, so the selection issued
+// nothing and added its whole compute), against 7.9-8.5 ms now; a plain read is 6.6-7.0 ms.
+// A cursor that falls behind the reads (few inserts, short rows) restarts kLead bytes ahead.
 struct Prefetcher {
   const char* p;    // next line to prefetch
   const char* end;  // one past the last byte of preds
-  static constexpr int64_t kAhead = 16384;  // at most this many bytes past the read position
+  static constexpr int64_t kAhead = 32768;  // at most this many bytes past the read position
+  static constexpr int64_t kLead = 1024;    // where a cursor that fell behind restarts
   inline void step(const float* cur, int lines) {
-    const char* lim = std::min(end, reinterpret_cast<const char*>(cur) + kAhead);
+    const char* c = reinterpret_cast<const char*>(cur);
+    if (p < c + kLead) p = c + kLead;
+    const char* lim = std::min(end, c + kAhead);
     for (int l = 0; l < lines && p < lim; ++l, p += 64) __builtin_prefetch(p, 0, 2);
   }
 };
@@ -254,9 +261,9 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
     __m512 g0 = _mm512_set1_ps(kNegInf), g1 = g0;
     int64_t i = 0;
     for (; i + 32 <= cn; i += 32) {
-      // the hardware prefetcher alone left the pass ~1.5x slower than a plain read of preds:
-      // 2K lines are read per 32 candidates, so 2K + 4 keep the cursor ahead
-      pf.step(pr + (c0 + i) * K, 2 * K + 4);
+      // the hardware prefetcher alone left the pass ~1.5x slower than a plain read of preds;
+      // K lines here and one per selection step keep the cursor ahead (see Prefetcher)
+      pf.step(pr + (c0 + i) * K, (int)K);
       const __m512 u0 = block_scores<K>(tr, w, pr, mr, n, c0 + i, bad);
       const __m512 u1 = block_scores<K>(tr, w, pr, mr, n, c0 + i + 16, bad);
       _mm512_store_ps(ubuf + i, u0);
@@ -280,7 +287,7 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
     __m512i n0 = _mm512_setzero_si512(), n1 = n0;
     const __m512i one = _mm512_set1_epi32(1);
     for (int g = 0; g < 32; ++g) {
-      pf.step(next, 2);
+      pf.step(next, 1);
       const __m512 vg = _mm512_set1_ps(gv[g]);
       n0 = _mm512_mask_add_epi32(n0, _mm512_cmp_ps_mask(vg, g0, _CMP_GE_OQ), n0, one);
       n1 = _mm512_mask_add_epi32(n1, _mm512_cmp_ps_mask(vg, g1, _CMP_GE_OQ), n1, one);
@@ -297,7 +304,7 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int64_t m = 0;
     for (int64_t b = 0; b < cn; b += 16) {
-      pf.step(next, 2);
+      pf.step(next, 1);
       const __m512 u = _mm512_load_ps(ubuf + b);
       __mmask16 pass = _mm512_cmp_ps_mask(u, tv, _CMP_GE_OQ) &
                        _mm512_cmp_ps_mask(u, _mm512_set1_ps(kNegInf), _CMP_GT_OQ);
@@ -312,7 +319,7 @@ int32_t row_avx512(const float* pr, const float* wr, const bool* mr, int64_t n, 
     PHASE_MARK(t_insert);
     PHASE_ADD(2, t_compress, t_insert);
     for (int64_t j = 0; j < m; ++j) {
-      pf.step(next, 2);
+      pf.step(next, 1);
       best.insert((int64_t)ordered(cv[j]) << 32 | (int64_t)(uint32_t)~ci[j]);
     }
     PHASE_MARK(t_done);
