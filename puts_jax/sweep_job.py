@@ -16,14 +16,13 @@ ground-truth table (``truth_table``) lives in ``puts_jax.sweep_truth``.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
 from puts_jax import bootstrap as boot_lib
-from puts_jax import evaluation, model_io, ope, pareto, report
+from puts_jax import evaluation, model_io, ope, pareto, report, sweep_inputs
 from puts_jax import halves as halves_lib
 from puts_jax.checks import InputError
 from puts_jax.config import SweepConfig
@@ -32,6 +31,8 @@ from puts_jax.scalarization import lambda_grid
 from puts_jax.sweep_limits import (MAX_BOOTSTRAP_BYTES, MAX_LAMBDA_POINTS,  # noqa: F401
                                    MAX_RESAMPLES, check_bootstrap_size, check_grid_size,
                                    check_seed, grid_points)  # (re-exported: sweep_job.X works)
+from puts_jax.sweep_inputs import (TRAIN_INPUTS, seen_warning,  # noqa: F401 (re-exported)
+                                   training_inputs)
 from puts_jax.sweep_truth import truth_table  # noqa: F401  (re-exported: ``puts-jax truth``)
 
 
@@ -182,7 +183,8 @@ def _check_sweep_inputs(out_dir: str, logs_path: str, meta: logs.LogMeta, n_lamb
 
 def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
               chunk_rows: int = 65536, primary: str | None = None, bootstrap: int = 200,
-              seed: int = 0, halves: bool = False) -> tuple[dict, dict]:
+              seed: int = 0, halves: bool = False,
+              log_warnings: list | None = None) -> tuple[dict, dict]:
     """Evaluate the lambda grid and the baselines on ``logs_path``; write frontier.json/png.
 
     bootstrap: R Poisson-bootstrap resamples (0: none; the band is then Bonferroni and there is
@@ -190,6 +192,13 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
     halves: also estimate every point and baseline on each half of the log (``puts_jax.halves``:
     split by request-id hash) into ``doc["halves"]``, so that ``select`` chooses on one half and
     publishes the other's estimate (no winner's curse); one more streamed pass per half.
+    The log is checked while it streams (``puts_jax.sweep_inputs``): rows a train workdir's
+    model was trained or checkpoint-selected on (its file's sha256 in ``inputs.json``, its rows'
+    keys in ``training_rows.npz``: ``provenance.training_inputs`` / ``training_rows``), and a
+    reward that dominates the estimates of the policies matching its row give warnings, in
+    ``doc["warnings"]`` and appended to ``log_warnings`` (a list) when given; rewards whose
+    weighted squares would overflow the float32 sums raise InputError("rewards") naming the
+    objective and the row, before that chunk is evaluated.
     Returns (frontier document, written paths). Raises InputError, before any work, when the
     model and the log disagree on the action set size or the number of objectives, and for what
     ``_check_sweep_inputs`` names (--out a file, too many lambda points, an empty log, "exact"
@@ -207,12 +216,18 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                       f"the log has A={A}, J={J}")
     cfg = SweepConfig(n_lambdas=n_lambdas, chunk_rows=chunk_rows)
     lams = lambda_grid(J, n_lambdas)
-    chunks = logs.iter_log_chunks(logs_path, chunk_rows, **model_io.model_widths(model))
+    rec_path, record, why = sweep_inputs.load_rows_record(model_dir)
+    chunks = sweep_inputs.LogWatch(
+        logs.iter_log_chunks(logs_path, chunk_rows, **model_io.model_widths(model)), record,
+        meta.reward_names, logs_path)
     ev = evaluation.evaluate_log(model, lams, chunks, cfg,
                                  reward_kinds=meta.reward_kinds,
                                  baselines=evaluation.fixed_action_probs(np.arange(A), A),
                                  n_actions=A, bootstrap=bootstrap,
                                  key=jax.random.key(seed) if bootstrap else None)
+    sweep_inputs.check_sums_finite((ev.stats, ev.baseline_stats, ev.boot_stats,
+                                    ev.baseline_boot_stats), meta.reward_names, chunks.rewards,
+                                   logs_path)
     names = [f"lambda=({', '.join(f'{x:.2f}' for x in lam)})" for lam in lams]
     raw_points = report.from_ope(names, ev.estimates)
     points = with_boot(with_auto(raw_points), ev.estimates, ev.boot)
@@ -227,48 +242,23 @@ def run_sweep(model_dir: str, logs_path: str, out_dir: str, n_lambdas: int = 21,
                                   info.get("extra", {}).get("step"), meta.action_set.hash(),
                                   model_params_hash=info["params_hash"],
                                   model=os.path.abspath(model_dir))
-    prov["training_inputs"] = training_inputs(model_dir, prov["data_files"][str(logs_path)])
+    ti = prov["training_inputs"] = training_inputs(model_dir, prov["data_files"][str(logs_path)])
+    prov["training_rows"] = sweep_inputs.overlap_block(rec_path, record, why, chunks)
     doc = report.build_frontier(lams, points, objective_names=list(meta.reward_names),
                                 provenance=prov, baselines=base, confidence=cfg.confidence,
                                 primary=primary or "auto")
-    if prov["training_inputs"]["seen_as"]:
-        doc["warnings"].append(seen_warning(prov["training_inputs"]))
     _add_matched_rewards(doc, ev, meta.action_set.production)
+    warns = ([seen_warning(ti)] if ti["seen_as"] else []) + sweep_inputs.overlap_warnings(
+        prov["training_rows"], ti["seen_as"]) + sweep_inputs.outlier_warnings(
+        chunks.rewards, meta.reward_names, doc, meta.action_set.production)
+    doc["warnings"] += warns
+    if log_warnings is not None:
+        log_warnings += warns
     doc["auto_estimator"] = ["exact" if u else "snips" for u in auto_uses_exact(raw_points)]
     doc.update(evidence_blocks(ev, cfg.confidence, doc["objectives"]["directions"], seed))
     if halves:
         doc["halves"] = evaluate_halves(model, lams, names, logs_path, meta, cfg, bootstrap, seed)
     return doc, report.write_frontier(out_dir, doc)
-
-
-TRAIN_INPUTS = "inputs.json"  # train/checkpointing.INPUTS_FILE: a train workdir's input record
-
-
-def training_inputs(model_dir: str, logs_sha256: str) -> dict:
-    """Whether the model saw the sweep's log in training: {"record": the train workdir's
-    inputs.json beside ``model_dir`` (``python -m train`` exports ``WORKDIR/selected_model``
-    and records each input's sha256 in ``WORKDIR/inputs.json``) or None where there is none (a
-    model saved or copied elsewhere: not checked), "seen_as": the roles ("logs": fitted on,
-    "heldout": checkpoint-selected on) whose recorded sha256 is the log's}."""
-    record = os.path.join(os.path.dirname(os.path.abspath(model_dir)), TRAIN_INPUTS)
-    try:
-        with open(record) as f:
-            inputs = json.load(f)
-        seen = [role for role, rec in inputs.items()
-                if isinstance(rec, dict) and rec.get("sha256") == logs_sha256]
-    except (OSError, ValueError, AttributeError):
-        return {"record": None, "seen_as": []}
-    return {"record": record, "seen_as": seen}
-
-
-def seen_warning(ti: dict) -> str:
-    """The frontier's (and the CLI's) warning for a log that ``training_inputs`` found."""
-    how = " and ".join({"logs": "trained on", "heldout": "checkpoint-selected on"}.get(r, r)
-                       for r in ti["seen_as"])
-    return (f"the log is one the model was {how} (same sha256 as {', '.join(ti['seen_as'])} in "
-            f"{ti['record']}): its estimates are optimistic and the frontier is not an "
-            "unseen-data estimate; sweep a log training did not see (simulate's "
-            "evaluation.parquet, or a 'data split' share held out of training)")
 
 
 def _add_matched_rewards(doc: dict, ev: evaluation.Evaluation, production: int | None) -> None:

@@ -9,7 +9,8 @@ One checkpoint step holds three items:
 Restore order (big_vision / maxtext style), as ``train.loop`` does it:
   0. compare this call's input files and config with those recorded in ``workdir/inputs.json`` and
      ``workdir/config.json`` when the run started (``check_inputs``, ``check_config``): resuming
-     on another training or held-out log, or with other settings, is refused;
+     on another training or held-out log, or with other settings, is refused; the keys of the
+     inputs' rows are recorded in ``workdir/training_rows.npz`` (``record_rows``) for the sweep;
   1. build the model and the optimizer from the config (``state.abstract_state``: shapes only);
   2. compare the saved "state" metadata with that target; any missing, unexpected or reshaped
      path raises ``CheckpointMismatchError`` naming each path with saved and expected shapes,
@@ -35,6 +36,7 @@ import orbax.checkpoint as ocp
 from puts_jax.action_set import atomic_write_text, deferred_interrupt  # noqa: F401 (train.loop)
 from puts_jax.checks import InputError
 from puts_jax.report import file_sha256
+from puts_jax.sweep_inputs import ROWS_RECORD, write_rows_record
 
 INPUTS_FILE = "inputs.json"
 CONFIG_FILE = "config.json"
@@ -204,3 +206,15 @@ def check_config(workdir: str, config: dict, resuming: bool, write: bool = True)
                              "away", workdir)
     if write and (not resuming or not os.path.exists(path)):
         atomic_write_text(path, json.dumps(config, indent=1))
+
+
+def record_rows(workdir: str, inputs: dict[str, dict], keys: dict[str, list], resuming: bool,
+                write: bool = True) -> None:
+    """Record the rows this run reads: ``workdir/training_rows.npz`` (``sweep_inputs``: per
+    role, the sorted 64-bit keys of its rows, 8 bytes a row, with the file's sha256 from
+    ``inputs``), against which ``puts-jax sweep`` counts the rows of its log that training saw.
+    Called after ``check_inputs`` (the inputs are those recorded); written (``write``: process
+    0, atomically) when the run starts fresh, and once for a workdir without it (one from before
+    the record existed, or a run stopped between inputs.json and this file)."""
+    if write and (not resuming or not os.path.exists(os.path.join(workdir, ROWS_RECORD))):
+        write_rows_record(workdir, {r: inputs[r]["sha256"] for r in keys}, keys)

@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from puts_jax.data import logs
+from puts_jax.sweep_inputs import row_keys
 from puts_jax.types import LoggedBatch
 
 
@@ -134,10 +135,16 @@ def to_train_batch(element: dict) -> TrainBatch:
                       element.get("context_ids"))
 
 
-def heldout_chunks(path: str, chunk_rows: int,
-                   id_vocab_sizes: tuple[int, ...] | None = None) -> list:
+def heldout_chunks(path: str, chunk_rows: int, id_vocab_sizes: tuple[int, ...] | None = None,
+                   keys: list | None = None) -> list:
     """The held-out log as a list of LoggedBatch chunks (host numpy), read once per run.
     ``id_vocab_sizes``: the trained model's vocabularies (ids at or above one are rejected,
-    ``logs.iter_log_chunks``); None when it embeds no ids."""
-    return [lb for _, _, lb in logs.iter_log_chunks(path, chunk_rows,
-                                                    id_vocab_sizes=id_vocab_sizes)]
+    ``logs.iter_log_chunks``); None when it embeds no ids. ``keys``: a list to append each
+    chunk's ``sweep_inputs.row_keys`` u64[b] to (the workdir's record of the rows training
+    read)."""
+    out = []
+    for _, rid, lb in logs.iter_log_chunks(path, chunk_rows, id_vocab_sizes=id_vocab_sizes):
+        if keys is not None:
+            keys.append(row_keys(rid, lb))
+        out.append(lb)
+    return out

@@ -87,7 +87,9 @@ class _Run:
         _check_parquet(heldout_path)
         # the vocabularies of the model being trained: an id at or above one would embed as NaN
         vocab = tuple(cfg.qnet.id_vocab_sizes) or None
-        meta, _, lb = logs.read_log(logs_path, id_vocab_sizes=vocab)
+        meta, rid, lb = logs.read_log(logs_path, id_vocab_sizes=vocab)
+        # the keys of the rows read, for the workdir's record (``checkpointing.record_rows``)
+        self.row_keys = {"logs": [input_lib.row_keys(rid, lb)], "heldout": []}
         _check_heldout(meta, heldout_path)
         self.meta = meta
         try:
@@ -118,7 +120,8 @@ class _Run:
         self.select_lambda = cfg.selection_lambda(J)
         g = selection.global_action_choice(lb.consistent, lb.rewards, lb.propensity,
                                            cfg.select_objective)
-        chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows, vocab)
+        chunks = input_lib.heldout_chunks(heldout_path, cfg.heldout_chunk_rows, vocab,
+                                          self.row_keys["heldout"])
         _check_widths(arrays, chunks, heldout_path)
         _check_estimable(chunks, heldout_path)
         self.evaluator = selection.HeldoutEvaluator(
@@ -250,8 +253,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     Resumes from ``workdir/checkpoints`` when it holds a committed step, and only on the same
     input files and config as the run that wrote it (``checkpointing.check_inputs``,
     ``check_config``: ``workdir/inputs.json`` records the files' paths, sizes and sha256,
-    ``workdir/config.json`` the config). Holds ``workdir/train.lock`` while it runs
-    (``train.workdir_lock``). Writes ``workdir/metrics.jsonl`` (train loss per objective one
+    ``workdir/config.json`` the config; ``workdir/training_rows.npz`` the keys of their rows,
+    ``checkpointing.record_rows``, which ``puts-jax sweep`` checks its log against). Holds
+    ``workdir/train.lock`` while it runs (``train.workdir_lock``). Writes ``workdir/metrics.jsonl`` (train loss per objective one
     step late, held-out estimates at each evaluation), ``workdir/best_so_far`` (the best model
     evaluated so far, provisional) and, once the last step is trained, ``workdir/selected_model``
     and ``workdir/selected.json`` (``train.publish``; ``load_selected``). A resumed run that
@@ -275,6 +279,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
             resuming, write = run.ckpt.latest_step() is not None, jax.process_index() == 0
             checkpointing.check_config(workdir, config.to_dict(), resuming, write)
             checkpointing.check_inputs(workdir, inputs, resuming, write)
+            checkpointing.record_rows(workdir, inputs, run.row_keys, resuming, write)
         except BaseException:
             run.ckpt.close()
             raise
