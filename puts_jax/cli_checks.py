@@ -66,13 +66,24 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter,
         return super()._get_help_string(action)
 
 
+# A value, not an option: '-' then a digit, '.digit', 'inf' or 'nan' ('-0.5,1.5', '-1e-3',
+# '-.5', '-inf'). argparse's own pattern (Python 3.11: '^-\d+$|^-\d*\.\d+$') takes only a
+# plain negative number, so '--lam -0.5,1.5' ended in "expected one argument".
+NEGATIVE_VALUE = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` with ``HelpFormatter`` by default; its subparsers are of
     this class too (argparse makes them of the parent's class), so every ``--help`` of
-    ``puts-jax`` and ``python -m train`` lists the defaults."""
+    ``puts-jax`` and ``python -m train`` lists the defaults. An argument that starts like a
+    negative number (``NEGATIVE_VALUE``: ``--lam -0.5,1.5``, ``--days -1,7``, ``--share -1e-3``)
+    is the option's value, so the command's own check names what is wrong with it ("--lam:
+    coefficients must be non-negative ...") instead of argparse's "expected one argument". No
+    option of these parsers starts with '-' and a digit, so nothing else changes meaning."""
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self._negative_number_matcher = NEGATIVE_VALUE
 
 
 class UsageError(ValueError):
