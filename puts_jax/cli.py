@@ -26,7 +26,8 @@ from puts_jax import cli_plan, cli_policy, hostmem
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
                                  ArgumentParser, check_out_dir, check_out_file,
-                                 fields_as_flags, print_line as _print, read_frontier)
+                                 fields_as_flags, print_line as _print, read_frontier,
+                                 write_error)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
@@ -357,7 +358,9 @@ def _run(argv: list[str] | None) -> int:
         raise
     except (OSError, ValueError, KeyError, IndexError) as e:
         config = re.fullmatch(r"(\w+Config\.\w+): (.*)", str(e), re.S)  # config dataclasses
-        if isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:
+        if write_error(e, args):  # a full disk or a read-only folder: the output's flag
+            print(f"puts-jax: error: {write_error(e, args)}", file=sys.stderr)
+        elif isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:
             print(f"puts-jax: error: {as_flag(config[1], args)}: {config[2]}", file=sys.stderr)
         else:
             print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)

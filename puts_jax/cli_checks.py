@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -312,3 +313,62 @@ def as_flag(field: str, args) -> str:
     'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
     name = field.rsplit(".", 1)[-1] if re.fullmatch(r"\w+Config\.\w+", field) else field
     return "--" + name.replace("_", "-") if name in vars(args) and name != "fn" else field
+
+
+# errno values that mean "this output cannot be written here": a full disk or quota, a file too
+# large for the file system, a read-only file system, no permission (the inputs were read first)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+FILE_OUTPUTS = ("score", "data split", "policy select")  # commands whose --out (-a/-b) is one file
+
+
+def _command(args) -> str:
+    """'score', 'data split', 'policy select', ...: the command the parsed ``args`` run."""
+    return " ".join(filter(None, (getattr(args, "cmd", None), getattr(args, "policy_cmd", None),
+                                  getattr(args, "data_cmd", None))))
+
+
+def _outputs(args) -> list[tuple[str, str, str]]:
+    """(flag, its path, the folder written into) for each output of this command: a file's
+    folder (its temp or staging file sits there) or the output folder itself. ``report``
+    without --out writes into the frontier's folder (named as --frontier); ``policy publish``,
+    ``set-lambda`` and ``rollback`` write into --registry."""
+    cmd, found = _command(args), []
+    for name in ("out", "out_a", "out_b"):
+        path = getattr(args, name, None)
+        if path:
+            folder = os.path.abspath(path)
+            folder = os.path.dirname(folder) if cmd in FILE_OUTPUTS else folder
+            found.append((f"--{name.replace('_', '-')}", path, folder))
+    if cmd == "report" and getattr(args, "out", None) is None:
+        found.append(("--frontier", args.frontier, os.path.dirname(os.path.abspath(args.frontier))))
+    if getattr(args, "policy_cmd", None) in ("publish", "set-lambda", "rollback"):
+        found.append(("--registry", args.registry, os.path.abspath(args.registry)))
+    return found
+
+
+def write_error(err: BaseException, args) -> str | None:
+    """'--out: cannot write PATH (No space left on device); nothing written' for an OSError of
+    ``WRITE_ERRNOS`` that writing one of this command's outputs raised (a full disk, a folder
+    made read-only meanwhile; the outputs are written atomically, so nothing of them is left);
+    None for any other error. An error naming a file (``err.filename``) is matched to the
+    output whose folder holds it (a file elsewhere is not an output's: None); one naming no
+    file (Arrow's and orbax's writers) is the outputs' (every flag named: the inputs were read
+    before it)."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_ERRNOS:
+        return None
+    outs, cmd = _outputs(args), _command(args)
+    if err.filename:
+        full = os.path.abspath(os.fsdecode(err.filename))
+        if any(getattr(args, n, None) and os.path.abspath(getattr(args, n)) == full
+               for n in INPUT_FILES):  # an input in the output's folder: not the output's
+            return None
+        outs = [o for o in outs if full == o[2] or full.startswith(o[2].rstrip(os.sep) + os.sep)]
+    if not outs:
+        return None
+    flags = " / ".join(flag for flag, _, _ in outs)
+    paths = " / ".join(path for _, path, _ in outs)
+    what = {"policy select": "the selection is not written",  # the frontier may be marked
+            "policy publish": "no new version (CURRENT unchanged)",
+            "policy set-lambda": "no new version (CURRENT unchanged)",
+            "policy rollback": "CURRENT unchanged"}.get(cmd, "nothing written")
+    return f"{flags}: cannot write {paths} ({os.strerror(err.errno)}); {what}"
