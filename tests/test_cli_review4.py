@@ -1,7 +1,8 @@
 """Fresh-user review, fourth pass: each finding as a value test (exit status, the exact line,
 nothing written). A full disk (or a read-only file system, no permission) while a command
 writes its output is one line naming the output's flag and path, with nothing of the output left
-behind; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
+behind; a model folder whose parameters do not fit its spec.json (or a registry version's) is
+one line naming --model (--policy) and the shapes; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
 own check instead of argparse's "expected one argument"."""
 
 import errno
@@ -166,3 +167,96 @@ def test_write_error_names_the_registry_and_not_an_input():
     args = cli.build_parser().parse_args(["report", "--frontier", "/f/frontier.json"])
     assert cli_checks.write_error(OSError(errno.EROFS, "x"), args) == (
         "--frontier: cannot write /f/frontier.json (Read-only file system); nothing written")
+
+
+# ----------------------------------------------------------------------------- 2. swapped params
+
+@pytest.fixture(scope="module")
+def swapped(run):
+    """``run/swapped``: the model's spec.json with the params of a model reading 3 more context
+    features (tower kernel float32[D + 3, 16] where spec.json's model reads float32[D, 16]);
+    ``run/other_spec``: the reverse (the wide model's spec.json, this model's params); and
+    ``run/reg_swapped``: the registry with v0001's params swapped the same way."""
+    from flax import nnx
+
+    from puts_jax import model_io
+    from puts_jax.config import QNetConfig
+    from puts_jax.data import logs
+    from puts_jax.qnet import QNetwork
+
+    model, _ = model_io.load_model(str(run / "model"))
+    meta = logs.read_meta(str(run / "data" / "logs.parquet"))
+    wide = QNetwork(QNetConfig.tiny(), model.context_dim + 3, meta.action_set.n_actions,
+                    meta.reward_kinds, rngs=nnx.Rngs(1))
+    model_io.save_model(str(run / "wide"), wide)
+    shutil.copytree(run / "model", run / "swapped")
+    shutil.rmtree(run / "swapped" / "params")
+    shutil.copytree(run / "wide" / "params", run / "swapped" / "params")
+    shutil.copytree(run / "wide", run / "other_spec")
+    shutil.rmtree(run / "other_spec" / "params")
+    shutil.copytree(run / "model" / "params", run / "other_spec" / "params")
+    shutil.copytree(run / "reg", run / "reg_swapped")
+    shutil.rmtree(run / "reg_swapped" / "v0001" / "params")
+    shutil.copytree(run / "wide" / "params", run / "reg_swapped" / "v0001" / "params")
+    return model.context_dim
+
+
+def _mismatch(flag, folder, params, saved, expected):
+    return (f"{flag} {folder}: params: saved parameters do not fit the model (1 path of "
+            f"{params}); nothing restored: ['tower'][0]['kernel']: saved float32[{saved}, 16], "
+            f"expected float32[{expected}, 16]")
+
+
+@pytest.mark.parametrize("cmd", ["sweep", "truth", "policy publish"])
+def test_a_model_with_swapped_params_is_one_line_naming_model_and_the_shapes(
+        run, swapped, tmp_path, capsys, cmd):
+    D, data = swapped, run / "data"
+    argv = {"sweep": ["sweep", "--logs", str(data / "evaluation.parquet"), "--out",
+                      str(tmp_path / "out"), "--n-lambdas", "3", "--bootstrap", "0"],
+            "truth": ["truth", "--data", str(data), "--frontier",
+                      str(run / "frontier" / "frontier.json")],
+            "policy publish": ["policy", "publish", "--registry", str(tmp_path / "out"),
+                               "--frontier", str(run / "frontier" / "frontier.json"), "--logs",
+                               str(data / "logs.parquet"), "--point", "0", "--reason", "x"]}[cmd]
+    for name, saved, expected in (("swapped", D + 3, D), ("other_spec", D, D + 3)):
+        capsys.readouterr()
+        assert cli.main([*argv, "--model", str(run / name)]) == 2
+        assert cli_error(capsys) == _mismatch("--model", run / name, run / name / "params",
+                                              saved, expected)
+        assert os.listdir(tmp_path) == []
+
+
+def test_a_registry_version_with_swapped_params_names_policy_and_the_shapes(run, swapped,
+                                                                            tmp_path, capsys):
+    D = swapped
+    capsys.readouterr()
+    assert cli.main(["score", "--policy", str(run / "reg_swapped"), "--requests",
+                     str(run / "data" / "requests.parquet"), "--out",
+                     str(tmp_path / "s.parquet")]) == 2
+    assert cli_error(capsys) == _mismatch("--policy", run / "reg_swapped",
+                                          run / "reg_swapped" / "v0001" / "params", D + 3, D)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_model_whose_params_hash_differs_from_spec_json_names_model(run, tmp_path, capsys):
+    import json
+
+    from puts_jax import model_io
+
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    spec = json.loads((model / "spec.json").read_text())
+    real, spec["params_hash"] = spec["params_hash"], "0" * 16
+    (model / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(cli_checks.InputError) as err:
+        model_io.load_model(str(model))
+    assert (err.value.field, err.value.source) == ("params_hash", str(model))
+    assert cli.main(["sweep", "--model", str(model), "--logs",
+                     str(run / "data" / "evaluation.parquet"), "--out", str(tmp_path / "f"),
+                     "--n-lambdas", "3", "--bootstrap", "0"]) == 2
+    assert cli_error(capsys) == (
+        f"--model {model}: params_hash: the restored parameters of {model} hash to {real}, "
+        f"spec.json records {'0' * 16} (its params folder was replaced or changed after the "
+        "save)")
+    assert not (tmp_path / "f").exists()
+
