@@ -2,13 +2,15 @@
 nothing written). A full disk (or a read-only file system, no permission) while a command
 writes its output is one line naming the output's flag and path, with nothing of the output left
 behind; a model folder whose parameters do not fit its spec.json (or a registry version's) is
-one line naming --model (--policy) and the shapes; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
+one line naming --model (--policy) and the shapes; a file of another context width than the
+model's says both widths once instead of listing every row; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
 own check instead of argparse's "expected one argument"."""
 
 import errno
 import os
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -260,3 +262,71 @@ def test_a_model_whose_params_hash_differs_from_spec_json_names_model(run, tmp_p
         "save)")
     assert not (tmp_path / "f").exists()
 
+
+# ----------------------------------------------------------------------------- 3. other widths
+
+def _requests_with(run, path, context, ids=None):
+    """A request set of the world's outcomes, with ``context`` (f32[B, D']) and optional
+    ``context_ids``."""
+    import numpy as np
+
+    from puts_jax.data import logs
+
+    meta = logs.read_meta(str(run / "data" / "requests.parquet"))
+    B, K = len(context), meta.action_set.n_outcomes
+    logs.write_requests(str(path), meta, request_id=np.arange(B), context=context,
+                        preds=np.ones((B, 3, K), np.float32),
+                        **({} if ids is None else {"context_ids": ids}))
+    return path
+
+
+def _score_requests(run, requests, out):
+    return cli.main(["score", "--policy", str(run / "reg"), "--requests", str(requests),
+                     "--out", str(out)])
+
+
+def test_a_request_set_of_another_context_width_names_both_widths_not_every_row(
+        run, swapped, tmp_path, capsys):
+    import numpy as np
+
+    D = swapped
+    req = _requests_with(run, tmp_path / "wide.parquet", np.zeros((40, D + 60), np.float32))
+    capsys.readouterr()
+    assert _score_requests(run, req, tmp_path / "s.parquet") == 2
+    assert cli_error(capsys) == f"{req}: context: {D + 60} features a row; the model reads {D}"
+    # the log side (sweep): a model reading D + 3 on the world's D-wide evaluation log
+    assert cli.main(["sweep", "--model", str(run / "wide"), "--logs",
+                     str(run / "data" / "evaluation.parquet"), "--out", str(tmp_path / "f"),
+                     "--n-lambdas", "3", "--bootstrap", "0"]) == 2
+    assert cli_error(capsys) == (f"{run / 'data' / 'evaluation.parquet'}: context: {D} features "
+                                 f"a row; the model reads {D + 3}")
+    assert sorted(os.listdir(tmp_path)) == ["wide.parquet"]
+
+
+def test_rows_of_mixed_widths_are_still_named_by_row(run, swapped, tmp_path, capsys):
+    from puts_jax.data import logs
+
+    D = swapped
+    meta = logs.read_meta(str(run / "data" / "requests.parquet"))
+    K = meta.action_set.n_outcomes
+    table = pa.table({"request_id": pa.array([0, 1, 2], pa.int64()),
+                      "context": pa.array([[0.0] * D, [0.0] * (D + 1), [0.0] * D],
+                                          pa.list_(pa.float32())),
+                      "preds": pa.array([[[1.0] * K]] * 3, pa.list_(pa.list_(pa.float32())))},
+                     metadata=pq.read_schema(str(run / "data" / "requests.parquet")).metadata)
+    pq.write_table(table, str(tmp_path / "mixed.parquet"))
+    capsys.readouterr()
+    assert _score_requests(run, tmp_path / "mixed.parquet", tmp_path / "s.parquet") == 2
+    assert cli_error(capsys) == (f"{tmp_path / 'mixed.parquet'}: context: expected length {D} "
+                                 "at rows [1]")
+
+
+def test_check_model_width_names_context_ids_columns():
+    from puts_jax.data import logs
+
+    t = pa.table({"context_ids": pa.array([[1, 2, 3]] * 4, pa.list_(pa.int64()))})
+    with pytest.raises(cli_checks.InputError,
+                       match=r"^context_ids: 3 ids a row; the model embeds 2 id columns$"):
+        logs._check_model_width(t, "context_ids", 2)
+    logs._check_model_width(t, "context_ids", 3)  # the model's width: nothing to say
+    logs._check_model_width(t, "context_ids", None)  # no model: the file sets the width
