@@ -27,7 +27,7 @@ from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
                                  ArgumentParser, check_out_dir, check_out_file,
                                  fields_as_flags, print_line as _print, read_frontier,
-                                 write_error)
+                                 sigterm_raises, Terminated, write_error)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
@@ -301,9 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status 0; 2 for bad input (one line ``puts-jax: error: ...`` naming
     the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
     Ctrl-C (also while parsing; the console script's ``puts_jax_entry`` covers the imports);
+    143 on SIGTERM (``cli_checks.Terminated``: the same cleanup as Ctrl-C, so no staging folder
+    or temp file is left);
     141 = 128 + SIGPIPE, quietly, when the reader of stdout went away (``| head -1``)."""
     try:
-        return _run(argv)
+        with sigterm_raises():
+            return _run(argv)
+    except Terminated:  # SIGTERM: cleaned up as for Ctrl-C
+        print("puts-jax: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("puts-jax: interrupted", file=sys.stderr)
         return 130

@@ -12,7 +12,9 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -89,6 +91,32 @@ class ArgumentParser(argparse.ArgumentParser):
 
 class UsageError(ValueError):
     """A command-line argument that cannot be used (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a job scheduler's stop) while a command runs: raised in the main
+    thread as Ctrl-C's KeyboardInterrupt is, so the same cleanup runs (a staging folder or temp
+    file not yet committed is removed, a commit in progress is finished first:
+    ``action_set.deferred_interrupt``); exit status 143 = 128 + SIGTERM."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread. Where SIGTERM is
+    not at its default (ignored, or handled by an embedding program) or outside the main
+    thread, the block runs as it is. The previous handler is restored afterwards."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class NothingSelected(RuntimeError):

@@ -73,16 +73,17 @@ def finished(status: int) -> int:
     """End a command that returned ``status``: its files are written and closed. A Ctrl-C from
     here on is ignored: one during the interpreter's teardown ended the process by SIGINT with
     no message, after the command had committed (an operator seeing 130 would publish again).
-    After an interrupt (130) the process exits at once (``os._exit``, stdio flushed): a teardown
+    After an interrupt (130, or 143 for SIGTERM) the process exits at once (``os._exit``, stdio
+    flushed): a teardown
     with jax's and orbax's native threads interrupted mid-call ended in SIGSEGV (139) in 4 of 5
     Ctrl-Cs during ``policy publish``'s parameter save; everything the command wrote is already
     committed or cleaned up by then."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if status == 130:
+    if status in (130, 143):  # Ctrl-C or SIGTERM
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        os._exit(130)
+        os._exit(status)
     return status

@@ -3,12 +3,16 @@ nothing written). A full disk (or a read-only file system, no permission) while 
 writes its output is one line naming the output's flag and path, with nothing of the output left
 behind; a model folder whose parameters do not fit its spec.json (or a registry version's) is
 one line naming --model (--policy) and the shapes; a file of another context width than the
-model's says both widths once instead of listing every row; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
+model's says both widths once instead of listing every row; SIGTERM ends ``simulate`` (any
+command) as Ctrl-C does, its staging folder removed (exit 143); a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
 own check instead of argparse's "expected one argument"."""
 
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +23,8 @@ from puts_jax.cli_checks import ArgumentParser
 from puts_jax.data import obd
 from puts_jax.data import simulator as sim
 from conftest import cli_error, snapshot, tiny_cli_world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +336,79 @@ def test_check_model_width_names_context_ids_columns():
         logs._check_model_width(t, "context_ids", 2)
     logs._check_model_width(t, "context_ids", 3)  # the model's width: nothing to say
     logs._check_model_width(t, "context_ids", None)  # no model: the file sets the width
+
+
+# ----------------------------------------------------------------------------- 4. SIGTERM
+
+def _simulate(out, seed):
+    return cli.main(["simulate", "--out", str(out), "--seed", str(seed), *SIM])
+
+
+@pytest.fixture(scope="module")
+def seed1(tmp_path_factory):
+    """A folder holding the simulated seed-1 set, and its snapshot."""
+    out = tmp_path_factory.mktemp("seed1") / "sim"
+    assert _simulate(out, 1) == 0
+    return out, snapshot(out)
+
+
+@pytest.fixture
+def old(seed1, tmp_path):
+    out = tmp_path / "sim"
+    shutil.copytree(seed1[0], out)
+    return out
+
+
+def test_sigterm_while_simulate_writes_removes_its_staging_and_keeps_the_old_set(
+        seed1, old, capsys, monkeypatch):
+    real, calls = sim.logs.write_log, []
+
+    def write_then_term(*a, **k):
+        calls.append(1)
+        real(*a, **k)
+        if len(calls) == 2:  # logs and heldout are staged; evaluation is not
+            signal.raise_signal(signal.SIGTERM)
+    monkeypatch.setattr(sim.logs, "write_log", write_then_term)
+    capsys.readouterr()
+    assert _simulate(old, 2) == 143
+    assert capsys.readouterr().err == "puts-jax: terminated\n"
+    assert len(calls) == 2 and snapshot(old) == seed1[1]  # no .simulate-staging, old files
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_during_the_move_is_held_until_the_new_set_is_in(seed1, old, capsys,
+                                                                 monkeypatch):
+    real, sent = os.replace, []
+
+    def replace(src, dst):
+        moving_in = (os.path.basename(os.path.dirname(os.fspath(src))) == sim.STAGING
+                     and os.path.dirname(os.fspath(dst)) == str(old))
+        if moving_in and not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGTERM)  # committed; before the first file moves in
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    assert _simulate(old, 2) == 143
+    monkeypatch.setattr(os, "replace", real)
+    assert sent and sim.STAGING not in os.listdir(old)
+    new = snapshot(old)
+    assert sorted(new) == sorted(seed1[1])
+    assert all(new[k] != seed1[1][k] for k in ("logs.parquet", "evaluation.parquet"))
+
+
+def test_the_console_script_ends_143_on_sigterm_with_no_staging_left(tmp_path):
+    out = tmp_path / "sim"
+    code = ("import os, signal, sys\n"
+            "from puts_jax.data import logs\n"
+            "real = logs.write_log\n"
+            "def write(*a, **k):\n"
+            "    real(*a, **k)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)  # as 'kill PID' does\n"
+            "logs.write_log = write\n"
+            "import puts_jax_entry\n"
+            f"sys.argv = ['puts-jax', 'simulate', '--out', {str(out)!r}, *{SIM!r}]\n"
+            "sys.exit(puts_jax_entry.main())\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert (done.returncode, done.stderr) == (143, "puts-jax: terminated\n")
+    assert os.listdir(tmp_path) == []  # no staging folder, no --out folder it made
