@@ -10,6 +10,7 @@ Ctrl-C during a command does. This module imports nothing heavy.
 """
 
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -61,12 +62,61 @@ def quiet_event_loop_closed() -> None:
     threading.excepthook = wrap(threading.excepthook, lambda a: a.exc_value)
 
 
+LIBRARY_LOGGERS = ("absl",)  # orbax (and jax's absl users) log through the "absl" logger
+SHOWN_AFTER = (0, 3)  # exit statuses after which held library logs are shown: done, no selection
+
+
+class HeldLogs(logging.Handler):
+    """Holds the records of ``LIBRARY_LOGGERS`` while a command runs. orbax logs a failed save
+    at ERROR with its tracebacks: ``policy publish`` on a full disk printed 5 records, 246
+    lines, before the command's own one-line error. ``finish(show)`` either prints the held
+    records through the loggers' usual handlers and lets later ones through (``show``: the
+    command succeeded, or ended without its own line), or drops them and every later one (a
+    thread of orbax may still log): the command's error line said what failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.records, self.dropping = [], False
+        self.loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+        self.propagate = [logger.propagate for logger in self.loggers]
+        for logger in self.loggers:
+            logger.addHandler(self)
+            logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.dropping:
+            self.records.append(record)
+
+    def finish(self, show: bool) -> None:
+        held, self.records = self.records, []
+        if not show:
+            self.dropping = True
+            return
+        for logger, propagate in zip(self.loggers, self.propagate):
+            logger.removeHandler(self)
+            logger.propagate = propagate
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+
+
 def main() -> int:
     """The ``puts-jax`` console script: ``puts_jax.cli.main()`` (which handles a Ctrl-C from
-    parsing on), or 130 after a Ctrl-C during its imports. See ``finished`` for its end."""
+    parsing on), or 130 after a Ctrl-C during its imports. Library logs (orbax's, through absl)
+    are held while the command runs and shown only where it succeeds (``HeldLogs``): a command
+    that fails with its one-line error shows that line alone. See ``finished`` for its end."""
     quiet_event_loop_closed()
+    held = HeldLogs()
     cli = imported("puts_jax.cli", "puts-jax")
-    return 130 if cli is None else finished(cli.main())
+    if cli is None:
+        held.finish(False)
+        return 130
+    try:
+        status = cli.main()
+    except BaseException:  # a traceback: whatever the libraries said may explain it
+        held.finish(True)
+        raise
+    held.finish(status in SHOWN_AFTER)
+    return finished(status)
 
 
 def finished(status: int) -> int:

@@ -4,7 +4,8 @@ writes its output is one line naming the output's flag and path, with nothing of
 behind; a model folder whose parameters do not fit its spec.json (or a registry version's) is
 one line naming --model (--policy) and the shapes; a file of another context width than the
 model's says both widths once instead of listing every row; SIGTERM ends ``simulate`` (any
-command) as Ctrl-C does, its staging folder removed (exit 143); a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
+command) as Ctrl-C does, its staging folder removed (exit 143); the console script shows no
+library (orbax/absl) logs before a one-line error; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
 own check instead of argparse's "expected one argument"."""
 
 import errno
@@ -412,3 +413,56 @@ def test_the_console_script_ends_143_on_sigterm_with_no_staging_left(tmp_path):
                           text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert (done.returncode, done.stderr) == (143, "puts-jax: terminated\n")
     assert os.listdir(tmp_path) == []  # no staging folder, no --out folder it made
+
+
+# ----------------------------------------------------------------------------- 6. library logs
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_publish_on_a_full_disk_shows_its_one_line_without_orbaxs_logs(run, tmp_path):
+    """orbax logs a save that fails on a full disk at ERROR with tracebacks (5 records, 246
+    lines before the error line, measured on a full tmpfs); the console script holds them and
+    drops them when the command ends with its own error line."""
+    reg = tmp_path / "reg"
+    argv = ["puts-jax", "policy", "publish", "--registry", str(reg), "--model",
+            str(run / "model"), "--frontier", str(run / "frontier" / "frontier.json"),
+            "--logs", str(run / "data" / "logs.parquet"), "--point", "0", "--reason", "x"]
+    code = ("import errno, os, sys\n"
+            "from absl import logging as absl_logging\n"
+            "from puts_jax import model_io\n"
+            "def full(path, model):\n"
+            "    os.makedirs(path)\n"
+            "    try:\n"
+            "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "    except OSError:\n"
+            "        for _ in range(5):  # as orbax's writer threads log it\n"
+            "            absl_logging.exception('Failed to write metadata path=%s', path)\n"
+            "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "model_io.save_params = full\n"
+            "import puts_jax_entry\n"
+            f"sys.argv = {argv!r}\n"
+            "sys.exit(puts_jax_entry.main())\n")
+    done = _python(code)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"puts-jax: error: --registry: cannot write {reg} (No space left on "
+                           "device); no new version (CURRENT unchanged)\n")
+    assert [n for n in os.listdir(reg) if n != ".lock"] == []  # no version, no CURRENT
+
+
+def test_held_library_logs_are_shown_after_success_and_dropped_after_an_error():
+    done = _python("import sys, puts_jax_entry\n"
+                   "from absl import logging as absl_logging\n"
+                   "held = puts_jax_entry.HeldLogs()\n"
+                   "absl_logging.warning('kept')\n"
+                   "print('the command', file=sys.stderr, flush=True)\n"
+                   "held.finish(True)  # exit status 0\n"
+                   "absl_logging.warning('after')\n"
+                   "held = puts_jax_entry.HeldLogs()\n"
+                   "absl_logging.error('dropped')\n"
+                   "held.finish(False)  # an error line was printed\n"
+                   "absl_logging.error('a late thread')\n")
+    assert (done.returncode, done.stderr) == (
+        0, "the command\nWARNING:absl:kept\nWARNING:absl:after\n")
