@@ -122,19 +122,25 @@ def atomic_write_text(path: str, text: str) -> None:
 def deferred_interrupt():
     """Hold Ctrl-C (SIGINT) until the block is done, then deliver it: a write that has started
     (a checkpoint, a model export, the move of a staged output set into place) completes, so an
-    interrupt never leaves a half-written result behind. Outside the main thread (where signals
-    cannot be handled) the block runs as it is."""
+    interrupt never leaves a half-written result behind. SIGTERM is held the same way where a
+    Python handler takes it (``puts-jax`` turns it into an exception, ``cli_checks.Terminated``;
+    its default, ending the process at once, is left alone). The first signal held is delivered
+    to its handler. Outside the main thread (where signals cannot be handled) the block runs as
+    it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     got = []
-    previous = signal.signal(signal.SIGINT, lambda *sig: got.append(sig))
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, lambda *sig: got.append(sig))}
+    if callable(term := signal.getsignal(signal.SIGTERM)):  # a handler (puts-jax: an exception)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *sig: got.append(sig))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if got and callable(previous):
-            previous(*got[0])  # the default handler raises KeyboardInterrupt
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if got and callable(handler := previous[got[0][0]]):
+            handler(*got[0])  # the default SIGINT handler raises KeyboardInterrupt
 
 
 def simplex_grid(objective_names: tuple[str, ...], free: tuple[str, ...], steps: int,

@@ -26,7 +26,8 @@ from puts_jax import cli_plan, cli_policy, hostmem
 from puts_jax.checks import InputError, check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, as_flag, check_inputs,
                                  ArgumentParser, check_out_dir, check_out_file,
-                                 fields_as_flags, print_line as _print, read_frontier)
+                                 fields_as_flags, print_line as _print, read_frontier,
+                                 sigterm_raises, Terminated, write_error)
 from puts_jax.cli_policy import cmd_policy  # re-exported: ``policy`` lives in cli_policy
 
 
@@ -300,9 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status 0; 2 for bad input (one line ``puts-jax: error: ...`` naming
     the flag where the input came from one); 3 when ``policy select`` selects nothing; 130 on
     Ctrl-C (also while parsing; the console script's ``puts_jax_entry`` covers the imports);
+    143 on SIGTERM (``cli_checks.Terminated``: the same cleanup as Ctrl-C, so no staging folder
+    or temp file is left);
     141 = 128 + SIGPIPE, quietly, when the reader of stdout went away (``| head -1``)."""
     try:
-        return _run(argv)
+        with sigterm_raises():
+            return _run(argv)
+    except Terminated:  # SIGTERM: cleaned up as for Ctrl-C
+        print("puts-jax: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("puts-jax: interrupted", file=sys.stderr)
         return 130
@@ -311,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _source_as_flag(source: str | None, args) -> str | None:
-    """A library error whose source is the registry folder a flag gave ('reg5') names that flag
-    too ('--policy reg5'): a bare folder name says less than a file's. (Errors in a file keep
+    """A library error whose source is the registry or model folder a flag gave ('reg5') names
+    that flag too ('--policy reg5', '--model DIR'): a bare folder name says less than a file's. (Errors in a file keep
     the ``FILE: FIELD`` form the README documents.)"""
-    for name in ("policy", "registry"):
+    for name in ("policy", "registry", "model"):
         if source is not None and getattr(args, name, None) == source:
             return f"--{name.replace('_', '-')} {source}"
     return source
@@ -357,7 +364,9 @@ def _run(argv: list[str] | None) -> int:
         raise
     except (OSError, ValueError, KeyError, IndexError) as e:
         config = re.fullmatch(r"(\w+Config\.\w+): (.*)", str(e), re.S)  # config dataclasses
-        if isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:
+        if write_error(e, args):  # a full disk or a read-only folder: the output's flag
+            print(f"puts-jax: error: {write_error(e, args)}", file=sys.stderr)
+        elif isinstance(e, ValueError) and config and as_flag(config[1], args) != config[1]:
             print(f"puts-jax: error: {as_flag(config[1], args)}: {config[2]}", file=sys.stderr)
         else:
             print(f"puts-jax: error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
+import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -66,17 +69,54 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter,
         return super()._get_help_string(action)
 
 
+# A value, not an option: '-' then a digit, '.digit', 'inf' or 'nan' ('-0.5,1.5', '-1e-3',
+# '-.5', '-inf'). argparse's own pattern (Python 3.11: '^-\d+$|^-\d*\.\d+$') takes only a
+# plain negative number, so '--lam -0.5,1.5' ended in "expected one argument".
+NEGATIVE_VALUE = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` with ``HelpFormatter`` by default; its subparsers are of
     this class too (argparse makes them of the parent's class), so every ``--help`` of
-    ``puts-jax`` and ``python -m train`` lists the defaults."""
+    ``puts-jax`` and ``python -m train`` lists the defaults. An argument that starts like a
+    negative number (``NEGATIVE_VALUE``: ``--lam -0.5,1.5``, ``--days -1,7``, ``--share -1e-3``)
+    is the option's value, so the command's own check names what is wrong with it ("--lam:
+    coefficients must be non-negative ...") instead of argparse's "expected one argument". No
+    option of these parsers starts with '-' and a digit, so nothing else changes meaning."""
 
     def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self._negative_number_matcher = NEGATIVE_VALUE
 
 
 class UsageError(ValueError):
     """A command-line argument that cannot be used (exit status 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a job scheduler's stop) while a command runs: raised in the main
+    thread as Ctrl-C's KeyboardInterrupt is, so the same cleanup runs (a staging folder or temp
+    file not yet committed is removed, a commit in progress is finished first:
+    ``action_set.deferred_interrupt``); exit status 143 = 128 + SIGTERM."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread. Where SIGTERM is
+    not at its default (ignored, or handled by an embedding program) or outside the main
+    thread, the block runs as it is. The previous handler is restored afterwards."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class NothingSelected(RuntimeError):
@@ -301,3 +341,62 @@ def as_flag(field: str, args) -> str:
     'SweepConfig.n_lambdas') as that flag ('--requests-per-day', '--n-lambdas'); else unchanged."""
     name = field.rsplit(".", 1)[-1] if re.fullmatch(r"\w+Config\.\w+", field) else field
     return "--" + name.replace("_", "-") if name in vars(args) and name != "fn" else field
+
+
+# errno values that mean "this output cannot be written here": a full disk or quota, a file too
+# large for the file system, a read-only file system, no permission (the inputs were read first)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+FILE_OUTPUTS = ("score", "data split", "policy select")  # commands whose --out (-a/-b) is one file
+
+
+def _command(args) -> str:
+    """'score', 'data split', 'policy select', ...: the command the parsed ``args`` run."""
+    return " ".join(filter(None, (getattr(args, "cmd", None), getattr(args, "policy_cmd", None),
+                                  getattr(args, "data_cmd", None))))
+
+
+def _outputs(args) -> list[tuple[str, str, str]]:
+    """(flag, its path, the folder written into) for each output of this command: a file's
+    folder (its temp or staging file sits there) or the output folder itself. ``report``
+    without --out writes into the frontier's folder (named as --frontier); ``policy publish``,
+    ``set-lambda`` and ``rollback`` write into --registry."""
+    cmd, found = _command(args), []
+    for name in ("out", "out_a", "out_b"):
+        path = getattr(args, name, None)
+        if path:
+            folder = os.path.abspath(path)
+            folder = os.path.dirname(folder) if cmd in FILE_OUTPUTS else folder
+            found.append((f"--{name.replace('_', '-')}", path, folder))
+    if cmd == "report" and getattr(args, "out", None) is None:
+        found.append(("--frontier", args.frontier, os.path.dirname(os.path.abspath(args.frontier))))
+    if getattr(args, "policy_cmd", None) in ("publish", "set-lambda", "rollback"):
+        found.append(("--registry", args.registry, os.path.abspath(args.registry)))
+    return found
+
+
+def write_error(err: BaseException, args) -> str | None:
+    """'--out: cannot write PATH (No space left on device); nothing written' for an OSError of
+    ``WRITE_ERRNOS`` that writing one of this command's outputs raised (a full disk, a folder
+    made read-only meanwhile; the outputs are written atomically, so nothing of them is left);
+    None for any other error. An error naming a file (``err.filename``) is matched to the
+    output whose folder holds it (a file elsewhere is not an output's: None); one naming no
+    file (Arrow's and orbax's writers) is the outputs' (every flag named: the inputs were read
+    before it)."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_ERRNOS:
+        return None
+    outs, cmd = _outputs(args), _command(args)
+    if err.filename:
+        full = os.path.abspath(os.fsdecode(err.filename))
+        if any(getattr(args, n, None) and os.path.abspath(getattr(args, n)) == full
+               for n in INPUT_FILES):  # an input in the output's folder: not the output's
+            return None
+        outs = [o for o in outs if full == o[2] or full.startswith(o[2].rstrip(os.sep) + os.sep)]
+    if not outs:
+        return None
+    flags = " / ".join(flag for flag, _, _ in outs)
+    paths = " / ".join(path for _, path, _ in outs)
+    what = {"policy select": "the selection is not written",  # the frontier may be marked
+            "policy publish": "no new version (CURRENT unchanged)",
+            "policy set-lambda": "no new version (CURRENT unchanged)",
+            "policy rollback": "CURRENT unchanged"}.get(cmd, "nothing written")
+    return f"{flags}: cannot write {paths} ({os.strerror(err.errno)}); {what}"

@@ -18,6 +18,7 @@ from flax import nnx
 
 from puts_jax import staging
 from puts_jax.action_set import atomic_write_text
+from puts_jax.checks import InputError
 from puts_jax.qnet import QNetwork
 
 SPEC_FILE = "spec.json"
@@ -76,14 +77,33 @@ def saved_param_shapes(path: str) -> dict:
             for p, x in flat}
 
 
+def _shape_str(s: dict | None) -> str:
+    """{"shape": [7, 16], "dtype": "float32"} -> 'float32[7, 16]'; None -> 'none'."""
+    return "none" if s is None else f"{s['dtype']}[{', '.join(map(str, s['shape']))}]"
+
+
+def _check_fit(saved: dict, got: dict, path: str) -> None:
+    """ValueError('params: ...') naming each parameter path whose saved {"shape", "dtype"}
+    differs from the model's (``param_shapes``), both shown ('float32[7, 16]'; 'none' where
+    one side lacks the path)."""
+    bad = [f"{p}: saved {_shape_str(saved.get(p))}, expected {_shape_str(got.get(p))}"
+           for p in sorted(set(saved) | set(got)) if saved.get(p) != got.get(p)]
+    if bad:
+        raise ValueError(f"params: saved parameters do not fit the model ({len(bad)} "
+                         f"path{'s' * (len(bad) > 1)} of {path}); nothing restored: "
+                         + "; ".join(bad))
+
+
 def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None) -> None:
     """Restore parameters saved by ``save_params`` into ``model`` in place.
 
-    ``saved_shapes`` (``param_shapes`` at save time) defaults to the checkpoint's own metadata
-    (``saved_param_shapes``). Any path missing on either side, or with another shape or dtype,
-    raises ValueError naming every such path with its saved and expected {"shape", "dtype"}
-    (None where absent), before any array is read: the model is left unchanged, never zero-,
-    partly- or random-filled (PITFALLS P6a).
+    ``saved_shapes`` (``param_shapes`` at save time, as spec.json records it) and the
+    checkpoint's own metadata (``saved_param_shapes``; a params folder swapped for another
+    model's differs from the record) are both checked against the model. Any path missing on
+    either side, or with another shape or dtype, raises ValueError naming every such path with
+    its saved and expected shape ('saved float32[7, 16], expected float32[4, 16]'; 'none' where
+    absent), before any array is read: the model is left unchanged, never zero-, partly- or
+    random-filled (PITFALLS P6a).
 
     A data file that cannot be read (corrupt, truncated) raises ValueError naming ``path``
     and the reader's first line of error (orbax raises a bare Exception there).
@@ -93,14 +113,16 @@ def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None)
     recorded at save time are ignored, so params saved sharded over 8 devices restore in a
     process with 1 or 2, bit for bit (PITFALLS P6b).
     """
-    if saved_shapes is None:
-        saved_shapes = saved_param_shapes(path)
     got = param_shapes(model)
-    bad = [f"{p}: saved {saved_shapes.get(p)} expected {got.get(p)}"
-           for p in sorted(set(saved_shapes) | set(got)) if saved_shapes.get(p) != got.get(p)]
-    if bad:
-        raise ValueError(f"params: saved parameters do not fit the model ({len(bad)} paths of "
-                         f"{path}); nothing restored: " + "; ".join(bad))
+    if saved_shapes is not None:  # the record first (spec.json's, policy.json's) ...
+        _check_fit(saved_shapes, got, path)
+    try:  # ... then the arrays on disk: a params folder swapped for another model's
+        on_disk = saved_param_shapes(path)
+    except Exception:  # noqa: BLE001 - no readable metadata: the restore below names the error
+        if saved_shapes is None:
+            raise
+        on_disk = saved_shapes
+    _check_fit(on_disk, got, path)
     state = nnx.state(model, nnx.Param)
     # Target shapes, dtypes and shardings: the model's arrays on this process's devices.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
@@ -174,17 +196,26 @@ def load_model(directory: str) -> tuple[QNetwork, dict]:
     """Rebuild the QNetwork from ``spec.json`` and restore its params; returns (model, info).
 
     Reads ``directory``, or ``directory.tmp-old`` when a ``save_model`` was killed between its
-    renames (see there); nothing is renamed or deleted here. Raises ValueError when the
-    restored params' hash differs from the one recorded at save time.
+    renames (see there); nothing is renamed or deleted here.
+    Raises:
+      InputError("params", source=directory): the saved parameters do not fit the model that
+        spec.json describes (each path with its saved and expected shape, ``restore_params``),
+        or cannot be read; nothing restored.
+      InputError("params_hash", source=directory): the restored params' hash differs from the
+        one recorded at save time.
     """
     folder = model_folder(directory)
     with open(os.path.join(folder, SPEC_FILE)) as f:
         info = json.load(f)
     model = QNetwork.from_spec(info["spec"])
-    restore_params(os.path.join(folder, PARAMS_DIR), model, info.get("param_shapes"))
+    try:
+        restore_params(os.path.join(folder, PARAMS_DIR), model, info.get("param_shapes"))
+    except ValueError as e:  # shapes that do not fit, unreadable arrays: named by the folder
+        raise InputError("params", [], str(e).removeprefix("params: "), directory) from None
     if params_hash(model) != info["params_hash"]:
-        raise ValueError(f"{folder}: params hash {params_hash(model)} != recorded "
-                         f"{info['params_hash']}")
+        raise InputError("params_hash", [], f"the restored parameters of {folder} hash to "
+                         f"{params_hash(model)}, {SPEC_FILE} records {info['params_hash']} (its "
+                         "params folder was replaced or changed after the save)", directory)
     return model, info
 
 

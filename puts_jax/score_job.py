@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from puts_jax import checks, engine, model_io, policy
+from puts_jax import checks, engine, model_io, policy, staging
 from puts_jax.action_set import default_mode
 from puts_jax.checks import InputError
 from puts_jax.config import ScoringConfig
@@ -105,19 +105,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _open_temp(out_path: str) -> str:
-    """Create the temp file the output is written to (renamed into place at the end); an
-    unwritable folder is an InputError naming ``out_path``, not the temp name."""
+def _open_temp(out_path: str) -> tuple[str, list[str]]:
+    """Create the temp file the output is written to (renamed into place at the end) and the
+    missing folders above it; returns (temp path, the folders made, deepest first: removed
+    again when the run fails). An unwritable folder is an InputError naming ``out_path``, not
+    the temp name."""
     folder = os.path.dirname(os.path.abspath(out_path))
+    made = []
     try:
-        os.makedirs(folder, exist_ok=True)
+        made = staging.make_folders(folder)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(out_path), suffix=".parquet")
+    except InputError as e:  # a parent of the output is a file
+        raise InputError("out_path", [], e.msg) from None
     except OSError as e:
+        staging.remove_made(made)
         raise InputError("out_path", [], f"cannot create a file in {folder} "
                                          f"({e.strerror or e}); nothing written") from None
     os.chmod(tmp, default_mode())
     os.close(fd)
-    return tmp
+    return tmp, made
 
 
 def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int = 8192,
@@ -131,8 +137,9 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
     rate without it (rows / (seconds - compile_seconds)). Memory does not grow with ``top_k``:
     at most the candidate bucket is ranked and held per row. Raises InputError naming the column
     and row on bad input, and before anything is written when ``out_path`` is
-    ``requests_path``; on any error the output path is left untouched (the temp file is
-    removed; one left by a killed run is removed by the next run, ``remove_stale_temps``).
+    ``requests_path``; on any error the output path is left untouched (the temp file and the
+    folders made for it are removed; a temp file left by a killed run is removed by the next
+    run, ``remove_stale_temps``).
     ``progress``: a tqdm bar on stderr while scoring, drawn only when stderr is a terminal and
     cleared at the end (the caller prints the summary).
     """
@@ -145,7 +152,7 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
                            params_as_constants=True)
     total = pq.ParquetFile(requests_path).metadata.num_rows
     stale = remove_stale_temps(out_path)
-    tmp = _open_temp(out_path)
+    tmp, made = _open_temp(out_path)
     counts = dict(rows=0, no_candidates=0, nonfinite_preds=0, fallback_rows=0)
     t0 = time.perf_counter()
     try:
@@ -165,9 +172,10 @@ def score_file(registry: str, requests_path: str, out_path: str, chunk_rows: int
                 counts["fallback_rows"] += int(out.q_fallback.sum())
                 bar.update(len(chunk.request_id))
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException:  # nothing of the output is left: no temp file, no folder made
         if os.path.exists(tmp):
             os.unlink(tmp)
+        staging.remove_made(made)
         raise
     secs = time.perf_counter() - t0
     steady = max(secs - scorer.compile_seconds, 1e-9)

@@ -69,7 +69,7 @@ def publish(target: Target, names: Sequence[str], write: Callable[[str], None]) 
       OSError: a move into ``out_dir`` failed after the commit; the message names the file, and
         the rest of the set waits in the staging folder for ``recover``.
     """
-    made = _make_folders(target.out_dir)
+    made = make_folders(target.out_dir)
     with _locked(target.out_dir):
         _recover(target)
         committed = False
@@ -86,7 +86,7 @@ def publish(target: Target, names: Sequence[str], write: Callable[[str], None]) 
         except BaseException:
             if not committed:  # the old set stays; nothing of the new one is left behind
                 shutil.rmtree(target.stage, ignore_errors=True)
-                _remove_made(made)
+                remove_made(made)
             raise
     return [os.path.join(target.out_dir, n) for n in names]
 
@@ -174,22 +174,27 @@ def _locked(folder: str):
         os.close(fd)
 
 
-def _make_folders(folder: str) -> list[str]:
-    """Create ``folder`` and its missing parents; returns those created, deepest first.
-    Raises InputError("out") when ``folder`` or a parent is a file."""
+def make_folders(folder: str) -> list[str]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first (for
+    ``remove_made``). Raises InputError("out") when ``folder`` or a parent is a file, and the
+    OSError of a ``mkdir`` that fails (a full disk), after removing the folders it made."""
     made, d = [], os.path.abspath(folder)
     while not os.path.isdir(d):
         if os.path.exists(d):
             raise InputError("out", [], f"{d} is a file, not a folder (nothing written)")
         made.append(d)
         d = os.path.dirname(d)
-    for d in reversed(made):
-        os.mkdir(d)
+    for i, d in enumerate(reversed(made)):
+        try:
+            os.mkdir(d)
+        except OSError:
+            remove_made(made[len(made) - i:])
+            raise
     return made
 
 
-def _remove_made(made: list[str]) -> None:
-    """Remove the folders ``_make_folders`` created, deepest first; one that holds anything
+def remove_made(made: list[str]) -> None:
+    """Remove the folders ``make_folders`` created, deepest first; one that holds anything
     stays, with its parents."""
     for d in made:
         try:

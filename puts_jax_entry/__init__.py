@@ -10,6 +10,7 @@ Ctrl-C during a command does. This module imports nothing heavy.
 """
 
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -61,28 +62,78 @@ def quiet_event_loop_closed() -> None:
     threading.excepthook = wrap(threading.excepthook, lambda a: a.exc_value)
 
 
+LIBRARY_LOGGERS = ("absl",)  # orbax (and jax's absl users) log through the "absl" logger
+SHOWN_AFTER = (0, 3)  # exit statuses after which held library logs are shown: done, no selection
+
+
+class HeldLogs(logging.Handler):
+    """Holds the records of ``LIBRARY_LOGGERS`` while a command runs. orbax logs a failed save
+    at ERROR with its tracebacks: ``policy publish`` on a full disk printed 5 records, 246
+    lines, before the command's own one-line error. ``finish(show)`` either prints the held
+    records through the loggers' usual handlers and lets later ones through (``show``: the
+    command succeeded, or ended without its own line), or drops them and every later one (a
+    thread of orbax may still log): the command's error line said what failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.records, self.dropping = [], False
+        self.loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+        self.propagate = [logger.propagate for logger in self.loggers]
+        for logger in self.loggers:
+            logger.addHandler(self)
+            logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.dropping:
+            self.records.append(record)
+
+    def finish(self, show: bool) -> None:
+        held, self.records = self.records, []
+        if not show:
+            self.dropping = True
+            return
+        for logger, propagate in zip(self.loggers, self.propagate):
+            logger.removeHandler(self)
+            logger.propagate = propagate
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+
+
 def main() -> int:
     """The ``puts-jax`` console script: ``puts_jax.cli.main()`` (which handles a Ctrl-C from
-    parsing on), or 130 after a Ctrl-C during its imports. See ``finished`` for its end."""
+    parsing on), or 130 after a Ctrl-C during its imports. Library logs (orbax's, through absl)
+    are held while the command runs and shown only where it succeeds (``HeldLogs``): a command
+    that fails with its one-line error shows that line alone. See ``finished`` for its end."""
     quiet_event_loop_closed()
+    held = HeldLogs()
     cli = imported("puts_jax.cli", "puts-jax")
-    return 130 if cli is None else finished(cli.main())
+    if cli is None:
+        held.finish(False)
+        return 130
+    try:
+        status = cli.main()
+    except BaseException:  # a traceback: whatever the libraries said may explain it
+        held.finish(True)
+        raise
+    held.finish(status in SHOWN_AFTER)
+    return finished(status)
 
 
 def finished(status: int) -> int:
     """End a command that returned ``status``: its files are written and closed. A Ctrl-C from
     here on is ignored: one during the interpreter's teardown ended the process by SIGINT with
     no message, after the command had committed (an operator seeing 130 would publish again).
-    After an interrupt (130) the process exits at once (``os._exit``, stdio flushed): a teardown
+    After an interrupt (130, or 143 for SIGTERM) the process exits at once (``os._exit``, stdio
+    flushed): a teardown
     with jax's and orbax's native threads interrupted mid-call ended in SIGSEGV (139) in 4 of 5
     Ctrl-Cs during ``policy publish``'s parameter save; everything the command wrote is already
     committed or cleaned up by then."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if status == 130:
+    if status in (130, 143):  # Ctrl-C or SIGTERM
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        os._exit(130)
+        os._exit(status)
     return status

@@ -444,7 +444,8 @@ def test_a_model_with_id_embeddings_needs_the_context_ids_column(good, tmp_path)
         logs.read_log(good, id_vocab_sizes=VOCAB)
     ok = str(tmp_path / "ok.parquet")
     logs.write_log(ok, _meta(), **_arrays(), context_ids=_vocab_ids({}))
-    with pytest.raises(InputError, match=r"ok\.parquet: context_ids: expected length 1 at rows "):
+    with pytest.raises(InputError, match=r"ok\.parquet: context_ids: 2 ids a row; the model "
+                                         r"embeds 1 id column$"):  # both widths, not the rows
         logs.read_log(ok, id_vocab_sizes=(12,))  # C = len(vocabularies)
 
 

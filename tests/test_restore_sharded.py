@@ -159,10 +159,6 @@ def _qnet(n_actions=5, hidden=(64,), seed=0):
                     rngs=nnx.Rngs(seed))
 
 
-def _shape(shape):
-    return {"shape": list(shape), "dtype": "float32"}
-
-
 @pytest.mark.parametrize("other, expected", [
     (dict(n_actions=7), {"['out']['kernel']": ((64, 15), (64, 21)),
                          "['out']['bias']": ((15,), (21,))}),
@@ -184,9 +180,9 @@ def test_p6a_restore_params_names_each_mismatched_path(tmp_path, monkeypatch, ot
             model_io.restore_params(path, target, saved_shapes)
         msg = str(err.value)
         assert "nothing restored" in msg
-        for p, (was, want) in expected.items():
-            was = None if was is None else _shape(was)
-            assert f"{p}: saved {was} expected {_shape(want)}" in msg
+        for p, (was, want) in expected.items():  # 'saved float32[64, 15], expected ...'
+            was = "none" if was is None else f"float32{list(was)}"
+            assert f"{p}: saved {was}, expected float32{list(want)}" in msg
         assert "['tower'][0]['kernel']" not in msg  # unchanged paths are not reported
     assert not read  # checked before any array is read
     assert model_io.params_hash(target) == before  # nothing zero- or random-filled

@@ -52,6 +52,21 @@ def _fixed_width(col: pa.ChunkedArray | pa.Array, field: str, dtype, row_offset:
     return vals.reshape(len(arr), w)
 
 
+def _check_model_width(t: pa.Table, field: str, width: int | None) -> None:
+    """InputError(field) when every row of the list column ``t[field]`` has one length other
+    than the model's ``width`` (``context``: D features, ``context_ids``: C id columns): a file
+    made for another model, said once with both widths instead of listing every row. Rows of
+    mixed lengths (or null rows) are left to ``_fixed_width``, which names them."""
+    if width is None or field not in t.column_names or not t.num_rows:
+        return
+    lengths = np.asarray(t[field].combine_chunks().value_lengths().fill_null(-1))
+    n = int(lengths[0])
+    if n != width and n >= 0 and (lengths == n).all():
+        what = (f"{n} features a row; the model reads {width}" if field == "context" else
+                f"{n} ids a row; the model embeds {width} id column{'s' * (width != 1)}")
+        raise InputError(field, [], what)
+
+
 def _context_ids(col: pa.ChunkedArray, row_offset: int, width: int | None,
                  vocab: tuple[int, ...] | None = None) -> np.ndarray:
     """``context_ids`` as i32[B, C]. Each id indexes a row of an embedding table (``QNetwork``:
@@ -133,7 +148,8 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
     """Stream an exploration log: yields (row_offset, request_id i64[b], LoggedBatch numpy).
 
     ``context_dim`` / ``n_context_ids``: the widths the model reads (``QNetwork.context_dim``,
-    ``len(cfg.id_vocab_sizes)``); rows of another width are rejected by name.
+    ``len(cfg.id_vocab_sizes)``); a file whose rows all have another width is rejected with
+    both widths ("context: 7 features a row; the model reads 4"), rows of mixed widths by name.
     ``id_vocab_sizes``: the model's vocabulary per id column (``cfg.id_vocab_sizes``; None: no
     model, no check); the ``context_ids`` column is then required, C = len(id_vocab_sizes)
     wide, and an id >= its column's vocabulary is rejected naming ``context_ids[:, c]`` and
@@ -158,6 +174,9 @@ def iter_log_chunks(path: str, chunk_rows: int = 65536, columns: list[str] | Non
         offset, total = 0, pf.metadata.num_rows
         for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
             t = pa.Table.from_batches([rb])
+            if offset == 0:  # the widths given are the model's: a file for another model
+                _check_model_width(t, "context", context_dim)
+                _check_model_width(t, "context_ids", n_context_ids)
             try:
                 rid, lb = _logged_from_table(t, meta, offset, context_dim, n_context_ids,
                                              id_vocab_sizes)
@@ -269,6 +288,9 @@ def _request_chunks(pf: pq.ParquetFile, K: int, chunk_rows: int, n_pad: int | No
     offset = 0
     for rb in pf.iter_batches(batch_size=chunk_rows):
         t = pa.Table.from_batches([rb])
+        if offset == 0:  # the widths given are the model's: a file for another model
+            _check_model_width(t, "context", context_dim)
+            _check_model_width(t, "context_ids", n_context_ids)
         ctx = _fixed_width(t["context"], "context", np.float32, offset, context_dim)
         context_dim = ctx.shape[1]  # later chunks must match the first (one file, one D)
         checks.check_finite("context", ctx, offset)

@@ -40,6 +40,7 @@ import os
 
 import numpy as np
 
+from puts_jax import staging
 from puts_jax.action_set import ActionSet, atomic_write_text, simplex_grid
 from puts_jax.checks import InputError
 from puts_jax.data import logs
@@ -56,6 +57,8 @@ REWARD_KINDS = ("binary", "real")
 AFFINITY_SCALE = 3.0
 OUTSIDE_ACTION = logs.OUTSIDE_ACTION  # logged decision matches no action of the action set
 _CHUNK_ROWS = 4096
+FILES = {"logs": "logs.parquet", "requests": "requests.parquet", "summary": "obd_summary.json"}
+STAGING = ".obd-staging"  # the set is written here inside out_dir, then moved in (``staging``)
 
 
 def _sha256(path: str) -> str:
@@ -233,6 +236,8 @@ def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all
       grid_steps: simplex grid resolution over the 3 heads (4 -> 15 actions).
       categories: user-feature categories from an earlier conversion's ``meta.extra`` so that
         this file's context has the same columns; None uses the values seen in this file.
+    The three files are written as one set (``staging.publish``): after an error, a full disk
+    or Ctrl-C ``out_dir`` keeps its earlier files and nothing of the new set.
     Returns: {"logs": path, "requests": path, "summary": path}.
     Raises: InputError naming the column and the data rows of malformed CSVs, or ``grid_steps``
       outside [1, ``MAX_GRID_STEPS``] (before anything is read).
@@ -248,16 +253,20 @@ def convert_obd(out_dir: str, data_root: str | None = None, campaign: str = "all
     consistent = consistent_mask(preds, aset.weights, data.item_id, data.position)
     action = np.where(consistent.any(1), consistent.argmax(1), OUTSIDE_ACTION).astype(np.int32)
     rid = np.arange(len(action), dtype=np.int64)
-    out = {"logs": os.path.join(out_dir, "logs.parquet"),
-           "requests": os.path.join(out_dir, "requests.parquet"),
-           "summary": os.path.join(out_dir, "obd_summary.json")}
-    logs.write_log(out["logs"], meta, request_id=rid, context=context, action=action,
-                   propensity=data.propensity, rewards=build_rewards(data), consistent=consistent,
-                   preds=preds, extra_columns={"item_id": data.item_id.astype(np.int64),
-                                               "position": data.position.astype(np.int32)})
-    N = preds.shape[1]
-    logs.write_requests(out["requests"], meta, request_id=rid, context=context, preds=preds,
-                        candidate_ids=np.broadcast_to(np.arange(N, dtype=np.int64), (len(rid), N)))
     summary = _summary(data, aset, consistent, action, unseen, meta)
-    atomic_write_text(out["summary"], json.dumps(summary, indent=1))
-    return out
+    N = preds.shape[1]
+
+    def write(stage: str) -> None:  # the three files into the staging folder
+        logs.write_log(os.path.join(stage, FILES["logs"]), meta, request_id=rid, context=context,
+                       action=action, propensity=data.propensity, rewards=build_rewards(data),
+                       consistent=consistent, preds=preds,
+                       extra_columns={"item_id": data.item_id.astype(np.int64),
+                                      "position": data.position.astype(np.int32)})
+        logs.write_requests(os.path.join(stage, FILES["requests"]), meta, request_id=rid,
+                            context=context, preds=preds, candidate_ids=np.broadcast_to(
+                                np.arange(N, dtype=np.int64), (len(rid), N)))
+        atomic_write_text(os.path.join(stage, FILES["summary"]), json.dumps(summary, indent=1))
+    staging.publish(staging.Target(out_dir, STAGING, "the converted data set",
+                                   f"the next 'data obd' into {out_dir}"),
+                    list(FILES.values()), write)
+    return {k: os.path.join(out_dir, f) for k, f in FILES.items()}
