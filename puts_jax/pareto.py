@@ -174,6 +174,17 @@ def separable_pairs(lo, hi, every: bool = False) -> np.ndarray:
     return disjoint & ok[:, None] & ok[None, :]
 
 
+def within_noise(lo, hi) -> np.ndarray:
+    """``bool[P, P]``: True where points p != q both have finite bounds and their intervals
+    ``[lo, hi]`` (each ``f[P, J]``) overlap on every objective: the data cannot tell them apart
+    on any objective (the pairs ``separable_pairs`` calls not separable, among estimable
+    points). Symmetric, False on the diagonal."""
+    l, h = _as_points(lo, "lo"), _as_points(hi, "hi")
+    ok = np.isfinite(l).all(1) & np.isfinite(h).all(1)
+    overlap = ((l[:, None, :] <= h[None, :, :]) & (h[:, None, :] >= l[None, :, :])).all(-1)
+    return overlap & ok[:, None] & ok[None, :] & ~np.eye(l.shape[0], dtype=bool)
+
+
 class Selection(NamedTuple):
     """Result of ``select_operating_point``: ``index`` of the chosen point or None, and why."""
 

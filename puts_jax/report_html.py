@@ -25,7 +25,7 @@ import numpy as np
 from puts_jax.report_html_figures import (BASELINE_LABEL, DIR_WORD, figure_svg, lambda_figure,
                                           lambda_label)
 
-__all__ = ["CSS", "figure_svg", "lambda_figure", "render_html"]
+__all__ = ["CSS", "figure_svg", "lambda_figure", "point_runs", "render_html", "within_noise_text"]
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
@@ -77,6 +77,78 @@ def _num(v) -> str:
 
 def _ess(v) -> str:
     return "\u2014" if v is None else f"{v:,.1f}"
+
+
+# ----------------------------------------------------------------------------- within noise
+
+def point_runs(idx, labels, max_runs: int = 4) -> str:
+    """Point indices (ascending) as runs of consecutive points, each named by its label:
+    "(1, 0) to (0.6, 0.4), (0.3, 0.7)" (a run of two is both labels); past ``max_runs`` runs,
+    "and N more" (points)."""
+    runs: list[list[int]] = []
+    for q in idx:
+        if runs and q == runs[-1][1] + 1:
+            runs[-1][1] = q
+        else:
+            runs.append([q, q])
+    parts = [labels[a] if a == b else f"{labels[a]}, {labels[b]}" if b == a + 1 else
+             f"{labels[a]} to {labels[b]}" for a, b in runs[:max_runs]]
+    rest = sum(b - a + 1 for a, b in runs[max_runs:])
+    return ", ".join(parts) + (f" and {rest} more" if rest else "")
+
+
+def within_noise_text(entry: Mapping, labels, n_nondominated: int) -> tuple[str, str]:
+    """(among the other nondominated points, among all points) for one entry of
+    ``report_verdicts.within_noise_entries``: which points the data cannot tell apart from it,
+    as counts and runs of lambda ``labels`` (the shorter list: the points within noise, or
+    "all but" those told apart)."""
+    w, apart = entry["within_noise_of"], entry["told_apart_from"]
+    n_other = len(w) + len(apart)  # the other estimable points
+    if not w:
+        every = f"none of {n_other} others"
+    elif not apart:
+        every = f"all {n_other} others"
+    elif len(w) <= len(apart):
+        every = f"{len(w)} of {n_other} others: {point_runs(w, labels)}"
+    else:
+        every = f"{len(w)} of {n_other} others: all but {point_runs(apart, labels)}"
+    ndw = entry["nondominated_within_noise_of"]
+    k = n_nondominated - (1 if entry["nondominated"] else 0)
+    nd = ("no other nondominated point" if k == 0 else
+          f"none of the {k} other nondominated" if not ndw else
+          f"{len(ndw)} of {k} other nondominated: {point_runs(ndw, labels)}")
+    return nd, every
+
+
+def noise_label(lam) -> str:
+    """A lambda as the table and the within-noise lists name it: "(0.7, 0.3)" (3 digits)."""
+    return "(" + ", ".join(f"{v:.3g}" for v in lam) + ")"
+
+
+def _noise_section(doc: Mapping, noise) -> str:
+    """The "Within noise" section: one row per entry of ``noise`` (``render_html``)."""
+    if noise is None:
+        return ""
+    labels = [noise_label(lam) for lam in doc["lambdas"]]
+    n_nd = sum(bool(x) for x in doc["nondominated"])
+    rows = []
+    for e in noise:
+        nd, every = within_noise_text(e, labels, n_nd)
+        what = ("nondominated" if e["nondominated"] else doc["verdicts"][e["index"]]) + {
+            "*": ", operating point", "+": ", selected"}.get(e["mark"], "")
+        mark = "\u2605" if e["mark"] == "*" else e["mark"]
+        rows.append(f'<tr><td>{_e(mark)}</td><td class="name">{_e(labels[e["index"]])}</td>'
+                    f'<td class="name">{_e(what)}</td><td class="name vcell">{_e(nd)}</td>'
+                    f'<td class="name vcell">{_e(every)}</td></tr>')
+    pct, prim = f"{doc['confidence']:.0%}", doc["primary_estimator"]
+    body = ("<p class=\"muted\">no nondominated point is estimable</p>" if not rows else
+            '<div class="scroll"><table id="noise"><thead><tr><th></th><th class="name">lambda'
+            '</th><th class="name">point</th><th class="name">within noise: other nondominated '
+            'points</th><th class="name">within noise: all points</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
+    return (f'<section id="within-noise"><h2>Within noise</h2><p>Which points the data cannot '
+            f"tell apart from each nondominated point: their {pct} intervals of the "
+            f"{_e(prim)} estimates overlap on every objective.</p>{body}</section>")
 
 
 # ----------------------------------------------------------------------------- table
@@ -273,9 +345,11 @@ def _provenance_section(doc: Mapping) -> str:
             f'<section id="provenance"><h2>Provenance</h2>{_kv(rows)}</section>')
 
 
-def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
+def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0, noise=None) -> str:
     """The whole page as a string. ``frontier_svg``: the frontier plot as inline SVG
-    (``figure_svg(report.frontier_figure(doc))``); the per-lambda plot is made here."""
+    (``figure_svg(report.frontier_figure(doc))``); the per-lambda plot is made here. ``noise``:
+    ``report_verdicts.within_noise_entries(doc)``, shown as the "Within noise" section (none
+    without it)."""
     names = doc["objectives"]["names"]
     prov = doc["provenance"]
     lam_svg = figure_svg(lambda_figure(doc, low_ess), "lam-")
@@ -297,7 +371,8 @@ def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>puts_jax frontier: {_e(', '.join(names))}</title><style>{CSS}</style></head>"
         f'<body><main><h1>Empirical Pareto frontier</h1><p class="sub">{sub}</p>'
-        f"{_verdict_section(doc)}{_operating_section(doc)}{_warnings_section(doc)}"
+        f"{_verdict_section(doc)}{_noise_section(doc, noise)}{_operating_section(doc)}"
+        f"{_warnings_section(doc)}"
         '<section id="figures"><h2>Frontier and per-lambda estimates</h2><div class="figs">'
         f"<figure>{frontier_svg}<figcaption>lambda points with {doc['confidence']:.0%} interval "
         "crosses on both objectives, nondominated points connected, baselines as distinct "

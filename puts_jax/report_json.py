@@ -17,7 +17,8 @@ from puts_jax.checks import InputError
 from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_estimates,
                                        check_provenance)
 from puts_jax.report_verdicts import (baseline_blocks, compare_to_baseline, data_warnings,
-                                      hypervolume_block, overall_verdict, set_block)
+                                      hypervolume_block, overall_verdict, set_block,
+                                      within_noise_block)
 from puts_jax.scalarization import readable_lambda
 
 SCHEMA = "puts_jax.frontier/1"
@@ -128,6 +129,8 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
            "estimators": block["estimators"], "nondominated": block["nondominated"],
            "verdicts": block["verdicts"], "hypervolume": hv, "baselines": base,
            "operating_point": op, "verdict": verdict, "verdict_detail": detail,
+           "within_noise": within_noise_block(b["lo"], b["hi"], block["nondominated"], primary,
+                                              confidence),
            "warnings": warns, "provenance": prov}
     return _js(doc)
 
