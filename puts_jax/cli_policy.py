@@ -14,6 +14,13 @@ estimates differ (an edited file), and a point that fails a guardrail on the rep
 ``--accept-guardrail-miss`` (then recorded in policy.json and the audit entry, with a warning on
 stderr). Lambdas are printed at float32 precision (the precision the serve pass reads them at);
 the files keep the exact values.
+
+The frontier's mark says which it is (``report.place_mark``): ``select --out`` marks a selection
+("selected, not published"); after publish, set-lambda and rollback the frontier the new CURRENT
+was published from marks it as the published operating point (version and registry), when its
+lambda is a point there, and the frontier of the version current before drops its mark
+(``policy_marks``). A selection made after a publish is shown next to the published point
+(``selected_point``), never in its place.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import sys
 
 import numpy as np
 
+from puts_jax import policy_marks
 from puts_jax.checks import check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
@@ -72,6 +80,7 @@ def cmd_policy(args) -> None:
         v = policy.rollback(args.registry, args.version, args.reason)
         _print(f"CURRENT -> {v}")
     _print_versions(args.registry)
+    policy_marks.sync_marks(args.registry)
 
 
 def _show(args) -> None:
@@ -148,29 +157,8 @@ def _select(args) -> None:
                    "--accept-below-production to make it the operating policy); the selection "
                    "is written")
         else:
-            _mark_operating_point(args.frontier, doc, sel)
+            policy_marks.mark_selection(args.frontier, doc, sel)
         atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
-
-
-def _mark_operating_point(frontier: str, doc: dict, sel: dict) -> None:
-    """``select --out``: mark ``sel`` on frontier.json/png/html, rewritten as one set
-    (``report.write_frontier``, all or nothing); when that cannot be done (a read-only folder, a
-    frontier file named otherwise) a note says so and the frontier stays as it was."""
-    from puts_jax import report
-
-    folder = os.path.dirname(os.path.abspath(frontier))
-    doc = {**doc, "operating_point": {k: sel[k] for k in ("index", "reason", "lambda", "name")}}
-    why = None
-    if os.path.basename(frontier) != "frontier.json":
-        why = "its file is not named frontier.json, so its set cannot be rewritten"
-    else:
-        try:
-            report.write_frontier(folder, doc)
-        except OSError as e:
-            why = f"{type(e).__name__}: {e}"
-    if why:
-        _print(f"note: the operating point is not marked on {frontier} ({why}); the selection "
-               "is written")
 
 
 def _point_index(args, n_points: int) -> tuple[int, dict | None]:

@@ -21,10 +21,11 @@ from puts_jax.scalarization import readable_lambda  # noqa: F401 (re-exported: c
 
 
 def frontier_sha256(doc: dict) -> str:
-    """sha256 (hex) of a frontier document's content without ``operating_point``: its keys
-    sorted, compact JSON. Marking an operating point (``select --out``) or re-rendering the
-    frontier (``report``) keeps it; another sweep (other lambdas, data or model) changes it."""
-    body = {k: v for k, v in doc.items() if k != "operating_point"}
+    """sha256 (hex) of a frontier document's content without its marks (``operating_point``,
+    ``selected_point``): its keys sorted, compact JSON. Marking a point (``select --out``,
+    ``publish``) or re-rendering the frontier (``report``) keeps it; another sweep (other
+    lambdas, data or model) changes it."""
+    body = {k: v for k, v in doc.items() if k not in ("operating_point", "selected_point")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

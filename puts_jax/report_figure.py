@@ -88,6 +88,26 @@ def _plot_baselines(ax, doc: Mapping, xy) -> int:
     return hidden
 
 
+def mark_label(mark: Mapping) -> str:
+    """The legend's name of a marked point: "operating point (published v0003)", "operating
+    point (selected, not published)" or, for a ``selected_point``, "selected, not published"."""
+    if mark.get("status") == "published":
+        return f"operating point (published {mark.get('version')})"
+    return "operating point (selected, not published)"
+
+
+def _plot_marks(ax, doc: Mapping, c: _Cross) -> None:
+    """The operating point as a gold star, a ``selected_point`` (a selection made after the
+    published operating point) as a hollow one; each labelled by what it is (``mark_label``)."""
+    op, sp = doc.get("operating_point") or {}, doc.get("selected_point") or {}
+    for mark, style, label in ((op, dict(color="gold"), mark_label(op)),
+                               (sp, dict(color="white"), "selected, not published")):
+        i = mark.get("index")
+        if isinstance(i, int) and 0 <= i < len(c.x) and c.shown[i]:
+            ax.plot([c.x[i]], [c.y[i]], "*", mec="k", ms=18, ls="none", zorder=6, label=label,
+                    **style)
+
+
 def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
     """The frontier as PNG bytes (``frontier_figure``)."""
     return figure_png(frontier_figure(doc, axes))
@@ -133,10 +153,7 @@ def frontier_figure(doc: Mapping, axes: tuple[int, int] = (0, 1)):
         ax.annotate("(" + ", ".join(f"{v:.2f}" for v in lam) + ")", (x[i], y[i]), fontsize=6,
                     xytext=(3, 3 if k % 2 == 0 else -9), textcoords="offset points")
     hidden_base = _plot_baselines(ax, doc, xy)
-    op = doc.get("operating_point")
-    if op and op.get("index") is not None and c.shown[op["index"]]:
-        i = op["index"]
-        ax.plot([x[i]], [y[i]], "*", color="gold", mec="k", ms=18, ls="none", label="operating point")
+    _plot_marks(ax, doc, c)
     hidden = int((~c.shown).sum())
     if hidden or hidden_base:
         ax.text(0.01, 0.99, f"not estimable, not drawn: {hidden} of {len(x)} lambda points"

@@ -23,9 +23,11 @@ from typing import Mapping
 import numpy as np
 
 from puts_jax.report_html_figures import (BASELINE_LABEL, DIR_WORD, figure_svg, lambda_figure,
-                                          lambda_label)
+                                          lambda_label, noise_label, point_runs,
+                                          within_noise_text)
 
-__all__ = ["CSS", "figure_svg", "lambda_figure", "point_runs", "render_html", "within_noise_text"]
+__all__ = ["CSS", "figure_svg", "lambda_figure", "noise_label", "point_runs", "render_html",
+           "within_noise_text"]
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
@@ -80,50 +82,6 @@ def _ess(v) -> str:
 
 
 # ----------------------------------------------------------------------------- within noise
-
-def point_runs(idx, labels, max_runs: int = 4) -> str:
-    """Point indices (ascending) as runs of consecutive points, each named by its label:
-    "(1, 0) to (0.6, 0.4), (0.3, 0.7)" (a run of two is both labels); past ``max_runs`` runs,
-    "and N more" (points)."""
-    runs: list[list[int]] = []
-    for q in idx:
-        if runs and q == runs[-1][1] + 1:
-            runs[-1][1] = q
-        else:
-            runs.append([q, q])
-    parts = [labels[a] if a == b else f"{labels[a]}, {labels[b]}" if b == a + 1 else
-             f"{labels[a]} to {labels[b]}" for a, b in runs[:max_runs]]
-    rest = sum(b - a + 1 for a, b in runs[max_runs:])
-    return ", ".join(parts) + (f" and {rest} more" if rest else "")
-
-
-def within_noise_text(entry: Mapping, labels, n_nondominated: int) -> tuple[str, str]:
-    """(among the other nondominated points, among all points) for one entry of
-    ``report_verdicts.within_noise_entries``: which points the data cannot tell apart from it,
-    as counts and runs of lambda ``labels`` (the shorter list: the points within noise, or
-    "all but" those told apart)."""
-    w, apart = entry["within_noise_of"], entry["told_apart_from"]
-    n_other = len(w) + len(apart)  # the other estimable points
-    if not w:
-        every = f"none of {n_other} others"
-    elif not apart:
-        every = f"all {n_other} others"
-    elif len(w) <= len(apart):
-        every = f"{len(w)} of {n_other} others: {point_runs(w, labels)}"
-    else:
-        every = f"{len(w)} of {n_other} others: all but {point_runs(apart, labels)}"
-    ndw = entry["nondominated_within_noise_of"]
-    k = n_nondominated - (1 if entry["nondominated"] else 0)
-    nd = ("no other nondominated point" if k == 0 else
-          f"none of the {k} other nondominated" if not ndw else
-          f"{len(ndw)} of {k} other nondominated: {point_runs(ndw, labels)}")
-    return nd, every
-
-
-def noise_label(lam) -> str:
-    """A lambda as the table and the within-noise lists name it: "(0.7, 0.3)" (3 digits)."""
-    return "(" + ", ".join(f"{v:.3g}" for v in lam) + ")"
-
 
 def _noise_section(doc: Mapping, noise) -> str:
     """The "Within noise" section: one row per entry of ``noise`` (``render_html``)."""
@@ -251,10 +209,12 @@ def _best_global(doc: Mapping, acts: Mapping, obj: str) -> str:
 def _table(doc: Mapping) -> str:
     width = 10 + len(doc["objectives"]["names"]) * len(doc["estimators"])
     op = (doc.get("operating_point") or {}).get("index")
+    sp = (doc.get("selected_point") or {}).get("index")
     pts = doc["points"]
     rows = [f'<tr class="group"><th colspan="{width}">lambda points</th></tr>']
     for i, lam in enumerate(doc["lambdas"]):
-        rows.append(_row("point op" if i == op else "point", "\u2605" if i == op else "",
+        rows.append(_row("point op" if i == op else "point",
+                         "\u2605" if i == op else "+" if i == sp else "",
                          pts["names"][i], lambda_label(lam), pts, doc["estimators"], i, doc,
                          doc["verdicts"][i]))
     for kind, bl in doc["baselines"].items():
@@ -302,15 +262,26 @@ def _operating_section(doc: Mapping) -> str:
     if op.get("index") is None:
         return (f'<section id="operating-point"><h2>Operating point</h2><p><b>no point '
                 f"selected</b>: {_e(op['reason'])}</p></section>")
-    i = op["index"]
-    prim = doc["primary_estimator"]
+    status = (f"published as {_e(op.get('version'))} (registry {_e(op.get('registry'))}): "
+              "the policy in production when this page was written"
+              if op.get("status") == "published" else
+              "selected with <code>policy select --out</code>, not published")
+    sp = doc.get("selected_point")
+    more = "" if not sp else (
+        f"<h2>+ Selected, not published: {_e(sp['name'])}</h2>{_mark_text(doc, sp)}")
+    return (f'<section id="operating-point"><h2>\u2605 Operating point: {_e(op["name"])}</h2>'
+            f"<p><b>{status}</b></p>"
+            f"{_mark_text(doc, op)}{more}</section>")
+
+
+def _mark_text(doc: Mapping, mark: Mapping) -> str:
+    """A marked point's lambda, primary estimates, verdict and reason."""
+    i, prim = mark["index"], doc["primary_estimator"]
     b = doc["estimators"][prim]
     est = "; ".join(f"{_e(n)} {_num(b['value'][i][j])} [{_num(b['lo'][i][j])}, "
                     f"{_num(b['hi'][i][j])}]" for j, n in enumerate(doc["objectives"]["names"]))
-    return (f'<section id="operating-point"><h2>\u2605 Operating point: {_e(op["name"])}</h2>'
-            f"<p>lambda {_e(lambda_label(op['lambda']))}; {_e(prim)}: {est}; verdict "
-            f"<b>{_e(doc['verdicts'][i])}</b></p>"
-            f'<p class="muted">{_e(op["reason"])}</p></section>')
+    return (f"<p>lambda {_e(lambda_label(mark['lambda']))}; {_e(prim)}: {est}; verdict "
+            f"<b>{_e(doc['verdicts'][i])}</b></p><p class=\"muted\">{_e(mark['reason'])}</p>")
 
 
 def _warnings_section(doc: Mapping) -> str:
@@ -365,7 +336,8 @@ def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0, noise=No
               "one whose interval the data cannot give reads <i>interval not estimable</i>, and "
               "the frontier plot draws it hollow with no bar). vs logging / vs production: per "
               "objective, <i>better</i> / <i>worse</i> when the intervals are disjoint. "
-              "\u2605 marks the operating point; \u2014 marks a number not available.")
+              "\u2605 marks the operating point, + a selection that is not published; \u2014 marks "
+              "a number not available.")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

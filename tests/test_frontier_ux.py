@@ -3,10 +3,13 @@ nondominated point (frontier.json "within_noise", the table's lines, the page's 
 hand-computed cases."""
 
 import json
+import shutil
 
 import numpy as np
+import pytest
 
-from puts_jax import pareto, report, report_html
+from puts_jax import cli, cli_policy, pareto, report, report_html
+from conftest import tiny_cli_world
 
 
 def _est(value, half):
@@ -126,3 +129,102 @@ def test_a_frontier_written_before_within_noise_still_renders_it(tmp_path):
     old = {k: v for k, v in doc.items() if k != "within_noise"}
     assert report.within_noise_lines(old) == report.within_noise_lines(doc)
     assert "Within noise" in report.render_frontier(old)["html"].decode()
+
+
+# ----------------------------------------------------------------------------- marks (M4)
+
+def _m(i, status="selected", **kw):
+    return {"index": i, "reason": f"r{i}", "lambda": [0.5, 0.5], "name": f"p{i}",
+            "status": status, **kw}
+
+
+def test_place_mark_keeps_the_published_point_and_the_selection_apart():
+    doc = {"operating_point": None, "x": 1}
+    sel = report.place_mark(doc, _m(2))
+    assert sel == {"operating_point": _m(2), "x": 1}
+    pub = report.place_mark(sel, _m(3, "published", version="v0001", registry="/r"))
+    # the selection it replaces is another point: kept as the selected point
+    assert pub["operating_point"]["status"] == "published" and pub["selected_point"] == _m(2)
+    again = report.place_mark(pub, _m(4))  # a selection after the publish: next to it
+    assert again["operating_point"] == pub["operating_point"] and again["selected_point"] == _m(4)
+    same = report.place_mark(again, _m(3))  # the published point selected: nothing extra
+    assert same["operating_point"] == pub["operating_point"] and "selected_point" not in same
+    assert "selected_point" not in report.place_mark(
+        sel, _m(2, "published", version="v0001", registry="/r"))
+    # the version is no longer current: the selection is the mark again
+    assert report.unmark_published(again, "/r") == {"operating_point": _m(4), "x": 1}
+    assert report.unmark_published(again, "/other") == again  # another registry's mark stays
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("marks")
+    tiny_cli_world(d, frontiers=(("f5", 5),))
+    return d
+
+
+def _publish(world, reg, f, *extra):
+    return cli.main(["policy", "publish", "--registry", str(reg), "--model",
+                     str(world / "model"), "--frontier", str(f), "--logs",
+                     str(world / "data" / "logs.parquet"), "--reason", "test", *extra])
+
+
+def _html_svg(f):
+    page = (f.parent / "frontier.html").read_text()
+    return page, page[page.index("<svg"):page.index("</svg>")]
+
+
+def test_the_frontier_marks_the_published_version_not_the_last_selection(world, tmp_path,
+                                                                         capsys):
+    shutil.copytree(world / "f5", tmp_path / "f5")
+    f, reg = tmp_path / "f5" / "frontier.json", tmp_path / "reg"
+    s1, s2 = tmp_path / "s1.json", tmp_path / "s2.json"
+    assert cli.main(["policy", "select", "--frontier", str(f), "--maximize", "session_success",
+                     "--out", str(s1)]) == 0
+    i = json.loads(s1.read_text())["index"]
+    doc = json.loads(f.read_text())
+    assert doc["operating_point"]["status"] == "selected"
+    page, svg = _html_svg(f)
+    assert "selected with <code>policy select --out</code>, not published" in page
+    assert "operating point (selected, not published)" in svg
+    capsys.readouterr()
+    assert _publish(world, reg, f, "--selection", str(s1)) == 0
+    lam = cli_policy.readable_lambda(doc["lambdas"][i])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"marked v0001 as the operating point on {f} (lambda {lam})")
+    op = json.loads(f.read_text())["operating_point"]
+    assert (op["index"], op["status"], op["version"], op["registry"]) == (
+        i, "published", "v0001", str(reg))
+    assert "operating point (published v0001)" in _html_svg(f)[1]
+    # another selection is shown next to the published point, never in its place
+    j = (i + 2) % 5
+    assert cli.main(["policy", "select", "--frontier", str(f), "--maximize", "clicks",
+                     "--out", str(s2)]) == 0
+    doc = json.loads(f.read_text())
+    k = json.loads(s2.read_text())["index"]
+    assert doc["operating_point"]["version"] == "v0001" and doc["operating_point"]["index"] == i
+    assert (doc.get("selected_point") or {}).get("index") == (None if k == i else k)
+    table = report.format_table(doc)
+    assert f"operating point (*): {doc['points']['names'][i]}, published as v0001 (registry " \
+           f"{reg})" in table
+    # set-lambda off the frontier: the frontier no longer claims a production point
+    capsys.readouterr()
+    assert cli.main(["policy", "set-lambda", "--registry", str(reg), "--lam", "0.123,0.877",
+                     "--reason", "off the grid"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{f} no longer marks v0001 as the operating point (CURRENT is v0002, not a point of it)")
+    doc = json.loads(f.read_text())
+    assert (doc["operating_point"] or {}).get("status") != "published"
+    # rollback to v0001: marked again
+    assert cli.main(["policy", "rollback", "--registry", str(reg), "--version", "v0001",
+                     "--reason", "back"]) == 0
+    assert json.loads(f.read_text())["operating_point"]["version"] == "v0001"
+    # set-lambda onto another point of the frontier: that point is the published one
+    lam_j = json.loads(f.read_text())["lambdas"][j]
+    assert cli.main(["policy", "set-lambda", "--registry", str(reg), "--lam",
+                     ",".join(map(str, lam_j)), "--reason", "on the grid"]) == 0
+    op = json.loads(f.read_text())["operating_point"]
+    assert (op["index"], op["version"], op["reason"]) == (j, "v0003", "set-lambda: on the grid")
+    # the marks never change the frontier's digest: the old selection still publishes
+    assert cli_policy.frontier_sha256(json.loads(f.read_text())) == \
+        json.loads(s1.read_text())["frontier"]["sha256"]
