@@ -43,9 +43,13 @@ from puts_jax.policy_checks import (check_exploration_log, check_frontier,  # no
 
 
 def _for_print(x):
-    """A JSON-able copy of ``x`` with every "lambda" list made ``readable_lambda``."""
+    """A JSON-able copy of ``x`` with every "lambda" list and every row of a "weights" matrix
+    (the action set, stored from float32) made ``readable_lambda``: 0.3, not
+    0.30000001192092896."""
     if isinstance(x, dict):
-        return {k: readable_lambda(v) if k == "lambda" and _numbers(v) else _for_print(v)
+        return {k: readable_lambda(v) if k == "lambda" and _numbers(v) else
+                [readable_lambda(r) if _numbers(r) else r for r in v]
+                if k == "weights" and isinstance(v, list) else _for_print(v)
                 for k, v in x.items()}
     return [_for_print(v) for v in x] if isinstance(x, list) else x
 
@@ -56,7 +60,9 @@ def _numbers(v) -> bool:
 
 def cmd_policy(args) -> None:
     """Run ``puts-jax policy <policy_cmd>`` on the parsed ``args``; after publish, set-lambda
-    and rollback, list the registry's versions (``*`` marks the current one)."""
+    and rollback, list the registry's versions (``*`` marks the current one) and update the
+    frontier's marks (``policy_marks.sync_marks``). A publish or set-lambda of what CURRENT
+    already serves prints ``nothing published: ...`` and exits 0, nothing written."""
     from puts_jax import policy
 
     if args.policy_cmd in ("show", "set-lambda", "rollback"):  # need one, create nothing
@@ -69,16 +75,20 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "select":
         _select(args)
         return
-    if args.policy_cmd == "publish":
-        _publish(args)
-    elif args.policy_cmd == "set-lambda":
-        lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
-        with fields_as_flags({"lambda": "--lam"}):
-            v = policy.set_lambda(args.registry, lam, args.reason)
-        _print(f"published {v} (parameters reused)")
-    elif args.policy_cmd == "rollback":
-        v = policy.rollback(args.registry, args.version, args.reason)
-        _print(f"CURRENT -> {v}")
+    try:
+        if args.policy_cmd == "publish":
+            _publish(args)
+        elif args.policy_cmd == "set-lambda":
+            lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
+            with fields_as_flags({"lambda": "--lam"}):
+                v = policy.set_lambda(args.registry, lam, args.reason)
+            _print(f"published {v} (parameters reused)")
+        else:
+            v = policy.rollback(args.registry, args.version, args.reason)
+            _print(f"CURRENT -> {v}")
+    except policy.AlreadyCurrent as e:  # a no-op, exit 0: the registry already serves it
+        _print(f"nothing published: {e}")
+        return
     _print_versions(args.registry)
     policy_marks.sync_marks(args.registry)
 
@@ -111,7 +121,8 @@ def action_set_summary(action_set):
     return {"shape": f"A x K = {A} x {K} (actions x ranker outcomes)",
             "objective_names": action_set.get("objective_names"), "production": prod,
             "production_weights": row, "hash": action_set.get("hash"),
-            "weights": f"not shown ({A} rows of {K}): 'policy show --full' prints the matrix"}
+            "weights": f"not shown ({A} row{'s' if A != 1 else ''} of {K}): 'policy show --full' "
+                       "prints the matrix"}
 
 
 def _select(args) -> None:
@@ -270,7 +281,8 @@ def add_parser(sub) -> None:
                         "the operating point on frontier.json/png/html; without it nothing is "
                         "written")
     x = ps.add_parser("publish", help="publish a frontier point (--point or --selection) as a "
-                      "new current version")
+                      "new current version (what CURRENT already serves: nothing written, "
+                      "exit 0)")
     x.add_argument("--registry", required=True, help=REGISTRY_HELP + " (created if missing)")
     x.add_argument("--model", required=True, help="exported model directory the frontier was "
                    "swept with")

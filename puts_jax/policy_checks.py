@@ -129,8 +129,9 @@ def check_objectives(doc: dict, path: str, model, reward_names) -> None:
     rewards: a lambda weights rewards by position, so another order would weight other ones."""
     names, J = doc["objectives"]["names"], len(model.reward_kinds)
     if len(names) != J:
-        raise UsageError(f"--frontier: {path}: {len(names)} objectives {names}, but --model "
-                         f"scores J = {J} rewards")
+        raise UsageError(f"--frontier: {path}: {len(names)} objective"
+                         f"{'s' if len(names) != 1 else ''} {names}, but --model scores J = {J} "
+                         f"reward{'s' if J != 1 else ''}")
     if reward_names and list(reward_names) != list(names):
         raise UsageError(f"--frontier: {path}: objectives {names}, but --logs has the rewards "
                          f"{list(reward_names)}: a lambda weights the rewards in that order")
