@@ -38,7 +38,7 @@ def direction_signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
         directions = (directions,) * J
     d = tuple(directions)
     if len(d) != J:
-        raise InputError("directions", [], f"{len(d)} directions for J = {J} objectives")
+        raise InputError("directions", [], f"{len(d)} direction{'s' if len(d) != 1 else ''} for J = {J} objectives")
     bad = [x for x in d if x not in ("max", "min")]
     if bad:
         raise InputError("directions", [], f"each must be 'max' or 'min', got {bad}")
@@ -240,7 +240,8 @@ def select_operating_point(values, lo, hi, maximize: int,
     nd = nondominated(np.where(ok[:, None], v, np.nan), directions)
     pick = int(top[nd[top]][0]) if nd[top].any() else int(top[0])
     word = "highest" if s[maximize] < 0 else "lowest"
-    among = (f"among {int(ok.sum())} of {P} points passing the guardrails ({rules})" if failed
-             else f"among {int(ok.sum())} of {P} points (no guardrails)")
+    pts = f"{P} point{'s' if P != 1 else ''}"
+    among = (f"among {int(ok.sum())} of {pts} passing the guardrails ({rules})" if failed
+             else f"among {int(ok.sum())} of {pts} (no guardrails)")
     return Selection(pick, f"{label(pick)} has the {word} {obj(maximize)} "
                            f"({v[pick, maximize]:.6g}) {among}")

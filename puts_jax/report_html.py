@@ -77,6 +77,11 @@ def _num(v) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
 
 
+def _count(n, word: str) -> str:
+    """"1 log row", "200,000 log rows" (an unknown count as an em dash)."""
+    return f"{_num(n)} {word}{'' if n == 1 else 's'}"
+
+
 def _ess(v) -> str:
     return "\u2014" if v is None else f"{v:,.1f}"
 
@@ -327,7 +332,8 @@ def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0, noise=No
     objs = ", ".join(f"{n} ({d})" for n, d in zip(names, doc["objectives"]["directions"]))
     sub = (f"objectives: {_e(objs)}"
            f"; primary estimator <b>{_e(doc['primary_estimator'])}</b>; {doc['confidence']:.0%} "
-           f"intervals; {len(doc['lambdas'])} lambda points; {_num(prov.get('rows'))} log rows; "
+           f"intervals; {_count(len(doc['lambdas']), 'lambda point')}; "
+           f"{_count(prov.get('rows'), 'log row')}; "
            f"created {_e(prov.get('created'))}")
     legend = ("verdicts: <i>nondominated</i> = no other point beats it by point estimate; "
               "<i>clearly dominated</i> = another point is better with non-overlapping intervals; "

@@ -51,14 +51,15 @@ def within_noise_text(entry: Mapping, labels, n_nondominated: int) -> tuple[str,
     "all but" those told apart)."""
     w, apart = entry["within_noise_of"], entry["told_apart_from"]
     n_other = len(w) + len(apart)  # the other estimable points
+    others = f"{n_other} other{'s' if n_other != 1 else ''}"
     if not w:
-        every = f"none of {n_other} others"
+        every = f"none of {others}"
     elif not apart:
-        every = f"all {n_other} others"
+        every = "the other one" if n_other == 1 else f"all {others}"
     elif len(w) <= len(apart):
-        every = f"{len(w)} of {n_other} others: {point_runs(w, labels)}"
+        every = f"{len(w)} of {others}: {point_runs(w, labels)}"
     else:
-        every = f"{len(w)} of {n_other} others: all but {point_runs(apart, labels)}"
+        every = f"{len(w)} of {others}: all but {point_runs(apart, labels)}"
     ndw = entry["nondominated_within_noise_of"]
     k = n_nondominated - (1 if entry["nondominated"] else 0)
     nd = ("no other nondominated point" if k == 0 else
@@ -147,7 +148,8 @@ def lambda_figure(doc: Mapping, low_ess: float):
     ax.set_ylim(bottom=0)
     ax.set_ylabel("rows", fontsize=8)
     n = doc["points"]["n"]
-    ax.set_title(f"n = {max(n):,} logged rows per point", fontsize=8, loc="left")
+    ax.set_title(f"n = {max(n):,} logged row{'s' if max(n) != 1 else ''} per point", fontsize=8,
+                 loc="left")
     handles = {}
     for a in axes:  # one legend for the figure: panels would hide their own curves
         for h, lab in zip(*a.get_legend_handles_labels()):

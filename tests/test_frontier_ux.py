@@ -228,3 +228,30 @@ def test_the_frontier_marks_the_published_version_not_the_last_selection(world, 
     # the marks never change the frontier's digest: the old selection still publishes
     assert cli_policy.frontier_sha256(json.loads(f.read_text())) == \
         json.loads(s1.read_text())["frontier"]["sha256"]
+
+
+# ----------------------------------------------------------------------------- figure labels
+
+def test_lambda_labels_in_the_figure_never_overlap(tmp_path):
+    # 101 nondominated points on a short arc: labelling all would pile them on each other
+    t = np.linspace(0.0, 1.0, 101)
+    lam = np.stack([1 - t, t], 1)
+    v = np.stack([0.20 + 0.02 * np.cos(t * np.pi / 2), 0.20 + 0.02 * np.sin(t * np.pi / 2)], 1)
+    doc = _doc(tmp_path, lam=lam, v=v, half=0.001, op=(50, "by hand"))
+    assert all(doc["nondominated"])
+    fig = report.frontier_figure(doc)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text().startswith("(")]
+    assert 2 <= len(labels) < 101
+    boxes = [t.get_window_extent(r) for t in labels]
+    assert not any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1:])
+    texts = {t.get_text() for t in labels}
+    assert {"(1.00, 0.00)", "(0.50, 0.50)"} <= texts  # an end and the operating point
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"nondominated (lambda shown on {len(labels)} of 101; the table lists all)" in legend
+    # a front that fits is labelled whole
+    few = report.frontier_figure(_doc(tmp_path))
+    assert sorted(t.get_text() for t in few.axes[0].texts) == [
+        "(0.00, 1.00)", "(0.20, 0.80)", "(0.40, 0.60)", "(0.60, 0.40)", "(1.00, 0.00)"]
