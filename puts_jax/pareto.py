@@ -38,7 +38,8 @@ def direction_signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
         directions = (directions,) * J
     d = tuple(directions)
     if len(d) != J:
-        raise InputError("directions", [], f"{len(d)} direction{'s' if len(d) != 1 else ''} for J = {J} objectives")
+        raise InputError("directions", [], f"{len(d)} direction{'s' if len(d) != 1 else ''} "
+                                           f"for J = {J} objectives")
     bad = [x for x in d if x not in ("max", "min")]
     if bad:
         raise InputError("directions", [], f"each must be 'max' or 'min', got {bad}")

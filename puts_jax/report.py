@@ -242,9 +242,11 @@ def best_global_action_lines(doc: Mapping) -> list[str]:
 
 def format_table(doc: Mapping, estimator: str | None = None) -> str:
     """Plain-text table: one row per lambda point (estimates with intervals, n, matched, ESS,
-    verdict; ``*`` marks the operating point, ``+`` a selection that is not it), then the logging, production and best global
-    action baselines, the hypervolume, the overall verdict, the best global actions against their
-    runner-ups (``best_global_action_lines``) and the warnings."""
+    verdict; ``*`` marks the operating point, ``+`` a selection that is not it), then the
+    logging, production and best global action baselines, the hypervolume, the overall verdict,
+    the points within noise of each nondominated one (``within_noise_lines``), the best global
+    actions against their runner-ups (``best_global_action_lines``), the marked points
+    (``mark_lines``) and the warnings."""
     est = estimator or doc["primary_estimator"]
     names = doc["objectives"]["names"]
     J, pts = len(names), doc["points"]
@@ -262,9 +264,9 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     rows = []
     for i, lam in enumerate(doc["lambdas"]):
         r = _row("(" + ", ".join(f"{v:.3g}" for v in lam) + ")", doc["estimators"], i, est, J)
-        rows.append(["*" if i == op else "+" if i == sp else ""] + r + [str(pts["n"][i]), str(pts["matched"][i]),
-                                                   summed(pts, i), _fmt_count(pts["ess"][i]),
-                                                   doc["verdicts"][i]])
+        rows.append(["*" if i == op else "+" if i == sp else ""] + r +
+                    [str(pts["n"][i]), str(pts["matched"][i]), summed(pts, i),
+                     _fmt_count(pts["ess"][i]), doc["verdicts"][i]])
     for kind, bl in doc["baselines"].items():
         keep = range(len(bl["names"]))
         if kind == "actions":
