@@ -14,6 +14,13 @@ estimates differ (an edited file), and a point that fails a guardrail on the rep
 ``--accept-guardrail-miss`` (then recorded in policy.json and the audit entry, with a warning on
 stderr). Lambdas are printed at float32 precision (the precision the serve pass reads them at);
 the files keep the exact values.
+
+The frontier's mark says which it is (``report.place_mark``): ``select --out`` marks a selection
+("selected, not published"); after publish, set-lambda and rollback the frontier the new CURRENT
+was published from marks it as the published operating point (version and registry), when its
+lambda is a point there, and the frontier of the version current before drops its mark
+(``policy_marks``). A selection made after a publish is shown next to the published point
+(``selected_point``), never in its place.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import sys
 
 import numpy as np
 
+from puts_jax import policy_marks
 from puts_jax.checks import check_distinct_paths
 from puts_jax.cli_checks import (NothingSelected, UsageError, check_frontier_matches,
                                  check_out_dir, check_out_file, fields_as_flags, floats,
@@ -35,9 +43,13 @@ from puts_jax.policy_checks import (check_exploration_log, check_frontier,  # no
 
 
 def _for_print(x):
-    """A JSON-able copy of ``x`` with every "lambda" list made ``readable_lambda``."""
+    """A JSON-able copy of ``x`` with every "lambda" list and every row of a "weights" matrix
+    (the action set, stored from float32) made ``readable_lambda``: 0.3, not
+    0.30000001192092896."""
     if isinstance(x, dict):
-        return {k: readable_lambda(v) if k == "lambda" and _numbers(v) else _for_print(v)
+        return {k: readable_lambda(v) if k == "lambda" and _numbers(v) else
+                [readable_lambda(r) if _numbers(r) else r for r in v]
+                if k == "weights" and isinstance(v, list) else _for_print(v)
                 for k, v in x.items()}
     return [_for_print(v) for v in x] if isinstance(x, list) else x
 
@@ -48,7 +60,9 @@ def _numbers(v) -> bool:
 
 def cmd_policy(args) -> None:
     """Run ``puts-jax policy <policy_cmd>`` on the parsed ``args``; after publish, set-lambda
-    and rollback, list the registry's versions (``*`` marks the current one)."""
+    and rollback, list the registry's versions (``*`` marks the current one) and update the
+    frontier's marks (``policy_marks.sync_marks``). A publish or set-lambda of what CURRENT
+    already serves prints ``nothing published: ...`` and exits 0, nothing written."""
     from puts_jax import policy
 
     if args.policy_cmd in ("show", "set-lambda", "rollback"):  # need one, create nothing
@@ -61,17 +75,22 @@ def cmd_policy(args) -> None:
     if args.policy_cmd == "select":
         _select(args)
         return
-    if args.policy_cmd == "publish":
-        _publish(args)
-    elif args.policy_cmd == "set-lambda":
-        lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
-        with fields_as_flags({"lambda": "--lam"}):
-            v = policy.set_lambda(args.registry, lam, args.reason)
-        _print(f"published {v} (parameters reused)")
-    elif args.policy_cmd == "rollback":
-        v = policy.rollback(args.registry, args.version, args.reason)
-        _print(f"CURRENT -> {v}")
+    try:
+        if args.policy_cmd == "publish":
+            _publish(args)
+        elif args.policy_cmd == "set-lambda":
+            lam = np.asarray(floats("--lam", args.lam, "0.7,0.3"), np.float64)
+            with fields_as_flags({"lambda": "--lam"}):
+                v = policy.set_lambda(args.registry, lam, args.reason)
+            _print(f"published {v} (parameters reused)")
+        else:
+            v = policy.rollback(args.registry, args.version, args.reason)
+            _print(f"CURRENT -> {v}")
+    except policy.AlreadyCurrent as e:  # a no-op, exit 0: the registry already serves it
+        _print(f"nothing published: {e}")
+        return
     _print_versions(args.registry)
+    policy_marks.sync_marks(args.registry)
 
 
 def _show(args) -> None:
@@ -102,7 +121,8 @@ def action_set_summary(action_set):
     return {"shape": f"A x K = {A} x {K} (actions x ranker outcomes)",
             "objective_names": action_set.get("objective_names"), "production": prod,
             "production_weights": row, "hash": action_set.get("hash"),
-            "weights": f"not shown ({A} rows of {K}): 'policy show --full' prints the matrix"}
+            "weights": f"not shown ({A} row{'s' if A != 1 else ''} of {K}): 'policy show --full' "
+                       "prints the matrix"}
 
 
 def _select(args) -> None:
@@ -148,29 +168,8 @@ def _select(args) -> None:
                    "--accept-below-production to make it the operating policy); the selection "
                    "is written")
         else:
-            _mark_operating_point(args.frontier, doc, sel)
+            policy_marks.mark_selection(args.frontier, doc, sel)
         atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
-
-
-def _mark_operating_point(frontier: str, doc: dict, sel: dict) -> None:
-    """``select --out``: mark ``sel`` on frontier.json/png/html, rewritten as one set
-    (``report.write_frontier``, all or nothing); when that cannot be done (a read-only folder, a
-    frontier file named otherwise) a note says so and the frontier stays as it was."""
-    from puts_jax import report
-
-    folder = os.path.dirname(os.path.abspath(frontier))
-    doc = {**doc, "operating_point": {k: sel[k] for k in ("index", "reason", "lambda", "name")}}
-    why = None
-    if os.path.basename(frontier) != "frontier.json":
-        why = "its file is not named frontier.json, so its set cannot be rewritten"
-    else:
-        try:
-            report.write_frontier(folder, doc)
-        except OSError as e:
-            why = f"{type(e).__name__}: {e}"
-    if why:
-        _print(f"note: the operating point is not marked on {frontier} ({why}); the selection "
-               "is written")
 
 
 def _point_index(args, n_points: int) -> tuple[int, dict | None]:
@@ -282,7 +281,8 @@ def add_parser(sub) -> None:
                         "the operating point on frontier.json/png/html; without it nothing is "
                         "written")
     x = ps.add_parser("publish", help="publish a frontier point (--point or --selection) as a "
-                      "new current version")
+                      "new current version (what CURRENT already serves: nothing written, "
+                      "exit 0)")
     x.add_argument("--registry", required=True, help=REGISTRY_HELP + " (created if missing)")
     x.add_argument("--model", required=True, help="exported model directory the frontier was "
                    "swept with")

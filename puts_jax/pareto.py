@@ -38,7 +38,8 @@ def direction_signs(directions: Sequence[str] | None, J: int) -> np.ndarray:
         directions = (directions,) * J
     d = tuple(directions)
     if len(d) != J:
-        raise InputError("directions", [], f"{len(d)} directions for J = {J} objectives")
+        raise InputError("directions", [], f"{len(d)} direction{'s' if len(d) != 1 else ''} "
+                                           f"for J = {J} objectives")
     bad = [x for x in d if x not in ("max", "min")]
     if bad:
         raise InputError("directions", [], f"each must be 'max' or 'min', got {bad}")
@@ -174,6 +175,17 @@ def separable_pairs(lo, hi, every: bool = False) -> np.ndarray:
     return disjoint & ok[:, None] & ok[None, :]
 
 
+def within_noise(lo, hi) -> np.ndarray:
+    """``bool[P, P]``: True where points p != q both have finite bounds and their intervals
+    ``[lo, hi]`` (each ``f[P, J]``) overlap on every objective: the data cannot tell them apart
+    on any objective (the pairs ``separable_pairs`` calls not separable, among estimable
+    points). Symmetric, False on the diagonal."""
+    l, h = _as_points(lo, "lo"), _as_points(hi, "hi")
+    ok = np.isfinite(l).all(1) & np.isfinite(h).all(1)
+    overlap = ((l[:, None, :] <= h[None, :, :]) & (h[:, None, :] >= l[None, :, :])).all(-1)
+    return overlap & ok[:, None] & ok[None, :] & ~np.eye(l.shape[0], dtype=bool)
+
+
 class Selection(NamedTuple):
     """Result of ``select_operating_point``: ``index`` of the chosen point or None, and why."""
 
@@ -229,7 +241,8 @@ def select_operating_point(values, lo, hi, maximize: int,
     nd = nondominated(np.where(ok[:, None], v, np.nan), directions)
     pick = int(top[nd[top]][0]) if nd[top].any() else int(top[0])
     word = "highest" if s[maximize] < 0 else "lowest"
-    among = (f"among {int(ok.sum())} of {P} points passing the guardrails ({rules})" if failed
-             else f"among {int(ok.sum())} of {P} points (no guardrails)")
+    pts = f"{P} point{'s' if P != 1 else ''}"
+    among = (f"among {int(ok.sum())} of {pts} passing the guardrails ({rules})" if failed
+             else f"among {int(ok.sum())} of {pts} (no guardrails)")
     return Selection(pick, f"{label(pick)} has the {word} {obj(maximize)} "
                            f"({v[pick, maximize]:.6g}) {among}")

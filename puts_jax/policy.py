@@ -51,9 +51,10 @@ from puts_jax import model_io
 from puts_jax.action_set import ActionSet, atomic_write_text, default_mode
 from puts_jax.checks import InputError
 from puts_jax.qnet import QNetwork
-from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, History,  # noqa: F401
-                                     _last_byte, _read_policy_json, audit_problem, chained,
-                                     check_lam, check_registry, current_problem, current_version,
+from puts_jax.registry_files import (POLICY_KEYS, VERSION_RE, AlreadyCurrent,  # noqa: F401
+                                     History, _last_byte, _read_policy_json, audit_problem,
+                                     chained, check_lam, check_not_current, check_registry,
+                                     current_problem, current_version,
                                      history, lambda_problem, params_problem, read_audit,
                                      version_problem, versions)
 
@@ -208,7 +209,8 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
       source: provenance, e.g. {"checkpoint": path, "step": 2000, "frontier": path}.
       accepted: warnings the publisher accepted (e.g. a guardrail missed on the report half);
         kept in policy.json and the audit entry as ``accepted``.
-    Raises InputError naming the field (lambda, action_set, reason, frontier_point.lambda).
+    Raises InputError naming the field (lambda, action_set, reason, frontier_point.lambda),
+    and AlreadyCurrent (nothing written) when CURRENT already serves this lambda and model.
     """
     J = len(model.reward_kinds)
     lam = check_lam(lam, J)
@@ -224,6 +226,7 @@ def publish(registry_dir: str, model: QNetwork, action_set: ActionSet, lam,
     if accepted:
         meta["accepted"] = [str(a) for a in accepted]
     with _locked(registry_dir, create=True) as hist:
+        check_not_current(registry_dir, hist, meta)
         return _commit(registry_dir, meta, model, "publish", hist)
 
 
@@ -255,6 +258,7 @@ def set_lambda(registry_dir: str, lam, reason: str, frontier_point: Mapping | No
         meta = {"reason": _check_reason(reason), "lambda": lam.tolist(),
                 "frontier_point": _check_point(frontier_point, lam),
                 **{k: pm[k] for k in keep}, "package_version": puts_jax.__version__}
+        check_not_current(registry_dir, hist, meta)  # AlreadyCurrent: the same lambda again
         return _commit(registry_dir, meta, None, "set-lambda", hist)
 
 

@@ -21,10 +21,11 @@ from puts_jax.scalarization import readable_lambda  # noqa: F401 (re-exported: c
 
 
 def frontier_sha256(doc: dict) -> str:
-    """sha256 (hex) of a frontier document's content without ``operating_point``: its keys
-    sorted, compact JSON. Marking an operating point (``select --out``) or re-rendering the
-    frontier (``report``) keeps it; another sweep (other lambdas, data or model) changes it."""
-    body = {k: v for k, v in doc.items() if k != "operating_point"}
+    """sha256 (hex) of a frontier document's content without its marks (``operating_point``,
+    ``selected_point``): its keys sorted, compact JSON. Marking a point (``select --out``,
+    ``publish``) or re-rendering the frontier (``report``) keeps it; another sweep (other
+    lambdas, data or model) changes it."""
+    body = {k: v for k, v in doc.items() if k not in ("operating_point", "selected_point")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -128,8 +129,9 @@ def check_objectives(doc: dict, path: str, model, reward_names) -> None:
     rewards: a lambda weights rewards by position, so another order would weight other ones."""
     names, J = doc["objectives"]["names"], len(model.reward_kinds)
     if len(names) != J:
-        raise UsageError(f"--frontier: {path}: {len(names)} objectives {names}, but --model "
-                         f"scores J = {J} rewards")
+        raise UsageError(f"--frontier: {path}: {len(names)} objective"
+                         f"{'s' if len(names) != 1 else ''} {names}, but --model scores J = {J} "
+                         f"reward{'s' if J != 1 else ''}")
     if reward_names and list(reward_names) != list(names):
         raise UsageError(f"--frontier: {path}: objectives {names}, but --logs has the rewards "
                          f"{list(reward_names)}: a lambda weights the rewards in that order")

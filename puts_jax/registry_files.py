@@ -338,3 +338,30 @@ def history(registry_dir: str, now: str) -> History:
              "reason": f"line {n}'s switch to {claimed} was not made (CURRENT still names "
                        f"{actual}): the writer stopped between its audit line and the switch"}
     return History([entry], actual, bad)
+
+
+class AlreadyCurrent(Exception):
+    """A publish or set-lambda of what CURRENT already serves (the same lambda at float32
+    precision, parameters and action set): nothing is written. ``version``: CURRENT."""
+
+    def __init__(self, version: str, lam):
+        self.version = version
+        super().__init__(f"lambda {[float(str(np.float32(x))) for x in lam]} with these parameters"
+                         f" and action set is already published as {version}, the current "
+                         "version; nothing written")
+
+
+def check_not_current(registry_dir: str, hist: History, meta: dict) -> None:
+    """Raise ``AlreadyCurrent`` when ``meta`` (a new version's policy.json fields: lambda,
+    params_hash, action_set_hash) is what the CURRENT version already serves. A broken or
+    unreadable CURRENT is never the same (the writer goes on)."""
+    if hist.current_problem is not None or not hist.before:
+        return
+    try:
+        cur = _read_policy_json(os.path.join(registry_dir, hist.before, "policy.json"))
+        same_lam = np.array_equal(np.asarray(cur["lambda"], np.float32),
+                                  np.asarray(meta["lambda"], np.float32))
+    except (InputError, OSError, TypeError, ValueError):
+        return
+    if same_lam and all(cur.get(k) == meta[k] for k in ("params_hash", "action_set_hash")):
+        raise AlreadyCurrent(hist.before, meta["lambda"])

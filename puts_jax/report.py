@@ -26,15 +26,17 @@ from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_esti
                                        file_sha256, from_ope, make_provenance)
 from puts_jax.report_figure import figure_png, frontier_figure, render_png
 from puts_jax.report_json import (BASELINE_KINDS, REQUIRED_KEYS, SCHEMA, build_frontier, dumps,
-                                  frontier_point, read_frontier, validate_frontier)
-from puts_jax.report_verdicts import LOW_ESS, best_global_actions
+                                  frontier_point, place_mark, read_frontier, unmark_published,
+                                  validate_frontier)
+from puts_jax.report_verdicts import LOW_ESS, best_global_actions, within_noise_entries
 
 __all__ = ["BASELINE_KINDS", "FRONTIER_STAGING", "LOW_ESS", "PROVENANCE_KEYS", "REQUIRED_KEYS",
            "SCHEMA", "PolicyEstimates", "as_estimates", "best_global_action_lines",
            "build_frontier", "dumps", "file_sha256", "format_table", "from_ope", "frontier_figure",
-           "frontier_point", "make_provenance", "publish_files", "read_frontier",
+           "frontier_point", "make_provenance", "mark_lines", "place_mark", "publish_files",
+           "read_frontier", "unmark_published",
            "recover_frontier", "render_frontier", "render_png", "validate_frontier",
-           "with_runner_ups", "write_frontier"]
+           "with_runner_ups", "within_noise_lines", "write_frontier"]
 
 
 def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[str, bytes]:
@@ -43,7 +45,7 @@ def render_frontier(frontier: Mapping, axes: tuple[int, int] = (0, 1)) -> dict[s
     validate_frontier(frontier)
     fig = frontier_figure(frontier, axes)
     page = report_html.render_html(with_runner_ups(frontier), report_html.figure_svg(fig, "front-"),
-                                   LOW_ESS)
+                                   LOW_ESS, within_noise_entries(frontier))
     return {"json": dumps(frontier).encode("utf-8"), "png": figure_png(fig),
             "html": page.encode("utf-8")}
 
@@ -139,10 +141,58 @@ def _summary_lines(doc: Mapping, missing: bool) -> list[str]:
         lines.append(f"simultaneous {band['confidence']:.0%} band on the "
                      f"{band.get('estimator', 'snips').upper()} estimates ({band['method']}): " +
                      ", ".join(f"{n} {v}" for v, n in counts.items()) + why)
-    lines += best_global_action_lines(doc)
-    if doc.get("operating_point"):
-        lines.append(f"operating point: {doc['operating_point']['reason']}")
+    lines += within_noise_lines(doc)
+    lines += best_global_action_lines(doc) + mark_lines(doc)
     return lines + [f"warning: {w}" for w in doc["warnings"]]
+
+
+MAX_NOISE_LINES = 12  # nondominated points listed in the table's "within noise" lines
+
+
+def within_noise_lines(doc: Mapping) -> list[str]:
+    """The table's "within noise" lines: per nondominated point (and the marked points, ``*``
+    the operating point, ``+`` a selection), the other nondominated points and how many of all
+    points the data cannot tell apart from it (``report_verdicts.within_noise_entries``), as runs
+    of lambdas; at most ``MAX_NOISE_LINES`` points (the marked ones always), then a count of the
+    rest. No lines when no nondominated point is estimable."""
+    entries = within_noise_entries(doc)
+    if not entries:
+        return []
+    labels = [report_html.noise_label(lam) for lam in doc["lambdas"]]
+    n_nd = sum(bool(x) for x in doc["nondominated"])
+    shown = [e for e in entries if e["mark"]]
+    shown += [e for e in entries if not e["mark"]][:max(MAX_NOISE_LINES - len(shown), 0)]
+    shown.sort(key=lambda e: e["index"])
+    marks = {e["mark"] for e in shown} - {""}
+    key = ", ".join(t for m, t in (("*", "* operating point"), ("+", "+ selected")) if m in marks)
+    lines = [f"within noise (the data cannot tell them apart: {doc['confidence']:.0%} intervals "
+             f"of the {doc['primary_estimator']} estimates overlap on every objective), per "
+             f"nondominated point{f' ({key})' if key else ''}:"]
+    for e in shown:
+        nd, every = report_html.within_noise_text(e, labels, n_nd)
+        lines.append(f"  {e['mark'] or ' '} {labels[e['index']]}: {nd}; of all points, {every}")
+    if len(shown) < len(entries):
+        rest = len(entries) - len(shown)
+        lines.append(f"  ... and {rest} more nondominated point{'s' if rest != 1 else ''} "
+                     "(frontier.html and frontier.json's \"within_noise\" list each)")
+    return lines
+
+
+def mark_lines(doc: Mapping) -> list[str]:
+    """The table's lines on the marked points: the operating point (``*``), said to be the
+    registry's published version ("published as v0003 (registry R)") or a selection that is not
+    published, and a ``selected_point`` (``+``) made after the published one."""
+    op, sp = doc.get("operating_point"), doc.get("selected_point")
+    if not op:
+        return []
+    if op.get("index") is None:
+        return [f"operating point: {op['reason']}"]
+    lines = [f"operating point (*): {op['name']}, " + (
+        f"published as {op.get('version')} (registry {op.get('registry')})"
+        if op.get("status") == "published" else "selected, not published") + f": {op['reason']}"]
+    if sp:
+        lines.append(f"selected (+), not published: {sp['name']}: {sp['reason']}")
+    return lines
 
 
 def with_runner_ups(doc: Mapping) -> Mapping:
@@ -192,13 +242,16 @@ def best_global_action_lines(doc: Mapping) -> list[str]:
 
 def format_table(doc: Mapping, estimator: str | None = None) -> str:
     """Plain-text table: one row per lambda point (estimates with intervals, n, matched, ESS,
-    verdict; ``*`` marks the operating point), then the logging, production and best global
-    action baselines, the hypervolume, the overall verdict, the best global actions against their
-    runner-ups (``best_global_action_lines``) and the warnings."""
+    verdict; ``*`` marks the operating point, ``+`` a selection that is not it), then the
+    logging, production and best global action baselines, the hypervolume, the overall verdict,
+    the points within noise of each nondominated one (``within_noise_lines``), the best global
+    actions against their runner-ups (``best_global_action_lines``), the marked points
+    (``mark_lines``) and the warnings."""
     est = estimator or doc["primary_estimator"]
     names = doc["objectives"]["names"]
     J, pts = len(names), doc["points"]
     op = (doc.get("operating_point") or {}).get("index")
+    sp = (doc.get("selected_point") or {}).get("index")
     auto = doc.get("auto_estimator") if est == "auto" else None  # what auto resolved to
     head = ["", "lambda"] + [
         f"{n} ({est}{': ' + auto[j] if auto else ''}, {doc['confidence']:.0%} CI)"
@@ -211,9 +264,9 @@ def format_table(doc: Mapping, estimator: str | None = None) -> str:
     rows = []
     for i, lam in enumerate(doc["lambdas"]):
         r = _row("(" + ", ".join(f"{v:.3g}" for v in lam) + ")", doc["estimators"], i, est, J)
-        rows.append(["*" if i == op else ""] + r + [str(pts["n"][i]), str(pts["matched"][i]),
-                                                   summed(pts, i), _fmt_count(pts["ess"][i]),
-                                                   doc["verdicts"][i]])
+        rows.append(["*" if i == op else "+" if i == sp else ""] + r +
+                    [str(pts["n"][i]), str(pts["matched"][i]), summed(pts, i),
+                     _fmt_count(pts["ess"][i]), doc["verdicts"][i]])
     for kind, bl in doc["baselines"].items():
         keep = range(len(bl["names"]))
         if kind == "actions":

@@ -88,6 +88,26 @@ def _plot_baselines(ax, doc: Mapping, xy) -> int:
     return hidden
 
 
+def mark_label(mark: Mapping) -> str:
+    """The legend's name of a marked point: "operating point (published v0003)", "operating
+    point (selected, not published)" or, for a ``selected_point``, "selected, not published"."""
+    if mark.get("status") == "published":
+        return f"operating point (published {mark.get('version')})"
+    return "operating point (selected, not published)"
+
+
+def _plot_marks(ax, doc: Mapping, c: _Cross) -> None:
+    """The operating point as a gold star, a ``selected_point`` (a selection made after the
+    published operating point) as a hollow one; each labelled by what it is (``mark_label``)."""
+    op, sp = doc.get("operating_point") or {}, doc.get("selected_point") or {}
+    for mark, style, label in ((op, dict(color="gold"), mark_label(op)),
+                               (sp, dict(color="white"), "selected, not published")):
+        i = mark.get("index")
+        if isinstance(i, int) and 0 <= i < len(c.x) and c.shown[i]:
+            ax.plot([c.x[i]], [c.y[i]], "*", mec="k", ms=18, ls="none", zorder=6, label=label,
+                    **style)
+
+
 def render_png(doc: Mapping, axes: tuple[int, int] = (0, 1)) -> bytes:
     """The frontier as PNG bytes (``frontier_figure``)."""
     return figure_png(frontier_figure(doc, axes))
@@ -127,16 +147,9 @@ def frontier_figure(doc: Mapping, axes: tuple[int, int] = (0, 1)):
                 lw=0.8, alpha=0.8)
     nd = np.asarray(doc["nondominated"], bool) & c.shown
     order = np.argsort(x[nd])
-    ax.plot(x[nd][order], y[nd][order], "-", color="C0", lw=1.5, label="nondominated")
-    for k, i in enumerate(np.flatnonzero(nd)[order]):  # labels alternate above / below
-        lam = doc["lambdas"][i]
-        ax.annotate("(" + ", ".join(f"{v:.2f}" for v in lam) + ")", (x[i], y[i]), fontsize=6,
-                    xytext=(3, 3 if k % 2 == 0 else -9), textcoords="offset points")
+    line, = ax.plot(x[nd][order], y[nd][order], "-", color="C0", lw=1.5, label="nondominated")
     hidden_base = _plot_baselines(ax, doc, xy)
-    op = doc.get("operating_point")
-    if op and op.get("index") is not None and c.shown[op["index"]]:
-        i = op["index"]
-        ax.plot([x[i]], [y[i]], "*", color="gold", mec="k", ms=18, ls="none", label="operating point")
+    _plot_marks(ax, doc, c)
     hidden = int((~c.shown).sum())
     if hidden or hidden_base:
         ax.text(0.01, 0.99, f"not estimable, not drawn: {hidden} of {len(x)} lambda points"
@@ -152,9 +165,70 @@ def frontier_figure(doc: Mapping, axes: tuple[int, int] = (0, 1)):
     hv = doc["hypervolume"]["value"]
     ax.set_title(f"Empirical Pareto frontier, hypervolume {hv:.4g}" if hv is not None
                  else "Empirical Pareto frontier", fontsize=10)
+    fig.subplots_adjust(bottom=0.25, top=0.94)
+    _label_front(ax, doc, c, np.flatnonzero(nd)[order], line)  # the axes' final pixels
     # Legend below the axes: inside, it would hide the nondominated corner.
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, "\n".join(textwrap.wrap(doc["verdict"], 120)), fontsize=7, va="bottom")
-    fig.subplots_adjust(bottom=0.25, top=0.94)
     return fig
+
+
+LABEL_PT = 6.0  # font size of the lambda labels
+
+
+def _label_front(ax, doc: Mapping, c: _Cross, front: np.ndarray, line) -> None:
+    """Lambda labels on the nondominated points ``front`` (in x order) where they fit: the
+    marked points first, then the ends of the front, then the rest; a label that would overlap
+    one already placed (or its point's marker) is tried below its point, else left out, and
+    the legend's "nondominated" entry says how many are labelled. Call once the axes' limits
+    and position are final (label boxes are computed in pixels)."""
+    texts = {int(i): "(" + ", ".join(f"{v:.2f}" for v in doc["lambdas"][i]) + ")" for i in front}
+    if not texts:
+        return
+    marks = [m.get("index") for m in (doc.get("operating_point") or {},
+                                      doc.get("selected_point") or {})]
+    first = [i for i in marks if i in texts] + [int(front[0]), int(front[-1])]
+    ranked = list(dict.fromkeys(first + [int(i) for i in front]))
+    ax.set_xlim(ax.get_xlim())  # freeze the autoscaled limits before measuring
+    ax.set_ylim(ax.get_ylim())
+    px = ax.transData.transform(np.stack([c.x, c.y], 1))
+    fig_dpi = ax.figure.dpi / 72.0  # pixels per point
+    markers = [_box(px[i], (0, 0), "", 0.0) for i in front]
+    chosen = pick_labels(ranked, texts, px, fig_dpi, markers)
+    for i, dy in chosen:
+        ax.annotate(texts[i], (c.x[i], c.y[i]), fontsize=LABEL_PT, xytext=(3, dy),
+                    textcoords="offset points")
+    if len(chosen) < len(texts):
+        line.set_label(f"nondominated (lambda shown on {len(chosen)} of {len(texts)}; the "
+                       "table lists all)")
+
+
+def _box(p, off, text: str, ppp: float) -> tuple[float, float, float, float]:
+    """The pixel box (x0, y0, x1, y1) of ``text`` at LABEL_PT drawn at offset ``off`` points
+    from pixel ``p`` (``ppp``: pixels per point; 0 gives the 6x6-point box of a marker)."""
+    if ppp == 0.0:
+        return (p[0] - 4.0, p[1] - 4.0, p[0] + 4.0, p[1] + 4.0)
+    w, h = 0.62 * LABEL_PT * len(text) * ppp, 1.2 * LABEL_PT * ppp
+    x0, y0 = p[0] + off[0] * ppp, p[1] + off[1] * ppp
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def pick_labels(ranked, texts: Mapping, px: np.ndarray, ppp: float,
+                blocked: list) -> list[tuple[int, int]]:
+    """(index, y offset in points) of each point of ``ranked``, in that order, whose label
+    ``texts[i]`` fits above (+3) or below (-9) its pixel position ``px[i]`` (f[P, 2]) without
+    overlapping a pixel box (x0, y0, x1, y1) of ``blocked`` or a label already placed; ``ppp``:
+    pixels per point."""
+    placed, out = list(blocked), []
+
+    def free(b):
+        return all(b[2] <= q[0] or q[2] <= b[0] or b[3] <= q[1] or q[3] <= b[1] for q in placed)
+    for i in ranked:
+        for dy in (3, -9):
+            b = _box(px[i], (3, dy), texts[i], ppp)
+            if free(b):
+                placed.append(b)
+                out.append((i, dy))
+                break
+    return out

@@ -23,9 +23,11 @@ from typing import Mapping
 import numpy as np
 
 from puts_jax.report_html_figures import (BASELINE_LABEL, DIR_WORD, figure_svg, lambda_figure,
-                                          lambda_label)
+                                          lambda_label, noise_label, point_runs,
+                                          within_noise_text)
 
-__all__ = ["CSS", "figure_svg", "lambda_figure", "render_html"]
+__all__ = ["CSS", "figure_svg", "lambda_figure", "noise_label", "point_runs", "render_html",
+           "within_noise_text"]
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;
@@ -75,8 +77,41 @@ def _num(v) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
 
 
+def _count(n, word: str) -> str:
+    """"1 log row", "200,000 log rows" (an unknown count as an em dash)."""
+    return f"{_num(n)} {word}{'' if n == 1 else 's'}"
+
+
 def _ess(v) -> str:
     return "\u2014" if v is None else f"{v:,.1f}"
+
+
+# ----------------------------------------------------------------------------- within noise
+
+def _noise_section(doc: Mapping, noise) -> str:
+    """The "Within noise" section: one row per entry of ``noise`` (``render_html``)."""
+    if noise is None:
+        return ""
+    labels = [noise_label(lam) for lam in doc["lambdas"]]
+    n_nd = sum(bool(x) for x in doc["nondominated"])
+    rows = []
+    for e in noise:
+        nd, every = within_noise_text(e, labels, n_nd)
+        what = ("nondominated" if e["nondominated"] else doc["verdicts"][e["index"]]) + {
+            "*": ", operating point", "+": ", selected"}.get(e["mark"], "")
+        mark = "\u2605" if e["mark"] == "*" else e["mark"]
+        rows.append(f'<tr><td>{_e(mark)}</td><td class="name">{_e(labels[e["index"]])}</td>'
+                    f'<td class="name">{_e(what)}</td><td class="name vcell">{_e(nd)}</td>'
+                    f'<td class="name vcell">{_e(every)}</td></tr>')
+    pct, prim = f"{doc['confidence']:.0%}", doc["primary_estimator"]
+    body = ("<p class=\"muted\">no nondominated point is estimable</p>" if not rows else
+            '<div class="scroll"><table id="noise"><thead><tr><th></th><th class="name">lambda'
+            '</th><th class="name">point</th><th class="name">within noise: other nondominated '
+            'points</th><th class="name">within noise: all points</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
+    return (f'<section id="within-noise"><h2>Within noise</h2><p>Which points the data cannot '
+            f"tell apart from each nondominated point: their {pct} intervals of the "
+            f"{_e(prim)} estimates overlap on every objective.</p>{body}</section>")
 
 
 # ----------------------------------------------------------------------------- table
@@ -179,10 +214,12 @@ def _best_global(doc: Mapping, acts: Mapping, obj: str) -> str:
 def _table(doc: Mapping) -> str:
     width = 10 + len(doc["objectives"]["names"]) * len(doc["estimators"])
     op = (doc.get("operating_point") or {}).get("index")
+    sp = (doc.get("selected_point") or {}).get("index")
     pts = doc["points"]
     rows = [f'<tr class="group"><th colspan="{width}">lambda points</th></tr>']
     for i, lam in enumerate(doc["lambdas"]):
-        rows.append(_row("point op" if i == op else "point", "\u2605" if i == op else "",
+        rows.append(_row("point op" if i == op else "point",
+                         "\u2605" if i == op else "+" if i == sp else "",
                          pts["names"][i], lambda_label(lam), pts, doc["estimators"], i, doc,
                          doc["verdicts"][i]))
     for kind, bl in doc["baselines"].items():
@@ -230,15 +267,26 @@ def _operating_section(doc: Mapping) -> str:
     if op.get("index") is None:
         return (f'<section id="operating-point"><h2>Operating point</h2><p><b>no point '
                 f"selected</b>: {_e(op['reason'])}</p></section>")
-    i = op["index"]
-    prim = doc["primary_estimator"]
+    status = (f"published as {_e(op.get('version'))} (registry {_e(op.get('registry'))}): "
+              "the policy in production when this page was written"
+              if op.get("status") == "published" else
+              "selected with <code>policy select --out</code>, not published")
+    sp = doc.get("selected_point")
+    more = "" if not sp else (
+        f"<h2>+ Selected, not published: {_e(sp['name'])}</h2>{_mark_text(doc, sp)}")
+    return (f'<section id="operating-point"><h2>\u2605 Operating point: {_e(op["name"])}</h2>'
+            f"<p><b>{status}</b></p>"
+            f"{_mark_text(doc, op)}{more}</section>")
+
+
+def _mark_text(doc: Mapping, mark: Mapping) -> str:
+    """A marked point's lambda, primary estimates, verdict and reason."""
+    i, prim = mark["index"], doc["primary_estimator"]
     b = doc["estimators"][prim]
     est = "; ".join(f"{_e(n)} {_num(b['value'][i][j])} [{_num(b['lo'][i][j])}, "
                     f"{_num(b['hi'][i][j])}]" for j, n in enumerate(doc["objectives"]["names"]))
-    return (f'<section id="operating-point"><h2>\u2605 Operating point: {_e(op["name"])}</h2>'
-            f"<p>lambda {_e(lambda_label(op['lambda']))}; {_e(prim)}: {est}; verdict "
-            f"<b>{_e(doc['verdicts'][i])}</b></p>"
-            f'<p class="muted">{_e(op["reason"])}</p></section>')
+    return (f"<p>lambda {_e(lambda_label(mark['lambda']))}; {_e(prim)}: {est}; verdict "
+            f"<b>{_e(doc['verdicts'][i])}</b></p><p class=\"muted\">{_e(mark['reason'])}</p>")
 
 
 def _warnings_section(doc: Mapping) -> str:
@@ -273,16 +321,19 @@ def _provenance_section(doc: Mapping) -> str:
             f'<section id="provenance"><h2>Provenance</h2>{_kv(rows)}</section>')
 
 
-def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
+def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0, noise=None) -> str:
     """The whole page as a string. ``frontier_svg``: the frontier plot as inline SVG
-    (``figure_svg(report.frontier_figure(doc))``); the per-lambda plot is made here."""
+    (``figure_svg(report.frontier_figure(doc))``); the per-lambda plot is made here. ``noise``:
+    ``report_verdicts.within_noise_entries(doc)``, shown as the "Within noise" section (none
+    without it)."""
     names = doc["objectives"]["names"]
     prov = doc["provenance"]
     lam_svg = figure_svg(lambda_figure(doc, low_ess), "lam-")
     objs = ", ".join(f"{n} ({d})" for n, d in zip(names, doc["objectives"]["directions"]))
     sub = (f"objectives: {_e(objs)}"
            f"; primary estimator <b>{_e(doc['primary_estimator'])}</b>; {doc['confidence']:.0%} "
-           f"intervals; {len(doc['lambdas'])} lambda points; {_num(prov.get('rows'))} log rows; "
+           f"intervals; {_count(len(doc['lambdas']), 'lambda point')}; "
+           f"{_count(prov.get('rows'), 'log row')}; "
            f"created {_e(prov.get('created'))}")
     legend = ("verdicts: <i>nondominated</i> = no other point beats it by point estimate; "
               "<i>clearly dominated</i> = another point is better with non-overlapping intervals; "
@@ -291,13 +342,15 @@ def render_html(doc: Mapping, frontier_svg: str, low_ess: float = 30.0) -> str:
               "one whose interval the data cannot give reads <i>interval not estimable</i>, and "
               "the frontier plot draws it hollow with no bar). vs logging / vs production: per "
               "objective, <i>better</i> / <i>worse</i> when the intervals are disjoint. "
-              "\u2605 marks the operating point; \u2014 marks a number not available.")
+              "\u2605 marks the operating point, + a selection that is not published; \u2014 marks "
+              "a number not available.")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>puts_jax frontier: {_e(', '.join(names))}</title><style>{CSS}</style></head>"
         f'<body><main><h1>Empirical Pareto frontier</h1><p class="sub">{sub}</p>'
-        f"{_verdict_section(doc)}{_operating_section(doc)}{_warnings_section(doc)}"
+        f"{_verdict_section(doc)}{_noise_section(doc, noise)}{_operating_section(doc)}"
+        f"{_warnings_section(doc)}"
         '<section id="figures"><h2>Frontier and per-lambda estimates</h2><div class="figs">'
         f"<figure>{frontier_svg}<figcaption>lambda points with {doc['confidence']:.0%} interval "
         "crosses on both objectives, nondominated points connected, baselines as distinct "

@@ -1,6 +1,8 @@
 """The figures of ``frontier.html`` (``report_html``): a matplotlib figure as inline SVG, and the
 per-lambda plot (each objective's primary estimate with its interval band, the baselines as lines,
-the effective sample size and matched rows). Also the labels the page's table shares with them.
+the effective sample size and matched rows). Also the labels the page's table shares with them,
+and the within-noise lists (``point_runs``, ``within_noise_text``) the page and the CLI's table
+share.
 """
 
 from __future__ import annotations
@@ -24,6 +26,51 @@ def _arr(rows) -> np.ndarray:
 def lambda_label(lam: Sequence[float]) -> str:
     """A lambda f[J] as text, two decimals each: "(0.25, 0.75)"."""
     return "(" + ", ".join(f"{v:.2f}" for v in lam) + ")"
+
+
+def point_runs(idx, labels, max_runs: int = 4) -> str:
+    """Point indices (ascending) as runs of consecutive points, each named by its label:
+    "(1, 0) to (0.6, 0.4), (0.3, 0.7)" (a run of two is both labels); past ``max_runs`` runs,
+    "and N more" (points)."""
+    runs: list[list[int]] = []
+    for q in idx:
+        if runs and q == runs[-1][1] + 1:
+            runs[-1][1] = q
+        else:
+            runs.append([q, q])
+    parts = [labels[a] if a == b else f"{labels[a]}, {labels[b]}" if b == a + 1 else
+             f"{labels[a]} to {labels[b]}" for a, b in runs[:max_runs]]
+    rest = sum(b - a + 1 for a, b in runs[max_runs:])
+    return ", ".join(parts) + (f" and {rest} more" if rest else "")
+
+
+def within_noise_text(entry: Mapping, labels, n_nondominated: int) -> tuple[str, str]:
+    """(among the other nondominated points, among all points) for one entry of
+    ``report_verdicts.within_noise_entries``: which points the data cannot tell apart from it,
+    as counts and runs of lambda ``labels`` (the shorter list: the points within noise, or
+    "all but" those told apart)."""
+    w, apart = entry["within_noise_of"], entry["told_apart_from"]
+    n_other = len(w) + len(apart)  # the other estimable points
+    others = f"{n_other} other{'s' if n_other != 1 else ''}"
+    if not w:
+        every = f"none of {others}"
+    elif not apart:
+        every = "the other one" if n_other == 1 else f"all {others}"
+    elif len(w) <= len(apart):
+        every = f"{len(w)} of {others}: {point_runs(w, labels)}"
+    else:
+        every = f"{len(w)} of {others}: all but {point_runs(apart, labels)}"
+    ndw = entry["nondominated_within_noise_of"]
+    k = n_nondominated - (1 if entry["nondominated"] else 0)
+    nd = ("no other nondominated point" if k == 0 else
+          f"none of the {k} other nondominated" if not ndw else
+          f"{len(ndw)} of {k} other nondominated: {point_runs(ndw, labels)}")
+    return nd, every
+
+
+def noise_label(lam) -> str:
+    """A lambda as the table and the within-noise lists name it: "(0.7, 0.3)" (3 digits)."""
+    return "(" + ", ".join(f"{v:.3g}" for v in lam) + ")"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -101,7 +148,8 @@ def lambda_figure(doc: Mapping, low_ess: float):
     ax.set_ylim(bottom=0)
     ax.set_ylabel("rows", fontsize=8)
     n = doc["points"]["n"]
-    ax.set_title(f"n = {max(n):,} logged rows per point", fontsize=8, loc="left")
+    ax.set_title(f"n = {max(n):,} logged row{'s' if max(n) != 1 else ''} per point", fontsize=8,
+                 loc="left")
     handles = {}
     for a in axes:  # one legend for the figure: panels would hide their own curves
         for h, lab in zip(*a.get_legend_handles_labels()):

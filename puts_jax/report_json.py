@@ -17,7 +17,8 @@ from puts_jax.checks import InputError
 from puts_jax.report_estimates import (PROVENANCE_KEYS, PolicyEstimates, as_estimates,
                                        check_provenance)
 from puts_jax.report_verdicts import (baseline_blocks, compare_to_baseline, data_warnings,
-                                      hypervolume_block, overall_verdict, set_block)
+                                      hypervolume_block, overall_verdict, set_block,
+                                      within_noise_block)
 from puts_jax.scalarization import readable_lambda
 
 SCHEMA = "puts_jax.frontier/1"
@@ -128,6 +129,8 @@ def build_frontier(lambdas, points: PolicyEstimates | Mapping, *, objective_name
            "estimators": block["estimators"], "nondominated": block["nondominated"],
            "verdicts": block["verdicts"], "hypervolume": hv, "baselines": base,
            "operating_point": op, "verdict": verdict, "verdict_detail": detail,
+           "within_noise": within_noise_block(b["lo"], b["hi"], block["nondominated"], primary,
+                                              confidence),
            "warnings": warns, "provenance": prov}
     return _js(doc)
 
@@ -176,3 +179,41 @@ def dumps(doc, indent: int = 1, _level: int = 0) -> str:
     if isinstance(doc, list) and any(isinstance(v, (list, Mapping)) for v in doc):
         return "[\n" + ",\n".join(inner + dumps(v, indent, _level + 1) for v in doc) + "\n" + pad + "]"
     return json.dumps(doc, allow_nan=False)
+
+
+def place_mark(doc: Mapping, mark: Mapping) -> dict:
+    """A copy of frontier document ``doc`` with ``mark`` placed: {"index", "reason", "lambda",
+    "name", "status"}, status "selected" (``policy select --out``) or "published" (the registry's
+    CURRENT, with its "version" and "registry").
+
+    A published mark becomes ``operating_point``; the selection it replaces (a selected
+    operating point, or ``selected_point``) stays as ``selected_point`` when it is another
+    point. A selection becomes ``operating_point`` unless that is a published mark: then the
+    published one stays and the selection is ``selected_point`` (none when it is the published
+    point). An operating point without a status (older files) counts as a selection."""
+    op = doc.get("operating_point") or None
+    published = op if op and op.get("status") == "published" else None
+    out = {k: v for k, v in doc.items() if k != "selected_point"}
+    if mark.get("status") == "published":
+        out["operating_point"] = dict(mark)
+        sel, top = doc.get("selected_point") or (None if published else op), mark
+    elif published is None:
+        out["operating_point"] = dict(mark)
+        return out
+    else:
+        sel, top = mark, published
+    if sel and sel.get("index") is not None and sel.get("index") != top.get("index"):
+        out["selected_point"] = {**sel, "status": "selected"}
+    return out
+
+
+def unmark_published(doc: Mapping, registry: str) -> dict:
+    """A copy of ``doc`` without the published operating point of ``registry`` (an absolute
+    path; the version it names is no longer current): its ``selected_point``, if any, becomes
+    the operating point again. Any other document is returned as a copy, unchanged."""
+    op = doc.get("operating_point") or {}
+    if op.get("status") != "published" or op.get("registry") != registry:
+        return dict(doc)
+    out = {k: v for k, v in doc.items() if k != "selected_point"}
+    out["operating_point"] = doc.get("selected_point")
+    return out

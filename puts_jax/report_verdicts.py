@@ -162,3 +162,52 @@ def hypervolume_block(values: np.ndarray, base_values: list[np.ndarray], referen
     ref = np.asarray(reference, np.float64)
     return {"value": pareto.hypervolume(values[finite], ref, dirs), "reference": ref,
             "reference_rule": rule, "excluded_nonfinite": int((~finite).sum())}
+
+
+def within_noise_block(lo: np.ndarray, hi: np.ndarray, nd, primary: str, conf: float) -> dict:
+    """Which points the data cannot tell apart from each nondominated point (the operating-point
+    candidates): ``pareto.within_noise`` on the primary estimator's intervals lo, hi f64[P, J]
+    at confidence ``conf``. nd: bool[P] nondominated flags.
+    Returns {"estimator", "confidence", "rule", "nondominated": [{"index": i,
+    "within_noise_of": [q, ...] (every other point), "nondominated_within_noise_of": [q, ...]
+    (the other nondominated points)}, one per nondominated point in index order]}."""
+    w = pareto.within_noise(lo, hi)
+    idx = [int(i) for i in np.flatnonzero(np.asarray(nd, bool))]
+    return {"estimator": primary, "confidence": float(conf),
+            "rule": (f"two points are within noise of each other when their {conf:.0%} intervals "
+                     f"of the {primary} estimates overlap on every objective: the data cannot "
+                     "tell them apart (no pair of them is separable in the verdict)"),
+            "nondominated": [within_noise_entry(w, i, idx) for i in idx]}
+
+
+def within_noise_entry(w: np.ndarray, i: int, nd_idx: Sequence[int]) -> dict:
+    """One point's entry of ``within_noise_block``: w bool[P, P] from ``pareto.within_noise``,
+    nd_idx the indices of the nondominated points."""
+    return {"index": int(i), "within_noise_of": [int(q) for q in np.flatnonzero(w[i])],
+            "nondominated_within_noise_of": [int(q) for q in nd_idx if w[i, q]]}
+
+
+def within_noise_entries(doc: Mapping) -> list[dict]:
+    """``within_noise_entry`` of each nondominated point of a frontier document and of its marked
+    points (``operating_point``, ``selected_point``), in index order, computed from its primary
+    estimates (so a document written before "within_noise" was recorded gets them too). Each
+    entry adds "nondominated" (bool), "mark" ("*" the operating point, "+" a selection that is
+    not it, else "") and "told_apart_from" (the other estimable points not within noise)."""
+    e = doc["estimators"][doc["primary_estimator"]]
+    lo, hi = (np.asarray([[np.nan if x is None else x for x in r] for r in e[k]], np.float64)
+              for k in ("lo", "hi"))
+    w = pareto.within_noise(lo, hi)
+    ok = np.isfinite(lo).all(1) & np.isfinite(hi).all(1)
+    nd = [i for i, f in enumerate(doc["nondominated"]) if f]
+    marks = {}
+    for key, m in (("selected_point", "+"), ("operating_point", "*")):
+        i = (doc.get(key) or {}).get("index")
+        if isinstance(i, int) and 0 <= i < len(ok):
+            marks[i] = m
+    out = []
+    for i in sorted(set(nd) | set(marks)):
+        entry = within_noise_entry(w, i, nd)
+        apart = [int(q) for q in np.flatnonzero(ok & ~w[i]) if q != i] if ok[i] else []
+        out.append({**entry, "nondominated": i in nd, "mark": marks.get(i, ""),
+                    "told_apart_from": apart})
+    return out

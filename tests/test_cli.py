@@ -46,8 +46,8 @@ def test_sweep_select_publish_score_truth(run, capsys):
                      "--frontier", str(d / "frontier" / "frontier.json"), "--logs",
                      str(d / "data" / "logs.parquet"), "--selection", str(d / "sel.json"),
                      "--reason", "test"]) == 0
-    assert cli.main(["policy", "set-lambda", "--registry", str(d / "reg"), "--lam", "0.5,0.5",
-                     "--reason", "switch"]) == 0
+    assert cli.main(["policy", "set-lambda", "--registry", str(d / "reg"), "--lam", "0.3,0.7",
+                     "--reason", "switch"]) == 0  # not a grid point: not the published lambda
     assert policy.current_version(str(d / "reg")) == "v0002"
     assert cli.main(["score", "--policy", str(d / "reg"), "--requests",
                      str(d / "data" / "requests.parquet"), "--out", str(d / "scored.parquet"),

@@ -11,7 +11,7 @@ ORDER = [
     "data.log_writer", "data.logs", "data.sim_world",
     "data.simulator", "data.obd_files", "data.obd", "serving", "scorer", "engine", "evaluation", "policy",
     "report_html_figures", "report_html", "report_estimates", "report_verdicts", "report_json",
-    "report_figure", "report", "sweep_limits", "sweep_inputs", "sweep_truth", "sweep_job", "score_job", "reference", "cli_checks", "policy_checks", "cli_plan",
+    "report_figure", "report", "sweep_limits", "sweep_inputs", "sweep_truth", "sweep_job", "score_job", "reference", "cli_checks", "policy_checks", "policy_marks", "cli_plan",
     "cli_policy", "cli",
 ]
 PURE = {"kernels", "topk", "registry_files", "slates", "losses", "ope", "pareto", "bands", "bootstrap", "planning", "halves",

@@ -312,16 +312,16 @@ def test_printed_lambdas_read_at_float32_precision(registry, tmp_path, capsys):
     assert cli_policy.readable_lambda([1 / 3, 2 / 3]) == [0.33333334, 0.6666667]
     reg = _copy(registry, tmp_path)
     capsys.readouterr()
-    assert cli.main(["policy", "set-lambda", "--registry", str(reg), "--lam",
-                     "0.8999999761581421,0.10000000149011612", "--reason", "f32"]) == 0
+    assert cli.main(["policy", "set-lambda", "--registry", str(reg), "--lam",  # not CURRENT's
+                     "0.699999988079071,0.30000001192092896", "--reason", "f32"]) == 0
     out = capsys.readouterr().out
-    assert "* v0003  set-lambda lambda=[0.9, 0.1]  params=v0001  f32" in out.splitlines()
-    assert "0.899999" not in out
+    assert "* v0003  set-lambda lambda=[0.7, 0.3]  params=v0001  f32" in out.splitlines()
+    assert "0.699999" not in out
     stored = json.loads((reg / "v0003" / "policy.json").read_text())["lambda"]
-    assert stored == [0.8999999761581421, 0.10000000149011612]  # the file keeps the exact value
+    assert stored == [0.699999988079071, 0.30000001192092896]  # the file keeps the exact value
     assert cli.main(["policy", "show", "--registry", str(reg)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["policy"]["lambda"] == [0.9, 0.1] and shown["audit"][-1]["lambda"] == [0.9, 0.1]
+    assert shown["policy"]["lambda"] == [0.7, 0.3] and shown["audit"][-1]["lambda"] == [0.7, 0.3]
 
 
 # ----------------------------------------------------------------------------- 5. show --full
@@ -345,7 +345,8 @@ def test_show_summarizes_the_action_set_and_full_prints_the_matrix(registry, cap
     assert cli.main(["policy", "show", "--registry", str(registry), "--full"]) == 0
     full_text = capsys.readouterr().out
     full = json.loads(full_text)
-    assert full["policy"]["action_set"] == stored  # every row, the file's exact values
+    readable = [cli_policy.readable_lambda(r) for r in stored["weights"]]  # 0.3, not 0.30000001
+    assert full["policy"]["action_set"] == {**stored, "weights": readable}  # every row
     assert {k: v for k, v in full.items() if k != "policy"} == \
         {k: v for k, v in json.loads(text).items() if k != "policy"}  # the rest is the same
     assert len(full_text.splitlines()) - len(text.splitlines()) >= A * K
