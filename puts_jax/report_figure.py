@@ -178,30 +178,32 @@ LABEL_PT = 6.0  # font size of the lambda labels
 
 
 def _label_front(ax, doc: Mapping, c: _Cross, front: np.ndarray, line) -> None:
-    """Lambda labels on the nondominated points ``front`` (in x order) where they fit: the
-    marked points first, then the ends of the front, then the rest; a label that would overlap
-    one already placed (or its point's marker) is tried below its point, else left out, and
-    the legend's "nondominated" entry says how many are labelled. Call once the axes' limits
-    and position are final (label boxes are computed in pixels)."""
-    texts = {int(i): "(" + ", ".join(f"{v:.2f}" for v in doc["lambdas"][i]) + ")" for i in front}
-    if not texts:
-        return
+    """Lambda labels where they fit on the marked points (operating, selected) and the
+    nondominated points ``front`` (in x order): the marked points first, then the ends of the
+    front, then the rest; a label that would overlap one already placed (or a marker) is tried
+    below its point, else left out, and the legend's "nondominated" entry says how many of the
+    front are labelled ("2 of 5 labelled"). Call once the axes' limits and position are final
+    (label boxes are computed in pixels)."""
     marks = [m.get("index") for m in (doc.get("operating_point") or {},
                                       doc.get("selected_point") or {})]
-    first = [i for i in marks if i in texts] + [int(front[0]), int(front[-1])]
-    ranked = list(dict.fromkeys(first + [int(i) for i in front]))
+    marks = [i for i in marks if isinstance(i, int) and 0 <= i < len(c.x) and c.shown[i]]
+    ends = [int(front[0]), int(front[-1])] if len(front) else []
+    ranked = list(dict.fromkeys(marks + ends + [int(i) for i in front]))
+    texts = {i: "(" + ", ".join(f"{v:.2f}" for v in doc["lambdas"][i]) + ")" for i in ranked}
+    if not texts:
+        return
     ax.set_xlim(ax.get_xlim())  # freeze the autoscaled limits before measuring
     ax.set_ylim(ax.get_ylim())
     px = ax.transData.transform(np.stack([c.x, c.y], 1))
     fig_dpi = ax.figure.dpi / 72.0  # pixels per point
-    markers = [_box(px[i], (0, 0), "", 0.0) for i in front]
+    markers = [_box(px[i], (0, 0), "", 0.0) for i in ranked]
     chosen = pick_labels(ranked, texts, px, fig_dpi, markers)
     for i, dy in chosen:
         ax.annotate(texts[i], (c.x[i], c.y[i]), fontsize=LABEL_PT, xytext=(3, dy),
                     textcoords="offset points")
-    if len(chosen) < len(texts):
-        line.set_label(f"nondominated (lambda shown on {len(chosen)} of {len(texts)}; the "
-                       "table lists all)")
+    on_front = sum(1 for i, _ in chosen if i in set(front.tolist()))
+    if on_front < len(front):
+        line.set_label(f"nondominated ({on_front} of {len(front)} labelled)")
 
 
 def _box(p, off, text: str, ppp: float) -> tuple[float, float, float, float]:

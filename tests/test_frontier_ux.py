@@ -250,7 +250,7 @@ def test_lambda_labels_in_the_figure_never_overlap(tmp_path):
     texts = {t.get_text() for t in labels}
     assert {"(1.00, 0.00)", "(0.50, 0.50)"} <= texts  # an end and the operating point
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"nondominated (lambda shown on {len(labels)} of 101; the table lists all)" in legend
+    assert f"nondominated ({len(labels)} of 101 labelled)" in legend
     # a front that fits is labelled whole
     few = report.frontier_figure(_doc(tmp_path))
     assert sorted(t.get_text() for t in few.axes[0].texts) == [
