@@ -5,8 +5,9 @@ behind; a model folder whose parameters do not fit its spec.json (or a registry 
 one line naming --model (--policy) and the shapes; a file of another context width than the
 model's says both widths once instead of listing every row; SIGTERM ends ``simulate`` (any
 command) as Ctrl-C does, its staging folder removed (exit 143); the console script shows no
-library (orbax/absl) logs before a one-line error; a value that starts like a negative number (``--lam -0.5,1.5``) reaches the command's
-own check instead of argparse's "expected one argument"."""
+library (orbax/absl) logs before a one-line error; a value that starts like a negative number
+(``--lam -0.5,1.5``) reaches the command's own check instead of argparse's "expected one
+argument"."""
 
 import errno
 import importlib.util
