@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _source_as_flag(source: str | None, args) -> str | None:
     """A library error whose source is the registry or model folder a flag gave ('reg5') names
-    that flag too ('--policy reg5', '--model DIR'): a bare folder name says less than a file's. (Errors in a file keep
-    the ``FILE: FIELD`` form the README documents.)"""
+    that flag too ('--policy reg5', '--model DIR'): a bare folder name says less than a file's.
+    (Errors in a file keep the ``FILE: FIELD`` form the README documents.)"""
     for name in ("policy", "registry", "model"):
         if source is not None and getattr(args, name, None) == source:
             return f"--{name.replace('_', '-')} {source}"

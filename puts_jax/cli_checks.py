@@ -69,9 +69,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter,
         return super()._get_help_string(action)
 
 
-# A value, not an option: '-' then a digit, '.digit', 'inf' or 'nan' ('-0.5,1.5', '-1e-3',
-# '-.5', '-inf'). argparse's own pattern (Python 3.11: '^-\d+$|^-\d*\.\d+$') takes only a
-# plain negative number, so '--lam -0.5,1.5' ended in "expected one argument".
+# A value, not an option: '-' then a digit, '.digit', 'inf' or 'nan' ('-0.5,1.5', '-1e-3');
+# argparse's own pattern took plain numbers only ('--lam -0.5,1.5': "expected one argument").
 NEGATIVE_VALUE = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
 
 
@@ -94,17 +93,16 @@ class UsageError(ValueError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill PID``, a job scheduler's stop) while a command runs: raised in the main
-    thread as Ctrl-C's KeyboardInterrupt is, so the same cleanup runs (a staging folder or temp
-    file not yet committed is removed, a commit in progress is finished first:
-    ``action_set.deferred_interrupt``); exit status 143 = 128 + SIGTERM."""
+    """SIGTERM (``kill PID``) while a command runs, raised as Ctrl-C's KeyboardInterrupt is: the
+    same cleanup runs (no uncommitted staging folder or temp file is left; a commit in progress
+    finishes first, ``action_set.deferred_interrupt``); exit status 143 = 128 + SIGTERM."""
 
 
 @contextlib.contextmanager
 def sigterm_raises():
-    """While the block runs, SIGTERM raises ``Terminated`` in the main thread. Where SIGTERM is
-    not at its default (ignored, or handled by an embedding program) or outside the main
-    thread, the block runs as it is. The previous handler is restored afterwards."""
+    """While the block runs, SIGTERM raises ``Terminated`` in the main thread; where SIGTERM is
+    not at its default (ignored, or an embedding program's) or outside the main thread, the
+    block runs as it is."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
@@ -347,6 +345,7 @@ def as_flag(field: str, args) -> str:
 # large for the file system, a read-only file system, no permission (the inputs were read first)
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 FILE_OUTPUTS = ("score", "data split", "policy select")  # commands whose --out (-a/-b) is one file
+REGISTRY_WRITES = ("policy publish", "policy set-lambda", "policy rollback")
 
 
 def _command(args) -> str:
@@ -356,10 +355,9 @@ def _command(args) -> str:
 
 
 def _outputs(args) -> list[tuple[str, str, str]]:
-    """(flag, its path, the folder written into) for each output of this command: a file's
-    folder (its temp or staging file sits there) or the output folder itself. ``report``
-    without --out writes into the frontier's folder (named as --frontier); ``policy publish``,
-    ``set-lambda`` and ``rollback`` write into --registry."""
+    """(flag, its path, the folder written into: a file's folder, where its temp file sits, or
+    the output folder) for each output: --out (-a/-b); ``report`` without --out writes into the
+    frontier's folder (--frontier), ``policy`` publish/set-lambda/rollback into --registry."""
     cmd, found = _command(args), []
     for name in ("out", "out_a", "out_b"):
         path = getattr(args, name, None)
@@ -369,7 +367,7 @@ def _outputs(args) -> list[tuple[str, str, str]]:
             found.append((f"--{name.replace('_', '-')}", path, folder))
     if cmd == "report" and getattr(args, "out", None) is None:
         found.append(("--frontier", args.frontier, os.path.dirname(os.path.abspath(args.frontier))))
-    if getattr(args, "policy_cmd", None) in ("publish", "set-lambda", "rollback"):
+    if cmd in REGISTRY_WRITES:
         found.append(("--registry", args.registry, os.path.abspath(args.registry)))
     return found
 
@@ -396,7 +394,6 @@ def write_error(err: BaseException, args) -> str | None:
     flags = " / ".join(flag for flag, _, _ in outs)
     paths = " / ".join(path for _, path, _ in outs)
     what = {"policy select": "the selection is not written",  # the frontier may be marked
-            "policy publish": "no new version (CURRENT unchanged)",
-            "policy set-lambda": "no new version (CURRENT unchanged)",
             "policy rollback": "CURRENT unchanged"}.get(cmd, "nothing written")
+    what = "no new version (CURRENT unchanged)" if cmd in REGISTRY_WRITES[:2] else what
     return f"{flags}: cannot write {paths} ({os.strerror(err.errno)}); {what}"
