@@ -77,3 +77,20 @@ def test_counts_of_one_are_singular():
         "none of 1 other"
     assert report_html._count(1, "log row") == "1 log row"
     assert report_html._count(200000, "log row") == "200,000 log rows"
+
+
+def test_the_next_change_removes_temp_folders_a_failed_one_left(run, tmp_path):
+    """A publish that failed mid-save can leave ``.tmp-vNNNN-*`` behind (orbax's writer threads
+    race the cleanup): ``show`` lists it as stale, and the next change, under the registry lock,
+    removes it."""
+    shutil.copytree(run / "f3", tmp_path / "f3")
+    f, reg = tmp_path / "f3" / "frontier.json", tmp_path / "reg"
+    assert _publish(run, reg, f, "--point", "1") == 0
+    left = reg / ".tmp-v0002-abc123" / "params"
+    left.mkdir(parents=True)
+    (left / "partial").write_bytes(b"x")
+    assert policy.show(str(reg))["stale_temp"] == [".tmp-v0002-abc123"]
+    assert _publish(run, reg, f, "--point", "2") == 0
+    assert policy.versions(str(reg)) == ["v0001", "v0002"]
+    assert policy.show(str(reg))["stale_temp"] == []
+    assert not (reg / ".tmp-v0002-abc123").exists()
