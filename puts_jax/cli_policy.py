@@ -157,6 +157,8 @@ def _select(args) -> None:
                                                "file is kept)" if args.out else ""))
     if args.out:
         from puts_jax.action_set import atomic_write_text
+        # the selection first: a write that fails (full disk) leaves the frontier unmarked
+        atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
         if sel.get("report_passes_guardrails") is False:  # publish refuses it without a flag
             _print(f"note: the operating point is not marked on {args.frontier}: point "
                    f"{sel['index']} fails a guardrail on the report half (publish it with "
@@ -169,7 +171,6 @@ def _select(args) -> None:
                    "is written")
         else:
             policy_marks.mark_selection(args.frontier, doc, sel)
-        atomic_write_text(args.out, json.dumps(sel, indent=1, default=str))
 
 
 def _point_index(args, n_points: int) -> tuple[int, dict | None]:

@@ -10,6 +10,7 @@ library (orbax/absl) logs before a one-line error; a value that starts like a ne
 argument"."""
 
 import errno
+import json
 import importlib.util
 import os
 import shutil
@@ -469,3 +470,32 @@ def test_held_library_logs_are_shown_after_success_and_dropped_after_an_error():
                    "absl_logging.error('a late thread')\n")
     assert (done.returncode, done.stderr) == (
         0, "the command\nWARNING:absl:kept\nWARNING:absl:after\n")
+
+
+def test_select_on_a_full_disk_leaves_the_frontier_unmarked(run, tmp_path, capsys, monkeypatch):
+    """policy select --out writes the selection before it marks the frontier: a selection that
+    cannot be written leaves frontier.json/.png/.html as they were."""
+    from puts_jax import action_set
+
+    fr = tmp_path / "frontier"
+    shutil.copytree(run / "frontier", fr)
+    doc = json.loads((fr / "frontier.json").read_text())
+    doc["operating_point"] = None  # run's publish marked v0001 there
+    doc.pop("selected_point", None)
+    (fr / "frontier.json").write_text(json.dumps(doc))
+    before = snapshot(fr)
+    real, sel = action_set.atomic_write_text, str(tmp_path / "sel.json")
+
+    def full_for_the_selection(path, *a, **k):  # the frontier's own writes still succeed
+        if str(path) == sel:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(action_set, "atomic_write_text", full_for_the_selection)
+    capsys.readouterr()
+    assert cli.main(["policy", "select", "--frontier", str(fr / "frontier.json"), "--maximize",
+                     "session_success", "--out", str(tmp_path / "sel.json")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"puts-jax: error: --out: cannot write {tmp_path / 'sel.json'} (No space "
+                    "left on device); the selection is not written")
+    assert snapshot(fr) == before and not (tmp_path / "sel.json").exists()
