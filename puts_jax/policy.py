@@ -158,17 +158,15 @@ def _audit(registry_dir: str, entries: list[dict]) -> None:
 def _commit(registry_dir: str, meta: dict, model: QNetwork | None, action: str,
             hist: History) -> str:
     """Write a version under a temp name, rename it into place, audit, switch CURRENT.
-    Call with the registry lock held (so any ``.tmp-*`` folder is an earlier change's leftover,
-    removed here); ``meta`` lacks version/parent, filled in here (the parent is None when the
-    CURRENT file is broken: it names no version)."""
+    Call with the registry lock held (any ``.tmp-*`` is a leftover, removed here); ``meta`` lacks
+    version/parent, filled in here (parent None when the CURRENT file names no version)."""
     version = _next_version(registry_dir)
     parent = hist.before if hist.current_problem is None else None
     meta = {"schema": SCHEMA, "version": version, "parent": parent, "action": action,
             "created": _now(), **meta}
     if model is not None:
         meta["params_version"] = version
-    # temp folders of earlier changes that failed (a crash, or orbax's writer threads still
-    # creating folders after a failed save raced the cleanup below): no writer holds them now
+    # earlier failed changes' temp folders (a crash; orbax threads outliving a failed save)
     for stale in (d for d in os.listdir(registry_dir) if d.startswith(".tmp-")):
         shutil.rmtree(os.path.join(registry_dir, stale), ignore_errors=True)
     tmp = tempfile.mkdtemp(dir=registry_dir, prefix=f".tmp-{version}-")
