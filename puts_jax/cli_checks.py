@@ -393,7 +393,7 @@ def write_error(err: BaseException, args) -> str | None:
         return None
     flags = " / ".join(flag for flag, _, _ in outs)
     paths = " / ".join(path for _, path, _ in outs)
-    what = {"policy select": "the selection is not written",  # the frontier may be marked
+    what = {"policy select": "the selection is not written",  # nor the frontier marked
             "policy rollback": "CURRENT unchanged"}.get(cmd, "nothing written")
     what = "no new version (CURRENT unchanged)" if cmd in REGISTRY_WRITES[:2] else what
     return f"{flags}: cannot write {paths} ({os.strerror(err.errno)}); {what}"
