@@ -359,9 +359,10 @@ def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
                           "estimated on the same data, so the estimate of the chosen point is "
                           "biased upward (winner's curse); rerun the sweep with halves for an "
                           "unbiased published estimate"}
-    reason = (f"{sel.reason} (on the select half, {n_sel} rows)" if i is None else
-              f"{sel.reason}; chosen on the select half ({n_sel} rows); the published estimate is "
-              f"the report half's ({n_rep} rows), which played no part in the choice")
+    rows_sel, rows_rep = (f"{n} row{'s' if n != 1 else ''}" for n in (n_sel, n_rep))
+    reason = (f"{sel.reason} (on the select half, {rows_sel})" if i is None else
+              f"{sel.reason}; chosen on the select half ({rows_sel}); the published estimate is "
+              f"the report half's ({rows_rep}), which played no part in the choice")
     passes = None
     if i is not None:
         r = {k: np.asarray(rep[k], np.float64) for k in ("value", "lo", "hi")}
@@ -372,7 +373,7 @@ def select(doc: dict, maximize: int, guardrails: list[tuple[int, float]],
         if not passes:
             reason += f"; note: on the report half it fails a guardrail ({check.reason})"
     return {**out, "estimates": None if i is None else _point(rep, i),
-            "estimates_from": f"report half ({n_rep} rows)",
+            "estimates_from": f"report half ({rows_rep})",
             "select_estimates": None if i is None else _point(est, i),
             "report_passes_guardrails": passes, "split": split.get("rule", halves_lib.RULE),
             "reason": reason}
