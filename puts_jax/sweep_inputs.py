@@ -191,14 +191,19 @@ class RewardStats:
         """InputError("rewards", [row], source=``source``) for the first objective whose
         sum (r / p)^2 has passed ``F32_SUM_LIMIT``: the sweep's float32 sums would overflow."""
         for j in np.flatnonzero(~(self.q <= F32_SUM_LIMIT)):
-            row = int(self.q_row[j])
-            raise InputError("rewards", [row], (
+            raise self.error(j, names, source, (
                 f"{names[j]} is too large for the sweep's float32 sums: (reward / propensity)^2 "
                 f"summed over the rows read reaches {self.q[j]:.3g}, past {F32_SUM_LIMIT:.3g} "
                 f"(float32's largest value / 64), so estimates and intervals would be inf or "
                 f"nan; the largest term is {names[j]} {self.q_reward[j]:.4g} at propensity "
-                f"{self.q_p[j]:.4g}: rescale {names[j]} (e.g. in thousands) or drop that row "
-                f"(nothing written)"), source)
+                f"{self.q_p[j]:.4g}: "))
+
+    def error(self, j: int, names, source: str, why: str) -> InputError:
+        """InputError("rewards", [the row of objective j's largest |r| / propensity]) saying
+        ``why`` and then how to fix it (rescale the objective or drop the row)."""
+        return InputError("rewards", [int(self.q_row[j])], (
+            f"{why}rescale {names[j]} (e.g. in thousands) or drop that row (nothing written)"),
+            source)
 
 
 class LogWatch:
@@ -242,14 +247,12 @@ def check_sums_finite(stats: Iterable, names, rewards: RewardStats, source: str)
                 continue
             bad = ~np.isfinite(np.asarray(x, np.float64).reshape(-1, J)).all(0)
             for j in np.flatnonzero(bad):
-                row = int(rewards.q_row[j])
-                raise InputError("rewards", [row], (
+                raise rewards.error(j, names, source, (
                     f"the sweep's float32 sums of {names[j]} are not finite ({field}): its "
                     f"rewards (the largest |reward| / propensity is {names[j]} "
                     f"{rewards.q_reward[j]:.4g} at propensity {rewards.q_p[j]:.4g}) or the "
                     f"model's predicted {names[j]} (doubly robust terms) are too large for "
-                    f"float32; rescale {names[j]} (e.g. in thousands) or drop that row (nothing "
-                    "written)"), source)
+                    "float32; "))
 
 
 def _pct(n: int, of: int) -> str:
