@@ -313,14 +313,18 @@ class Scorer:
         (slots past a request's real, finite ones hold -1 / -inf) and costs no memory for the
         rest. ``batch.valid`` may be None: the Scorer pads batches itself, and valid only marks
         that padding inside the compiled pass; a row given as False is scored like any other
-        (drop such rows before scoring, or ignore their outputs).
+        (drop such rows before scoring, or ignore their outputs). Any array layout and numeric
+        dtype is taken: context is read as f32, mask and valid as bool (0/1 numbers), preds
+        as f32 (float16 / bfloat16 kept as given), context_ids as i32.
 
-        Raises InputError naming the field when a shape does not fit: preds not f32[B, N, K]
+        Raises InputError naming the field when it is not an array of numbers (None, strings,
+        ragged lists) or when a shape does not fit: preds not f32[B, N, K]
         with W's K, mask not [B, N], valid not [B], context not [B, D] with the model's D,
         context_ids not [B, C] with the model's C embedded id columns (or given to a model that
         embeds none), lam not f32[J] with the model's J, or lam not a distribution; and naming
         the rows for a mask or valid value that is not 0/1, a non-finite context value and an id
-        outside its vocabulary (non-finite preds are not errors: such candidates are never
+        outside its vocabulary, outside int32 or not a whole number (never wrapped or
+        truncated into another id) (non-finite preds are not errors: such candidates are never
         ranked and are counted in ``n_nonfinite``).
         The constructor raises InputError("action_weights") when W is not f32[A, K] with the
         model's A, or names the rows of W holding a NaN/inf weight; a batch that is not a
