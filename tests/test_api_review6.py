@@ -174,8 +174,11 @@ def test_lambda_and_batch_sizes_within_a_bucket_compile_nothing(model):
     try:
         for constants in (False, True):
             s = puts_jax.Scorer(model, _weights(), CFG, params_as_constants=constants)
+            warm, warm_traces = len(compiles), engine.TRACE_COUNTS["serve"]
             s(LAM, _requests(5, 10))
             s(LAM, _requests(20, 10))  # buckets 8 and 32
+            # the counters see these first compiles (else the checks below would be vacuous)
+            assert len(compiles) >= warm + 2 and engine.TRACE_COUNTS["serve"] == warm_traces + 2
             lams = [[a, 1 - a] for a in np.linspace(0, 1, 6)]
             lams = [(lam, np.array(lam), np.array(lam, np.float32))[i % 3]
                     for i, lam in enumerate(lams)]
