@@ -67,6 +67,12 @@ def _ids(x) -> np.ndarray:
     return ids.astype(np.int32)
 
 
+def _leaf_spec(x) -> str:
+    """'float32[16, 4]': a parameter's dtype and shape (arrays or ShapeDtypeStructs)."""
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    return f"{np.dtype(dtype).name}{list(x.shape if hasattr(x, 'shape') else np.shape(x))}"
+
+
 def _aligned_zeros(shape, dtype) -> np.ndarray:
     """A zeroed array whose data is 64-byte aligned, so jit takes it without a copy (FACTS.md)."""
     dtype = np.dtype(dtype)
@@ -235,7 +241,7 @@ class Scorer:
                              "parameters: pass parameters of the same model, with the same "
                              "shapes (build a new Scorer for another model)")
         for (path, want), (_, got) in zip(old, new):
-            want, got = (f"{jnp.result_type(x).name}{list(np.shape(x))}" for x in (want, got))
+            want, got = (_leaf_spec(x) for x in (want, got))
             if want != got:
                 raise InputError("params", [], f"{jax.tree_util.keystr(path)} is {got}, the "
                                  f"Scorer's is {want}: parameters must have the same shapes "
