@@ -37,7 +37,7 @@ def bad_rows(bad: np.ndarray) -> np.ndarray:
     """Indices of rows (axis 0) where ``bad`` has any True entry."""
     bad = np.asarray(bad)
     if bad.ndim > 1:
-        bad = bad.reshape(bad.shape[0], -1).any(axis=1)
+        bad = bad.reshape(bad.shape[0], int(np.prod(bad.shape[1:]))).any(axis=1)  # B = 0 too
     return np.flatnonzero(bad)
 
 
@@ -98,8 +98,9 @@ def check_lambda(lam: np.ndarray, field: str = "lambda", tol: float = PROB_SUM_T
     try:  # one lambda: its values, not "at rows [0]"
         check_distribution(lam2, field=field, tol=tol)
     except InputError:
+        shown = ", ".join(str(v) for v in lam)  # float32 as given: 0.3, not 0.30000001192...
         raise InputError(field, [], f"must be non-negative, finite and sum to 1 (tol {tol}), "
-                         f"got {lam.tolist()}") from None
+                         f"got [{shown}]") from None
     return lam
 
 

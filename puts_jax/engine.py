@@ -222,6 +222,10 @@ def build_sweep(graphdef, cfg: SweepConfig, policy: str = "greedy", fallback_act
     ``puts_jax.bootstrap``): ``key`` a threefry ``jax.random.key`` (required), ``first_row`` the
     chunk's first row index in the log (traced; ``np.uint32`` for logs beyond 2^31 rows). Cached
     per arguments, so repeated evaluations reuse the compiled program.
+
+    Raises ValueError for an unknown ``policy``; the program raises InputError("key") when
+    R > 0 and ``key`` is missing or not a threefry key. Shapes are not validated
+    (``evaluation.evaluate_log`` checks its inputs and names the field).
     """
     if policy not in ope.POLICY_KINDS:
         raise ValueError(f"policy: must be one of {ope.POLICY_KINDS}, got {policy!r}")
@@ -282,7 +286,10 @@ def build_fixed(graphdef=None, propensity_floor: float | None = None,
     global action is a one-hot, uniform logging is 1/A). With a graphdef, DM/DR use its Q as qhat;
     without one (params ignored) those fields are None. ``n_resamples``, ``key`` and
     ``first_row`` as in ``build_sweep`` (first moments only: percentile intervals, no
-    per-resample standard errors)."""
+    per-resample standard errors).
+
+    Raises (the program): InputError("key") when ``n_resamples`` > 0 and ``key`` is missing or
+    not a threefry key."""
     return jax.jit(functools.partial(_fixed, graphdef, propensity_floor, int(n_resamples)))
 
 
@@ -310,6 +317,6 @@ def build_fixed_rows(graphdef=None, propensity_floor: float | None = None,
                      n_resamples: int = 0) -> Callable:
     """One jitted program ``fixed_rows(params, actions i32[P, B], logged, key=None,
     first_row=0) -> EstimatorStats[P]`` for deterministic policies given as one action per row
-    (e.g. a contextual production policy's logged choice). DM/DR and ``n_resamples`` as in
-    ``build_fixed``."""
+    (e.g. a contextual production policy's logged choice). DM/DR, ``n_resamples`` and what
+    it Raises as in ``build_fixed``."""
     return jax.jit(functools.partial(_fixed_rows, graphdef, propensity_floor, int(n_resamples)))

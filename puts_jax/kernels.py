@@ -238,8 +238,9 @@ def rerank(preds_BxNxK: jax.Array, w_BxK: jax.Array, mask_BxN: jax.Array, k: int
         # and the non-finite count per block, where the block's scores are in cache (a count
         # over the whole batch next to the loop cost as much as the top-k)
         s = _scores(p, w, m)
-        nb = -(-B // TAIL_BLOCK)  # equal blocks of at most TAIL_BLOCK rows (a multiple of 8):
-        block = -(-(-(-B // nb)) // 8) * 8  # little padding for any B
+        # equal blocks of at most TAIL_BLOCK rows (a multiple of 8): little padding for any B
+        nb = max(-(-B // TAIL_BLOCK), 1)  # (B = 0: one empty block)
+        block = max(-(-(-(-B // nb)) // 8) * 8, 8)
         val, idx, bad = _blocked(lambda x, mm: extract_top_k(x, k) + (_n_nonfinite(x, mm),),
                                  block, s, m)
         return jnp.where(val > -jnp.inf, idx, -1).astype(jnp.int32), val, bad

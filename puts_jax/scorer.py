@@ -9,6 +9,7 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from puts_jax import checks, hostmem
@@ -25,6 +26,51 @@ def _bucket(size: int, buckets: tuple[int, ...]) -> int:
             return b
     top = buckets[-1]
     return -(-size // top) * top
+
+
+def _numbers(field: str, x, dtype=None) -> np.ndarray:
+    """``x`` as a numpy array of numbers (cast to ``dtype`` when given; a value beyond float32
+    becomes inf, which the callers report); InputError naming ``field`` for None, strings,
+    objects or ragged lists (np.asarray's own error named no field; a string array reached the
+    trace and raised a TypeError printing the model's graphdef)."""
+    if x is None:
+        raise InputError(field, [], "missing (None); expected an array of numbers")
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InputError(field, [], f"not an array of numbers ({e})") from None
+    if not (a.dtype == bool or jnp.issubdtype(a.dtype, jnp.number)):
+        raise InputError(field, [], f"dtype {a.dtype}; expected numbers")
+    if dtype is None:
+        return a
+    with np.errstate(over="ignore"):
+        return a.astype(dtype, copy=False)
+
+
+_ID_TOP = np.iinfo(np.int32).max
+
+
+def _ids(x) -> np.ndarray:
+    """context_ids as i32[B, C]: integers (or whole-number floats) in the int32 range, checked
+    before the cast, so an id is never wrapped (2**32 + 3 -> 3) or truncated (3.7 -> 3) into
+    another embedding row; the rows of such ids are named."""
+    ids = _numbers("context_ids", x)
+    if not (ids.dtype == bool or jnp.issubdtype(ids.dtype, jnp.integer)):
+        with np.errstate(invalid="ignore"):
+            checks.raise_if(~np.isfinite(ids) | (ids != np.round(ids)), "context_ids",
+                            "id is not a whole number")
+    if ids.dtype != bool:
+        with np.errstate(invalid="ignore"):
+            checks.raise_if((ids < -_ID_TOP - 1) | (ids > _ID_TOP), "context_ids",
+                            f"id outside the int32 range [{-_ID_TOP - 1}, {_ID_TOP}] of the "
+                            "model's embedding lookup")
+    return ids.astype(np.int32)
+
+
+def _leaf_spec(x) -> str:
+    """'float32[16, 4]': a parameter's dtype and shape (arrays or ShapeDtypeStructs)."""
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    return f"{np.dtype(dtype).name}{list(x.shape if hasattr(x, 'shape') else np.shape(x))}"
 
 
 def _aligned_zeros(shape, dtype) -> np.ndarray:
@@ -59,7 +105,14 @@ class Scorer:
 
     def __init__(self, model, action_weights, cfg: ScoringConfig, params=None, *,
                  params_as_constants: bool = False):
-        """model: an nnx.Module, a (graphdef, params) pair, or a graphdef with ``params``."""
+        """model: an nnx.Module (a ``QNetwork``), a (graphdef, params) pair, or a graphdef with
+        ``params``; action_weights: W f32[A, K], one utility-weight row per action of the
+        model's Q f32[B, A, J] (e.g. ``policy.load(...).action_set.weights``); cfg: top-k and
+        the B / N buckets.
+
+        Raises InputError("action_weights") when W is not [A, K] with the model's A, naming
+        the rows of W that hold a NaN/inf weight; ValueError when ``cfg.fallback_action`` is
+        not an action of W."""
         hostmem.keep_scratch_resident()
         graphdef, p = split_model(model) if params is None else (model, params)
         self.graphdef, self.params, self.cfg = graphdef, p, cfg
@@ -170,8 +223,29 @@ class Scorer:
                              f"coefficient per objective of the model's Q f32[B, {A}, {J}]")
 
     def set_params(self, params) -> None:
-        """Swap parameters (same structure): no recompilation, except with
-        ``params_as_constants``, where each shape recompiles on its next call."""
+        """Swap parameters (e.g. a newly published version of the same model): no
+        recompilation, except with ``params_as_constants``, where each shape recompiles on its
+        next call.
+
+        Raises InputError("params") when ``params`` is not the same tree of arrays with the same
+        shapes and dtypes as the current ones (a model with another A, J, D or layer width:
+        build a new Scorer for it); the current parameters stay in place."""
+        flat = jax.tree_util.tree_flatten_with_path
+        (old, old_def), new = flat(self.params), None
+        try:
+            new, new_def = flat(params)
+        except (TypeError, ValueError):
+            pass
+        if new is None or new_def != old_def:
+            raise InputError("params", [], "not the same tree of arrays as the Scorer's "
+                             "parameters: pass parameters of the same model, with the same "
+                             "shapes (build a new Scorer for another model)")
+        for (path, want), (_, got) in zip(old, new):
+            want, got = (_leaf_spec(x) for x in (want, got))
+            if want != got:
+                raise InputError("params", [], f"{jax.tree_util.keystr(path)} is {got}, the "
+                                 f"Scorer's is {want}: parameters must have the same shapes "
+                                 "(build a new Scorer for another model)")
         self.params = params
         self._constant_serves.clear()
 
@@ -245,14 +319,18 @@ class Scorer:
         (slots past a request's real, finite ones hold -1 / -inf) and costs no memory for the
         rest. ``batch.valid`` may be None: the Scorer pads batches itself, and valid only marks
         that padding inside the compiled pass; a row given as False is scored like any other
-        (drop such rows before scoring, or ignore their outputs).
+        (drop such rows before scoring, or ignore their outputs). Any array layout and numeric
+        dtype is taken: context is read as f32, mask and valid as bool (0/1 numbers), preds
+        as f32 (float16 / bfloat16 kept as given), context_ids as i32.
 
-        Raises InputError naming the field when a shape does not fit: preds not f32[B, N, K]
+        Raises InputError naming the field when it is not an array of numbers (None, strings,
+        ragged lists) or when a shape does not fit: preds not f32[B, N, K]
         with W's K, mask not [B, N], valid not [B], context not [B, D] with the model's D,
         context_ids not [B, C] with the model's C embedded id columns (or given to a model that
         embeds none), lam not f32[J] with the model's J, or lam not a distribution; and naming
         the rows for a mask or valid value that is not 0/1, a non-finite context value and an id
-        outside its vocabulary (non-finite preds are not errors: such candidates are never
+        outside its vocabulary, outside int32 or not a whole number (never wrapped or
+        truncated into another id) (non-finite preds are not errors: such candidates are never
         ranked and are counted in ``n_nonfinite``).
         The constructor raises InputError("action_weights") when W is not f32[A, K] with the
         model's A, or names the rows of W holding a NaN/inf weight; a batch that is not a
@@ -260,18 +338,21 @@ class Scorer:
         if not isinstance(batch, RequestBatch):
             raise InputError("batch", [], f"expected a RequestBatch (context, preds, mask, ...), "
                              f"got {type(batch).__name__}")
-        lam = checks.check_lambda(np.asarray(lam, np.float32))
+        lam = checks.check_lambda(_numbers("lambda", lam, np.float32))
         for field in ("mask", "valid"):  # bool, or numbers that are exactly 0/1
             x = getattr(batch, field)
-            if x is not None and np.asarray(x).dtype != bool:
-                x = np.asarray(x)
-                checks.raise_if((x != 0) & (x != 1), field, "not a boolean (0/1) value")
-        preds = np.asarray(batch.preds)
+            if x is not None or field == "mask":
+                x = _numbers(field, x)
+                if x.dtype != bool:
+                    checks.raise_if((x != 0) & (x != 1), field, "not a boolean (0/1) value")
+        preds = _numbers("preds", batch.preds)
+        if not jnp.issubdtype(preds.dtype, jnp.floating) or preds.dtype == np.float64:
+            preds = _numbers("preds", preds, np.float32)  # what the pass reads (jax: no f64)
         B = preds.shape[0] if preds.ndim else 0
         batch = RequestBatch(
-            np.asarray(batch.context, np.float32), preds, np.asarray(batch.mask, bool),
+            _numbers("context", batch.context, np.float32), preds, np.asarray(batch.mask, bool),
             np.ones(B, bool) if batch.valid is None else np.asarray(batch.valid, bool),
-            None if batch.context_ids is None else np.asarray(batch.context_ids, np.int32))
+            None if batch.context_ids is None else _ids(batch.context_ids))
         self._check_shapes(lam, batch)
         # a NaN or inf context gives NaN Q-values, which select the fallback action for every
         # such request without a word; puts-jax score refuses them by row, and so does this

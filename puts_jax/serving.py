@@ -171,7 +171,12 @@ def build_serve(graphdef, action_weights, cfg: ScoringConfig, *, fold_lambda: bo
     buckets them); ``serve.lower(params, lam, batch).compile()`` compiles ahead of time.
     Outputs are small (f32/i32[B, k] at most, 1.7 MB at B = 8192, k = 25), so nothing is
     donated: writing them into donated buffers measured within noise on the 2-core CPU (-4% to
-    +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays)."""
+    +6% of the pass over three interleaved runs; a fresh 32 MiB output is where donation pays).
+
+    Raises ValueError when ``cfg.fallback_action`` is not an action of W, ``method`` is not
+    one of ``kernels.TOPK_METHODS`` or ``q_block_rows`` < 0; the returned program validates
+    nothing (a batch or lambda of another shape than the model's fails inside JAX's tracing:
+    ``Scorer`` checks and names the field)."""
     return jax.jit(_serve_parts(graphdef, action_weights, cfg, fold_lambda, method,
                                 q_block_rows))
 
@@ -193,6 +198,8 @@ def compile_latency_serve(model, action_weights, cfg: ScoringConfig, example: Re
     does not make it).
 
     model: an nnx.Module or a (graphdef, params) pair.
+    Raises ValueError as ``build_serve`` (fallback action, method); the compiled program raises
+    TypeError for a batch or lambda of another shape or dtype than it was compiled for.
     """
     graphdef, params = split_model(model)
     frozen = jax.tree.map(jnp.asarray, params)
@@ -216,6 +223,10 @@ def export_serve(model, action_weights, cfg: ScoringConfig, *,
     ``flatbuffers`` package). The artifact uses ``lax.top_k`` (``kernels.rerank(method="lax")``),
     the portable top-k: same results as the CPU extraction path, ties included. D and C come
     from a QNetwork (or from ``example``'s shapes, any batch size, for another model); K from W.
+
+    Raises ValueError as ``build_serve`` (fallback action), and for a model that is not a
+    QNetwork without ``example``; ``exp.call`` raises ValueError for arguments that do not fit
+    the shapes above (e.g. n < ``cfg.top_k`` candidates: pad them with mask False).
     """
     graphdef, params = split_model(model)
     frozen = jax.tree.map(jnp.asarray, params)
