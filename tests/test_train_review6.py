@@ -1,0 +1,117 @@
+"""Fresh-user review 6 of the trainer (``python -m train``) and ``puts-jax plan``.
+
+plan at the extremes of its valid inputs: every printed number finite and readable (no
+'0.0000' for a value of 1e-6, no 16 digits of float noise, no 'inf%' and no numpy warning for a
+base rate of 0, no relative column against a negative mean, '0.1' matched rows instead of '0'),
+day counts whose matched rows are too few for the normal approximation marked, a lift whose
+rows pass float64's range or a binary rate's ceiling said as such, and shares printed without
+rounding 99.9999% to 100%. Every number is the closed form of ``planning``'s docstring.
+"""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from puts_jax import cli, planning
+
+PLAN = ["plan", "--share", "0.05", "--requests-per-day", "2e6"]
+
+
+def _plan(capsys, *argv) -> str:
+    """stdout of ``puts-jax plan`` (exit 0, nothing on stderr, no Python warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main([*PLAN, *argv]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and [str(w.message) for w in caught] == []
+    assert not re.search(r"\binf|nan\b", out), out
+    return out
+
+
+def _rows(out: str) -> list[list[str]]:
+    """The table's data rows split on runs of 2+ spaces (the header is the second line)."""
+    lines = out.splitlines()
+    return [re.split(r"\s{2,}", ln.strip()) for ln in lines[2:] if re.match(r"\s*\d", ln)]
+
+
+def test_a_million_actions_shows_fractional_matched_rows_and_marks_the_normal_approximation(
+        capsys):
+    out = _plan(capsys, "--actions", "1000000", "--base-rate", "0.415", "--days", "1,28")
+    (d1, n1, m1, hw1, *_), (d28, _, m28, *_) = _rows(out)
+    assert (d1, n1, m1, d28, m28) == ("1*", "100,000", "0.1", "28*", "2.8")  # was '0' and '3'
+    # the closed form: 1.96 sqrt((A p - p^2) / n), 962% of the base rate
+    want = planning.z_quantile(0.975) * np.sqrt((1e6 * 0.415 - 0.415 ** 2) / 1e5)
+    assert hw1 == f"{want:.4f} ({want / 0.415:.1%})" == "3.9927 (962.1%)"
+    assert ("*: fewer than 5 expected successes and failures a point: the normal approximation "
+            "behind these numbers does not hold") in out
+
+
+def test_a_base_rate_near_0_prints_significant_digits_not_zeros(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "1e-9", "--days", "1", "--lift", "0.03")
+    hw = planning.z_quantile(0.975) * np.sqrt((36e-9 - 1e-18) / 1e5)
+    assert _rows(out)[0][3] == f"{hw:.4g} ({hw / 1e-9 * 100:.3g}%)" == "1.176e-06 (1.18e+05%)"
+    assert "0.0000" not in out  # the half-width, and the lift's +3e-11, printed as 0.0000 before
+    assert "a +3% lift (+3e-11) with paired test: 637,329,034,429,138 logged rows = 6.373e+09 " \
+           "days (more than 100 years)" in out
+
+
+def test_a_base_rate_near_1_gives_the_largest_gap_when_a_lift_cannot_exist(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "0.999999", "--days", "1",
+                "--lift", "0.03")
+    snips = planning.z_quantile(0.975) * np.sqrt(36 * 0.999999 * 1e-6 / 1e5)
+    assert _rows(out)[0][4] == f"{snips:.4g} (0.00372%)"  # was 0.0000 (0.0%)
+    assert ("a +3% lift (+0.0300) with paired test: not detectable: a binary rate cannot pass 1 "
+            "(at base 0.999999 and --agreement 0 the largest possible gap is +1e-06)") in out
+
+
+@pytest.mark.parametrize("base", ["0", "-5"])
+def test_a_mean_of_0_or_below_has_no_relative_column(capsys, base):
+    out = _plan(capsys, "--actions", "36", "--base-rate", base, "--reward-var", "4",
+                "--days", "1")  # was '0.0744 (inf%)' with a numpy warning; '(-4.0%)' for -5
+    hw_snips = planning.z_quantile(0.975) * np.sqrt(36 * 4 / 1e5)
+    assert _rows(out)[0][4] == f"{hw_snips:.4f}"
+    assert "%)" not in out
+
+
+def test_a_huge_reward_variance_prints_4_significant_digits(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "3", "--reward-var", "1e18",
+                "--days", "1", "--lift", "0.03")
+    hw = planning.z_quantile(0.975) * np.sqrt((36 * (1e18 + 9) - 9) / 1e5)
+    assert _rows(out)[0][3] == f"{hw:.4g} (1.24e+09%)" == "3.719e+07 (1.24e+09%)"
+    assert "6.977e+22 logged rows" in out  # was 69,767,819,860,880,765,485,056 (float noise)
+
+
+def test_a_lift_too_small_for_float64_is_said_so_without_a_warning(capsys):
+    for base, var in (("0.4", []), ("3", ["--reward-var", "1"])):
+        out = _plan(capsys, "--actions", "36", "--base-rate", base, *var, "--days", "1",
+                    "--lift", "1e-300")  # was 'larger than the model allows' + RuntimeWarnings
+        assert out.count("not detectable: it needs more than 1e308 logged rows") == 2
+
+
+def test_one_request_a_day_for_100_years(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "0.4", "--days", "1,36500",
+                "--lift", "0.03", "--share", "1", "--requests-per-day", "1")
+    (d1, n1, m1, *_), (d2, n2, m2, *_) = _rows(out)
+    assert (d1, n1, m1, d2, n2, m2) == ("1*", "1", "0.0278", "36500", "36,500", "1,014")
+    assert "1 of 1 requests/day = 1 logged rows/day" in out
+    assert "1,593,315 logged rows = 1.593e+06 days (more than 100 years)" in out
+
+
+def test_shares_near_1_are_not_rounded_to_100_percent(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "0.4", "--days", "1",
+                "--agreement", "0.999999", "--alpha", "1e-12", "--power", "0.999999999999")
+    assert "agreeing on 99.9999% of requests" in out  # was 100%
+    assert "+-99.9999999999% IPS" in out and "(99.9999999999% power)" in out
+    assert [planning.percent(v) for v in (0.95, 0.8, 0.5, 0.53, 0.325, 0.0, 1.0)] == [
+        "95%", "80%", "50%", "53%", "32.5%", "0%", "100%"]
+
+
+def test_the_readme_example_is_unchanged(capsys):
+    out = _plan(capsys, "--actions", "36", "--base-rate", "0.415", "--agreement", "0.5",
+                "--lift", "0.0325", "--days", "1")
+    assert _rows(out)[0] == ["1", "100,000", "2,778", "0.0238 (5.7%)", "0.0183 (4.4%)",
+                             "+0.0357 (+8.6%)", "+0.0603 (+14.5%)"]
+    assert "a +3.25% lift (+0.0135) with paired test: 665,549 logged rows = 6.7 days" in out
+    assert "*" not in out
