@@ -255,6 +255,7 @@ def day_grid(max_days: float) -> np.ndarray:
                          f"got {max_days}")
     short = np.arange(1, min(7, int(max_days)) + 1, dtype=np.float64)
     long = np.round(np.geomspace(7, max_days, 8)) if max_days > 7 else np.array([])
+    long = long[long < max_days]  # rounding up must not pass the end (7.5 gave a row of 8 days)
     return np.unique(np.concatenate([short, long, [float(max_days)]]))
 
 

@@ -243,3 +243,12 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_line_saying_what_to
         "of the data mesh (every device JAX sees: the global batch is split by rows); run on a "
         "device count that divides 64 (GPUs: CUDA_VISIBLE_DEVICES)\n")
     assert not wd.exists()
+
+
+def test_the_day_grid_never_passes_max_days():
+    """--max-days 7.5 printed a row of 8 days (the geometric steps are rounded up to whole days)."""
+    assert planning.day_grid(7.5).tolist() == [1, 2, 3, 4, 5, 6, 7, 7.5]
+    assert planning.day_grid(28).tolist() == [1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 15, 19, 23, 28]
+    for m in (0.5, 7.2, 9.4, 100.5, 36499.6, 36500):
+        grid = planning.day_grid(m)
+        assert grid[-1] == m and (np.diff(grid) > 0).all()
