@@ -11,6 +11,20 @@ import numpy as np
 from puts_jax.cli_checks import fields_as_flags, floats, print_line as _print
 
 
+def _too_large(args, delta: float) -> str:
+    """Why a lift cannot be detected at all: on the requests where the two policies differ, the
+    lambda policy's binary rate would have to pass 1 (``planning.max_gap``), or the gap is so
+    small that the rows it needs pass float64's range."""
+    from puts_jax import planning
+
+    gap = float(planning.max_gap(args.base_rate, args.agreement, args.reward_var))
+    if delta > gap:
+        return (f"not detectable: a binary rate cannot pass 1 (at base {args.base_rate:g} and "
+                f"--agreement {args.agreement:g} the largest possible gap is "
+                f"{planning.number(gap, '+')})")
+    return "not detectable: it needs more than 1e308 logged rows"
+
+
 def cmd_plan(args) -> None:
     """``plan``: every number is checked before the table (``planning.plan``, ``check_lift``:
     finite and in range, the error naming its flag)."""
@@ -26,19 +40,20 @@ def cmd_plan(args) -> None:
     per_day = args.requests_per_day * args.share
     kind = "binary" if args.reward_var is None else f"variance {args.reward_var:g}"
     _print(f"uniform exploration over A = {args.actions} actions: {args.share:.4g} of "
-           f"{args.requests_per_day:,.0f} requests/day = {per_day:,.0f} logged rows/day; base "
-           f"{args.base_rate:g} ({kind}); a lambda policy vs a baseline agreeing on "
-           f"{args.agreement:.0%} of requests; two-sided {args.alpha:g} test, "
-           f"{args.power:.0%} power")
-    _print(planning.format_plan(p, args.base_rate, args.alpha, args.power))
+           f"{planning.count(args.requests_per_day)} requests/day = "
+           f"{planning.count(per_day)} logged rows/day; base {args.base_rate:g} ({kind}); a "
+           f"lambda policy vs a baseline agreeing on {planning.percent(args.agreement)} of "
+           f"requests; two-sided {args.alpha:g} test, {planning.percent(args.power)} power")
+    _print(planning.format_plan(p, args.base_rate, args.alpha, args.power, args.reward_var))
     if delta is not None:
         for label, disjoint in (("paired test", False), ("disjoint intervals", True)):
             n = float(planning.requests_for_lift(delta, args.base_rate, args.actions,
                                                  alpha=args.alpha, power=args.power,
                                                  disjoint=disjoint, **kw))
-            _print(f"a {args.lift * 100:+.4g}% lift ({delta:+.4f}) with {label}: " +
-                   (f"{n:,.0f} logged rows = {n / per_day:,.1f} days" if np.isfinite(n)
-                    else "not detectable (larger than the model allows)"))
+            _print(f"a {args.lift * 100:+.4g}% lift ({planning.number(delta, '+')}) with "
+                   f"{label}: " + (f"{planning.count(n)} logged rows = "
+                                   f"{planning.days_text(n / per_day)}" if np.isfinite(n)
+                                   else _too_large(args, delta)))
     _print("matched/point = n / A (also the ESS of a deterministic target); the frontier calls a "
            "point better than a baseline only when their intervals are disjoint (last column)")
 

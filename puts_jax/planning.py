@@ -164,8 +164,9 @@ def paired_variance(delta, base, n_actions: int, agreement: float = 0.0,
     return k0 + k1 * d + k2 * d * d
 
 
-def _max_gap(base, agreement, reward_var):
-    """Largest gap the model allows: a binary rate on the disagreement rows stays <= 1."""
+def max_gap(base, agreement: float, reward_var: float | None = None) -> np.ndarray:
+    """Largest gap the model allows: a binary rate on the disagreement rows stays <= 1, so
+    (1 - agreement) (1 - base); inf for a non-binary reward."""
     if reward_var is None:
         return (1 - agreement) * (1 - np.asarray(base, np.float64))
     return np.inf
@@ -184,7 +185,7 @@ def detectable_lift(n, base, n_actions: int, agreement: float = 0.0,
     a = n - c2 * k2
     with np.errstate(invalid="ignore", divide="ignore"):
         d = (c2 * k1 + np.sqrt(c2 * c2 * k1 * k1 + 4 * a * c2 * k0)) / (2 * a)
-    ok = (a > 0) & (d <= _max_gap(base, agreement, reward_var))
+    ok = (a > 0) & (d <= max_gap(base, agreement, reward_var))
     return np.where(ok, d, np.inf)
 
 
@@ -211,7 +212,7 @@ def separable_lift(n, base, n_actions: int, agreement: float = 0.0,
     for _ in range(iters):
         d = _separable_gap(n, d, base, n_actions, agreement, reward_var, confidence, power)
         d = np.minimum(d, 1e9)
-    return np.where(d <= _max_gap(base, agreement, reward_var), d, np.inf)
+    return np.where(d <= max_gap(base, agreement, reward_var), d, np.inf)
 
 
 def requests_for_lift(delta, base, n_actions: int, agreement: float = 0.0,
@@ -219,17 +220,19 @@ def requests_for_lift(delta, base, n_actions: int, agreement: float = 0.0,
                       disjoint: bool = False) -> np.ndarray:
     """Logged rows needed to detect an absolute lift ``delta``: c^2 Var Z(delta) / delta^2 for the
     paired test, or (z (s_1 + s_0) + z_power s_D)^2 / delta^2 (per-row sds, intervals at
-    1 - alpha) for disjoint intervals. inf where the gap exceeds what the model allows."""
+    1 - alpha) for disjoint intervals. inf where the gap exceeds what the model allows
+    (``max_gap``), and where the count passes float64's range (a gap of 1e-300)."""
     _check(n_actions, base, reward_var, agreement)
     delta = np.asarray(delta, np.float64)
-    if disjoint:
-        root_n = _separable_gap(1.0, delta, np.asarray(base, np.float64), n_actions, agreement,
-                                reward_var, 1 - alpha, power)
-        n = (root_n / delta) ** 2
-    else:
-        c2 = (z_quantile(1 - alpha / 2) + z_quantile(power)) ** 2
-        n = c2 * paired_variance(delta, base, n_actions, agreement, reward_var) / delta ** 2
-    return np.where((delta > 0) & (delta <= _max_gap(base, agreement, reward_var)), n, np.inf)
+    with np.errstate(over="ignore", divide="ignore"):  # a gap of 1e-300: inf rows, no warning
+        if disjoint:
+            root_n = _separable_gap(1.0, delta, np.asarray(base, np.float64), n_actions,
+                                    agreement, reward_var, 1 - alpha, power)
+            n = (root_n / delta) ** 2
+        else:
+            c2 = (z_quantile(1 - alpha / 2) + z_quantile(power)) ** 2
+            n = c2 * paired_variance(delta, base, n_actions, agreement, reward_var) / delta ** 2
+    return np.where((delta > 0) & (delta <= max_gap(base, agreement, reward_var)), n, np.inf)
 
 
 class Plan(NamedTuple):
@@ -245,13 +248,14 @@ class Plan(NamedTuple):
 
 
 def day_grid(max_days: float) -> np.ndarray:
-    """A readable set of day counts up to ``max_days``: every day up to 7, then about 12 roughly
-    geometric steps, always ending at ``max_days``."""
+    """A readable set of day counts up to ``max_days``: every day up to 7, then 8 roughly
+    geometric steps from 7 (rounded to whole days), always ending at ``max_days``."""
     if not 0 < max_days <= MAX_DAYS:
         raise InputError("max_days", [], f"must be > 0 and at most {MAX_DAYS:,} (100 years), "
                          f"got {max_days}")
     short = np.arange(1, min(7, int(max_days)) + 1, dtype=np.float64)
     long = np.round(np.geomspace(7, max_days, 8)) if max_days > 7 else np.array([])
+    long = long[long < max_days]  # rounding up must not pass the end (7.5 gave a row of 8 days)
     return np.unique(np.concatenate([short, long, [float(max_days)]]))
 
 
@@ -286,19 +290,93 @@ def plan(n_actions: int, share: float, requests_per_day: float, base_rate: float
                 separable_lift(n, base_rate, confidence=1 - alpha, **kw))
 
 
+NORMAL_MIN_COUNT = 5  # expected matched successes and failures (binary; matched rows
+# otherwise: NORMAL_MIN_COUNT * 2) a point needs before the normal approximation is trusted
+
+
+def percent(v: float) -> str:
+    """``v`` as a percentage to 4 significant digits, more where those would round a share
+    strictly between 0 and 1 to 0% or 100% ('95%', '32.5%', '99.9999%', not '100%')."""
+    for digits in range(4, 18):
+        s = f"{v * 100:.{digits}g}"
+        if not 0 < v < 1 or float(s) not in (0.0, 100.0):
+            break
+    return s + "%"
+
+
+def number(x: float, sign: str = "") -> str:
+    """An absolute value: 4 decimals from 0.001 to 1e6 (the usual range: '0.0238'), else 4
+    significant digits ('1.5e-05', '3.719e+07'), so no value prints as 0.0000 or as 16 digits of
+    float noise."""
+    if x == 0 or 1e-3 <= abs(x) < 1e6:
+        return f"{x:{sign}.4f}"
+    return f"{x:{sign}.4g}"
+
+
+def count(x: float) -> str:
+    """Rows: whole numbers with thousands separators ('2,778'); 3 significant digits under 100,
+    where rounding would hide a fraction ('0.1', '2.78'); 4 significant digits from 1e15 on,
+    past float64's exact integers ('5.651e+16')."""
+    if x >= 1e15:
+        return f"{x:.4g}"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def days_text(d: float) -> str:
+    """'6.7 days'; '0.0028 days' under a tenth; past MAX_DAYS, '4.266e+05 days (more than 100
+    years)'."""
+    if d > MAX_DAYS:
+        return f"{d:.4g} days (more than 100 years)"
+    return f"{d:.2g} days" if d < 0.1 else f"{d:,.1f} days"
+
+
+def _relative(r: float, sign: str) -> str:
+    """A ratio to the base rate as a percentage: one decimal from 0.1% to 100,000%, else 3
+    significant digits ('0.025%', '1.18e+05%')."""
+    if r == 0 or 1e-3 <= abs(r) < 1e3:
+        return f"{r:{sign}.1%}"
+    return f"{r * 100:{sign}.3g}%"
+
+
 def _cell(x: float, base: float, sign: str) -> str:
-    """An absolute number and its value relative to the base rate; inf -> "not detectable"."""
-    return "not detectable" if not np.isfinite(x) else f"{x:{sign}.4f} ({x / base:{sign}.1%})"
+    """An absolute number and its value relative to the base rate (only where the base rate is
+    > 0: relative to 0 or a negative mean it says nothing); inf -> "not detectable"."""
+    if not np.isfinite(x):
+        return "not detectable"
+    return number(x, sign) + (f" ({_relative(x / base, sign)})" if base > 0 else "")
 
 
-def format_plan(p: Plan, base_rate: float, alpha: float = 0.05, power: float = 0.8) -> str:
+def normal_ok(matched, base, reward_var: float | None = None) -> np.ndarray:
+    """bool per day count: whether ``matched`` rows a point are enough for the normal
+    approximation behind the half-widths and lifts: at least NORMAL_MIN_COUNT expected
+    successes and failures among them for a binary reward (the textbook n p >= 5 rule), at least
+    2 * NORMAL_MIN_COUNT rows otherwise. Where it fails the numbers are not meaningful (a binary
+    rate's normal interval can pass [0, 1]; the frontier uses exact intervals there)."""
+    m = np.asarray(matched, np.float64)
+    if reward_var is None:
+        return m * min(base, 1 - base) >= NORMAL_MIN_COUNT
+    return m >= 2 * NORMAL_MIN_COUNT
+
+
+def format_plan(p: Plan, base_rate: float, alpha: float = 0.05, power: float = 0.8,
+                reward_var: float | None = None) -> str:
     """``plan`` as a text table: per day count the logged rows, matched rows per point, the
-    expected half-widths and the two lifts (absolute, and relative to the base rate)."""
-    pct = f"{1 - alpha:.0%}"
+    expected half-widths and the two lifts (absolute, and relative to a base rate > 0). A day
+    count whose matched rows are too few for the normal approximation (``normal_ok``) is marked
+    ``*`` and explained in a last line."""
+    pct = percent(1 - alpha)
     head = ["days", "logged rows", "matched/point", f"+-{pct} IPS", f"+-{pct} SNIPS",
-            f"detectable lift ({power:.0%} power)", f"lift for disjoint {pct} intervals"]
-    rows = [[f"{d:g}", f"{n:,.0f}", f"{m:,.0f}", _cell(hi, base_rate, ""),
+            f"detectable lift ({percent(power)} power)", f"lift for disjoint {pct} intervals"]
+    ok = normal_ok(p.matched, base_rate, reward_var)
+    rows = [[f"{d:g}" + ("" if good else "*"), count(n), count(m), _cell(hi, base_rate, ""),
              _cell(hs, base_rate, ""), _cell(lf, base_rate, "+"), _cell(ld, base_rate, "+")]
-            for d, n, m, hi, hs, lf, ld in zip(*p)]
+            for d, n, m, hi, hs, lf, ld, good in zip(*p, ok)]
     widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows)
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + rows]
+    if not ok.all():
+        need = (f"{NORMAL_MIN_COUNT} expected successes and failures" if reward_var is None
+                else f"{2 * NORMAL_MIN_COUNT} matched rows")
+        lines.append(f"*: fewer than {need} a point: the normal approximation behind these "
+                     "numbers does not hold (the frontier's exact intervals apply); plan for "
+                     "more logged rows")
+    return "\n".join(lines)

@@ -37,12 +37,17 @@ def _check_estimable(chunks: list, heldout_path: str) -> None:
 
 
 def _validate_shapes(cfg: TrainConfig, n_devices: int, n_processes: int) -> None:
+    """InputError("TrainConfig.batch_size") unless the global batch splits evenly over the data
+    mesh's devices (every device JAX sees) and the processes; it says how to change the count
+    (``python -m train`` prints it as one line, not as a ValueError)."""
     if cfg.batch_size % n_devices:
-        raise ValueError(f"TrainConfig.batch_size: {cfg.batch_size} is not divisible by the "
-                         f"{n_devices} devices of the data mesh")
+        raise logs.InputError("TrainConfig.batch_size", [], f"{cfg.batch_size} is not divisible "
+                              f"by the {n_devices} devices of the data mesh (every device JAX "
+                              "sees: the global batch is split by rows); run on a device count "
+                              f"that divides {cfg.batch_size} (GPUs: CUDA_VISIBLE_DEVICES)")
     if cfg.batch_size % n_processes:
-        raise ValueError(f"TrainConfig.batch_size: {cfg.batch_size} is not divisible by the "
-                         f"{n_processes} processes")
+        raise logs.InputError("TrainConfig.batch_size", [], f"{cfg.batch_size} is not divisible "
+                              f"by the {n_processes} processes")
 
 
 def _check_parquet(path: str) -> None:
@@ -55,8 +60,8 @@ def _check_parquet(path: str) -> None:
 
 
 def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
-    """Raise InputError naming ``heldout_path`` unless it has the training log's action set and
-    reward names."""
+    """Raise InputError naming ``heldout_path`` unless it has the training log's action set,
+    reward names and reward kinds."""
     hm = logs.read_meta(heldout_path)
     if hm.action_set.hash() != meta.action_set.hash():
         raise logs.InputError("action_set", [], f"{hm.action_set.hash()} differs from the "
@@ -64,6 +69,11 @@ def _check_heldout(meta: logs.LogMeta, heldout_path: str) -> None:
     if tuple(hm.reward_names) != tuple(meta.reward_names):
         raise logs.InputError("reward_names", [], f"{list(hm.reward_names)} differ from the "
                               f"training log's {list(meta.reward_names)}", heldout_path)
+    if tuple(hm.reward_kinds) != tuple(meta.reward_kinds):
+        raise logs.InputError("reward_kinds", [], f"{list(hm.reward_kinds)} differ from the "
+                              f"training log's {list(meta.reward_kinds)} (the held-out "
+                              "estimates and their intervals use the training log's kinds)",
+                              heldout_path)
 
 
 def _check_widths(arrays: input_lib.LogArrays, chunks: list, heldout_path: str) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train --config tiny|default --logs PATH --heldout PATH --workdir DIR``.
+"""Command line: python -m train --config tiny|default|obd --logs PATH --heldout PATH --workdir DIR.
 
 Parses arguments and calls ``train_and_evaluate``; nothing else lives here (STYLE.md 7). Bad input
 stops with one line, ``python -m train: error: --logs FILE: FIELD: what is wrong at rows [...]``
