@@ -8,7 +8,7 @@ from flax import nnx
 from puts_jax import evaluation, reference
 from puts_jax.config import QNetConfig, SweepConfig
 from puts_jax.qnet import QNetwork
-from puts_jax.types import LoggedBatch
+from puts_jax.types import EstimatorStats, LoggedBatch
 
 # The shapes, model structure and SweepConfig of tests/test_engine.py's streamed sweep, so that
 # the suite compiles the sweep program once for both (build_sweep is cached per structure).
@@ -87,3 +87,61 @@ def test_dr_of_fixed_policies_is_unbiased_when_actions_share_a_decision(model):
     ev = evaluation.evaluate_fixed_actions(rows, A, [lb], CFG, model=model, reward_kinds=KINDS)
     np.testing.assert_allclose(ev.estimates.dr, ev.estimates.ips, rtol=1e-5, atol=1e-6)
 
+
+# ----------------------------------------------------------------------------- puts-jax truth
+
+def _hand_estimates():
+    """ope.finalize of one policy on a hand-made uniform log (A = 4, p = 1/4, so w = 4 where
+    matched; 8 rows): rows 0-2 matched with session rewards 1, 0, 0 and clicks 2, 0, 1."""
+    from puts_jax import ope
+    r = np.array([[1, 2], [0, 0], [0, 1]], np.float64)  # the matched rows' rewards
+    w = 4.0
+    st = EstimatorStats(n=np.int64(8), matched=np.int64(3), sum_w=3 * w, sum_w2=3 * w * w,
+                        sum_wr=w * r.sum(0), sum_w2r=w * w * r.sum(0),
+                        sum_w2r2=w * w * (r * r).sum(0), sum_match_r=r.sum(0))
+    return ope.finalize(st, 0.95, ("binary", "count"), 0.25)
+
+
+def test_truth_shows_the_estimator_the_frontier_shows():
+    """``puts-jax truth`` used SNIPS for every row while the frontier's table shows ``auto``
+    (exact around IPS for a binary reward): the same policy showed two sets of numbers. Now each
+    objective's column is the frontier's estimator, auto resolved as the sweep resolved it."""
+    from scipy import stats as sps
+
+    from puts_jax import sweep_truth
+    doc = {"primary_estimator": "auto", "auto_estimator": ["exact", "snips"],
+           "objectives": {"names": ["session_success", "clicks"]}, "estimators": {}}
+    assert sweep_truth.estimators_shown(doc) == ["exact", "snips"]
+    old = {**doc, "auto_estimator": None,  # a frontier written before auto_estimator existed
+           "estimators": {"exact": {"lo": [[0.1, None], [0.2, None]]}}}
+    assert sweep_truth.estimators_shown(old) == ["exact", "snips"]
+    assert sweep_truth.estimators_shown({**doc, "primary_estimator": "dr"}) == ["dr", "dr"]
+    got = sweep_truth._pick(_hand_estimates(), ["exact", "snips"])
+    # exact: IPS = 1 success / (8 rows x 1/4) = 0.5 with Clopper-Pearson(1 of 8) / (1/4), <= 1
+    lo, hi = sps.beta.ppf(0.025, 1, 8) / 0.25, min(sps.beta.ppf(0.975, 2, 7) / 0.25, 1.0)
+    np.testing.assert_allclose([got[q][0] for q in ("value", "lo", "hi")], [0.5, lo, hi])
+    # SNIPS of clicks: (2 + 0 + 1) / 3 matched rows, delta-method half-width 1.96 se
+    se = np.sqrt(((np.array([2, 0, 1]) - 1.0) ** 2).sum()) / 3
+    np.testing.assert_allclose([got[q][1] for q in ("value", "lo", "hi")],
+                               [1.0, 1 - 1.959964 * se, 1 + 1.959964 * se], rtol=1e-6)
+    lines = sweep_truth._format([["p", "0.1", "0.2", "a", "b", "8", "3"]],
+                                ["session_success", "clicks"], 0.95, "auto", ["exact", "snips"])
+    assert "session_success (auto: exact, 95% CI)" in lines[0]
+    assert "clicks (auto: snips, 95% CI)" in lines[0] and "SNIPS" not in lines[0]
+    assert sweep_truth._cell(0.25, float("nan"), None) == "0.2500 [n/a, n/a]"
+
+
+def test_truth_says_its_true_values_carry_the_requests_sampling_error():
+    """The "true" columns are means over simulate's --n-eval fresh requests: with 1,000 of them
+    the logging policy's "true" 0.2080 lay outside its on-policy interval [0.1985, 0.2020] of a
+    200k-row log (2.3 standard errors of the truth itself); the table now says how large that
+    error is: the largest over the rows of sd / sqrt(n), per objective."""
+    from puts_jax import sweep_truth
+    a = np.array([[0.0, 1.0], [1.0, 3.0], [0.0, 2.0], [1.0, 2.0]])  # per-request values, n = 4
+    b = np.array([[0.5, 2.0], [0.5, 2.0], [0.5, 2.0], [0.5, 2.0]])  # no spread
+    line = sweep_truth.truth_error_line([a, b], ["session_success", "clicks"])
+    se = a.std(0, ddof=1) / 2
+    assert line == ("true values: exact expected rewards averaged over the 4 fresh requests of "
+                    "truth.npz (simulate --n-eval); as the population values the intervals "
+                    f"estimate they have a standard error of up to {se[0]:.4f} (session_success), "
+                    f"{se[1]:.4f} (clicks) in these rows")
