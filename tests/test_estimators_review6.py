@@ -131,6 +131,23 @@ def test_truth_shows_the_estimator_the_frontier_shows():
     assert sweep_truth._cell(0.25, float("nan"), None) == "0.2500 [n/a, n/a]"
 
 
+def test_a_collapsed_bootstrap_interval_is_not_estimable():
+    """A point with no matched successes: every resample's SNIPS is 0, so the percentile
+    interval was [0, 0], shown as an interval of zero width beside SNIPS's 'n/a'; now n/a too."""
+    from puts_jax import bootstrap, report, sweep_job
+    est = _hand_estimates()
+    pe = report.from_ope(["point"], est)
+    nan = np.full((1, 2), np.nan)
+    boot = bootstrap.BootstrapEstimates(
+        ips_lo=nan, ips_hi=nan, ips_se=nan, snips_lo=np.array([[0.0, 0.4]]),
+        snips_hi=np.array([[0.0, 1.6]]), snips_se=nan, dr_lo=nan, dr_hi=nan, dr_se=nan,
+        snips_defined=np.ones(1), n_resamples=200, confidence=0.95)
+    block = sweep_job.with_boot(pe, est, boot).estimates["snips_boot"]
+    np.testing.assert_array_equal(block["lo"], [[np.nan, 0.4]])
+    np.testing.assert_array_equal(block["hi"], [[np.nan, 1.6]])
+    np.testing.assert_allclose(block["value"], [[1 / 3, 1.0]])
+
+
 def test_truth_says_its_true_values_carry_the_requests_sampling_error():
     """The "true" columns are means over simulate's --n-eval fresh requests: with 1,000 of them
     the logging policy's "true" 0.2080 lay outside its on-policy interval [0.1985, 0.2020] of a
