@@ -39,14 +39,6 @@ __all__ = ["TRACE_COUNTS", "Scorer", "build_fixed", "build_fixed_rows", "build_s
 
 # ----------------------------------------------------------------------------- sweep
 
-def _q_logged(q_BxAxJ, action_B) -> jax.Array:
-    """qhat(x, logged action) f32[B, J]; 0 for rows logged outside the action set (action -1,
-    ``data.logs.OUTSIDE_ACTION``), whose weight is 0 for every policy anyway."""
-    a = action_B.astype(jnp.int32)
-    got = jnp.take_along_axis(q_BxAxJ, jnp.maximum(a, 0)[:, None, None], axis=1)[:, 0]
-    return jnp.where((a >= 0)[:, None], got, 0.0)
-
-
 def _greedy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, fallback: int):
     """Greedy target of every lambda: pi(logged decision) f32[B, L] = consistent[b, a*] and
     qhat(x, pi) f32[B, L, J] = q[b, a*] (a* = ``kernels.sweep_select``: exact gathers)."""
@@ -58,24 +50,37 @@ def _greedy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, fallback: int):
 
 
 def _policy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, policy: str, param, fallback: int):
-    """pi(logged decision) f32[B, L] and qhat(x, pi) f32[B, L, J] of every lambda's target policy
-    (``ope.policy_probs``) on one block of rows."""
+    """pi(logged decision) f32[B, L], qhat(x, pi) f32[B, L, J] and qhat(x, logged decision)
+    f32[B, L, J] (``ope.logged_decision_qhat``: the target-weighted mean of Q over the actions
+    consistent with the logged decision) of every lambda's target policy (``ope.policy_probs``)
+    on one block of rows."""
     if policy != "softmax":
         pi, qp = _greedy_rows(q_BxAxJ, lams_LxJ, consistent_BxA, fallback)
         if policy == "greedy":
-            return pi, qp
+            return pi, qp, qp  # a matched row's decision is a*'s: qhat = Q(x, a*); else w = 0
         eps = jnp.asarray(param, jnp.float32)  # (1 - eps) greedy + eps uniform
         A = q_BxAxJ.shape[1]
-        n_cons = jnp.sum(consistent_BxA, axis=1, dtype=jnp.float32)[:, None]
+        cons = consistent_BxA.astype(jnp.float32)
+        n_cons = jnp.sum(cons, axis=1)[:, None]
         q_mean = jnp.sum(q_BxAxJ, axis=1)[:, None, :]
-        return (1.0 - eps) * pi + eps / A * n_cons, (1.0 - eps) * qp + eps / A * q_mean
+        q_cons = jnp.einsum("ba,baj->bj", cons, q_BxAxJ)[:, None, :]
+        pi_eps = (1.0 - eps) * pi + eps / A * n_cons
+        num = (1.0 - eps) * pi[..., None] * qp + eps / A * q_cons
+        return pi_eps, (1.0 - eps) * qp + eps / A * q_mean, _ratio(num, pi_eps[..., None])
     s = jnp.einsum("baj,lj->bal", q_BxAxJ, lams_LxJ.astype(jnp.float32))  # [rows, A, L]
     bad = ~jnp.all(jnp.isfinite(s), axis=1, keepdims=True)
     soft = jax.nn.softmax(jnp.where(bad, 0.0, s) / jnp.asarray(param, jnp.float32), axis=1)
     one_hot = (lax.broadcasted_iota(jnp.int32, s.shape, 1) == fallback).astype(jnp.float32)
     probs = jnp.where(bad, one_hot, soft)
-    pi = jnp.sum(jnp.where(consistent_BxA[:, :, None], probs, 0.0), axis=1)
-    return pi, jnp.einsum("bal,baj->blj", probs, q_BxAxJ)
+    c = jnp.where(consistent_BxA[:, :, None], probs, 0.0)
+    pi = jnp.sum(c, axis=1)
+    return (pi, jnp.einsum("bal,baj->blj", probs, q_BxAxJ),
+            _ratio(jnp.einsum("bal,baj->blj", c, q_BxAxJ), pi[..., None]))
+
+
+def _ratio(num, den):
+    """num / den where den > 0, else 0 (a decision the target never makes: its weight is 0)."""
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 _SWEEP_BLOCK_ELEMS = 1 << 17  # f32[rows, L] temporaries of the sweep ([rows, A, L] for softmax)
@@ -152,8 +157,7 @@ def _block_sums(graphdef, policy: str, fallback: int, floor, with_dr: bool, n_re
     lambda's target, the estimator terms on [rows, L] arrays summed over the rows, and with a
     bootstrap their Poisson-bootstrap sums (rows ``first + arange(rows)`` of the log)."""
     q = q_values(graphdef, params, lb.context, lb.context_ids)
-    ql = _q_logged(q, lb.action)
-    pi, qp = _policy_rows(q, lams_LxJ, lb.consistent, policy, policy_param, fallback)
+    pi, qp, ql = _policy_rows(q, lams_LxJ, lb.consistent, policy, policy_param, fallback)
     per_row = ope.lambda_rows_stats(pi, lb.propensity, lb.rewards, lb.valid,
                                     qp if with_dr else None, ql if with_dr else None, floor=floor)
     if not n_resamples:
@@ -215,9 +219,10 @@ def build_sweep(graphdef, cfg: SweepConfig, policy: str = "greedy", fallback_act
 
     policy: "greedy" (PRL-PUTS target), "epsilon_greedy" or "softmax" (policy_param = epsilon /
     temperature, traced; not validated here: ``evaluation.evaluate_log`` checks it). DM/DR use
-    the Q-network itself as the reward model qhat (Dudik et al. 2011); ``with_dr=False`` leaves
-    those fields None. With ``n_resamples`` R > 0 the program returns ``(EstimatorStats,
-    BootstrapStats)``, the second with [R, L, ...] Poisson-bootstrap sums of the same rows,
+    the Q-network itself as the reward model qhat (Dudik et al. 2011), at the logged decision
+    as ``ope.logged_decision_qhat`` defines it (a row several actions match: not the logged
+    action's Q); ``with_dr=False`` leaves those fields None. With ``n_resamples`` R > 0 the
+    program returns ``(EstimatorStats, BootstrapStats)``, the second with [R, L, ...] Poisson-bootstrap sums of the same rows,
     second moments included (the bootstrap-t band over the frontier needs them;
     ``puts_jax.bootstrap``): ``key`` a threefry ``jax.random.key`` (required), ``first_row`` the
     chunk's first row index in the log (traced; ``np.uint32`` for logs beyond 2^31 rows). Cached
@@ -263,14 +268,17 @@ def _fixed(graphdef, floor, n_resamples: int, params, probs_PxA, logged: LoggedB
            first_row=0):
     TRACE_COUNTS["fixed"] += 1
     key_u32 = _key_u32(key, n_resamples)
-    qp = ql = q = None
+    q = None
     if graphdef is not None:
         q = q_values(graphdef, params, logged.context, logged.context_ids)
-        ql = _q_logged(q, logged.action)
 
     def one_policy(probs_A):
         pi = jnp.einsum("ba,a->b", logged.consistent.astype(jnp.float32), probs_A)
-        qpol = None if q is None else jnp.einsum("a,baj->bj", probs_A, q)
+        qpol = ql = None
+        if q is not None:
+            qpol = jnp.einsum("a,baj->bj", probs_A, q)
+            ql = jax.vmap(ope.logged_decision_qhat, in_axes=(None, 0, 0))(
+                probs_A, logged.consistent, q)
         return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid, qpol, ql,
                               floor=floor)
 
@@ -297,16 +305,16 @@ def _fixed_rows(graphdef, floor, n_resamples: int, params, actions_PxB, logged: 
                 key=None, first_row=0):
     TRACE_COUNTS["fixed"] += 1
     key_u32 = _key_u32(key, n_resamples)
-    q = ql = None
+    q = None
     if graphdef is not None:
         q = q_values(graphdef, params, logged.context, logged.context_ids)
-        ql = _q_logged(q, logged.action)
 
     def one_policy(a_B):
         a = a_B.astype(jnp.int32)[:, None]
         pi = jnp.take_along_axis(logged.consistent, a, axis=1)[:, 0].astype(jnp.float32)
         qp = None if q is None else jnp.take_along_axis(q, a[:, :, None], axis=1)[:, 0]
-        return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid, qp, ql,
+        # deterministic: a matched row's decision is the policy's, qhat = Q(x, a) (else w = 0)
+        return ope.rows_stats(pi, logged.propensity, logged.rewards, logged.valid, qp, qp,
                               floor=floor)
 
     return _map_policies(one_policy, actions_PxB, n_resamples, key_u32, first_row)

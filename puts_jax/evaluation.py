@@ -4,7 +4,10 @@ actions), with the statistics merged in float64 on the host one step behind disp
 
 Every chunk is validated (positivity names absolute rows, PITFALLS P1), split or padded to one
 fixed piece size per stream (one compilation) and evaluated; the merged numbers equal a single
-pass over the concatenated log.
+pass over the concatenated log up to float32 rounding inside a piece (the device sums a piece in
+float32, so another chunking can move a sum of non-whole terms, e.g. DR's, in its 7th-8th
+significant digit; sums of whole numbers below 2^24 are exact), and every count and bootstrap
+draw is the same.
 
 Bootstrap (``bootstrap=R`` with an explicit ``key``): each piece also returns Poisson-bootstrap
 sums [R, P, ...] (``puts_jax.bootstrap``) of the same rows. A row's multiplicities depend only on
@@ -200,7 +203,8 @@ def evaluate_log(model, lams, chunks: Iterable, cfg: SweepConfig, *,
       bootstrap: R Poisson-bootstrap resamples (0: none); key: its ``jax.random.key`` (required
         when R > 0; the module docstring says what the draws depend on).
     Returns:
-      Evaluation; the numbers equal a single pass over the concatenated log (f64 merging).
+      Evaluation; the numbers equal a single pass over the concatenated log up to float32
+      rounding inside a piece (f64 merging; module docstring).
     """
     R = _check_bootstrap(bootstrap, key)
     graphdef, params = engine.split_model(model)

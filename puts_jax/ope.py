@@ -10,7 +10,12 @@ Estimators, for n logged rows with weight w = pi(decision | x) / propensity and 
   SNIPS (self-normalized IPS, Swaminathan & Joachims 2015)     V = sum w r / sum w, delta-method CI
         se = sqrt(sum w^2 (r - V)^2) / sum w; undefined (NaN, flagged) when no row has support.
   DM    (direct method)  V = (1/n) sum qhat(x, pi); no interval (model error is not captured).
-  DR    (doubly robust, Dudik, Langford & Li 2011)  V = (1/n) sum [qhat(x, pi) + w (r - qhat(x, a))].
+  DR    (doubly robust, Dudik, Langford & Li 2011)  V = (1/n) sum [qhat(x, pi) + w (r - qhat(x, d))]
+        with d the logged DECISION and qhat(x, d) the reward model that qhat(x, pi) averages:
+        qhat(x, pi) = sum_d pi(d | x) qhat(x, d). Where several actions make one decision (slot- or
+        slate-level matching, ``consistent``), qhat(x, d) is the target-weighted mean of their Q
+        (``logged_decision_qhat``; Q(x, a*) for a deterministic target), never Q(x, logged
+        action): that would bias DR by E[Q(x, a*) - mean over the consistent actions of Q].
   Exact (Clopper & Pearson 1934): binary rewards, a deterministic target and a constant logging
         propensity p give 1[match] r ~ Bernoulli(p V) i.i.d., so the successes k ~ Binomial(n, p V)
         and the Clopper-Pearson interval of k out of n, divided by p, is an exact interval for V
@@ -95,6 +100,26 @@ def importance_weight(pi: jax.Array, propensity: jax.Array, floor: float | None 
     return jnp.where(pi > 0, pi / jnp.where(pi > 0, p, 1.0), 0.0)
 
 
+def logged_decision_qhat(probs_A: jax.Array, consistent_A: jax.Array,
+                         q_AxJ: jax.Array) -> jax.Array:
+    """qhat(x, logged decision) f32[J] for DR: the target-weighted mean of Q over the actions
+    consistent with the logged decision, sum_a c[a] pi(a | x) Q[a] / sum_a c[a] pi(a | x) (0 where
+    the target never makes that decision: the row's weight is 0 then). With it DR is unbiased for
+    any Q, since sum_d pi(d | x) qhat(x, d) = sum_a pi(a | x) Q[a] = qhat(x, pi) (module
+    docstring). One-hot ``consistent``: Q[logged action]; a deterministic target: Q[a*].
+
+    probs_A: f[A] the target policy; consistent_A: bool[A]; q_AxJ: f[A, J] the reward model.
+    Raises ValueError for other ranks.
+    """
+    if probs_A.ndim != 1 or consistent_A.ndim != 1 or q_AxJ.ndim != 2:
+        raise ValueError(f"logged_decision_qhat: expected f[A], bool[A], f[A, J]; got "
+                         f"{probs_A.shape}, {consistent_A.shape}, {q_AxJ.shape}")
+    c = jnp.where(consistent_A, probs_A.astype(jnp.float32), 0.0)
+    pi = jnp.sum(c)
+    num = jnp.sum(jnp.where((c > 0)[:, None], c[:, None] * q_AxJ.astype(jnp.float32), 0.0), 0)
+    return jnp.where(pi > 0, num / jnp.where(pi > 0, pi, 1.0), 0.0)
+
+
 def row_stats(pi, propensity, rewards_J, valid, qhat_pi_J=None, qhat_logged_J=None,
               floor: float | None = None) -> EstimatorStats:
     """The EstimatorStats terms of ONE logged row (sum them over rows; ``chunk_stats`` does).
@@ -103,7 +128,8 @@ def row_stats(pi, propensity, rewards_J, valid, qhat_pi_J=None, qhat_logged_J=No
       pi: target probability of the logged decision; propensity: its logging probability.
       rewards_J: f[J] observed rewards; valid: bool, False for padding (all terms 0).
       qhat_pi_J, qhat_logged_J: optional f[J] reward-model values qhat(x, pi) = sum_a pi(a|x)
-        qhat(x, a) and qhat(x, logged action), for DM and DR (Dudik et al. 2011).
+        qhat(x, a) and qhat(x, logged decision) (``logged_decision_qhat``: Q of the logged action
+        only when ``consistent`` is its one-hot), for DM and DR (Dudik et al. 2011).
     """
     if rewards_J.ndim != 1:
         raise ValueError(f"row_stats: expected rewards f[J], got {rewards_J.shape}")
@@ -138,14 +164,20 @@ def lambda_rows_stats(pi_BxL, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxLxJ=
     policies minor): every field f[B, L] or f[B, L, J], unsummed (``sum_rows`` gives [L] stats).
 
     pi_BxL: target probability of each row's logged decision under each policy;
-    qhat_pi_BxLxJ: optional qhat(x, pi) per policy; the other arguments as in ``row_stats``.
+    qhat_pi_BxLxJ: optional qhat(x, pi) per policy; qhat_logged: optional qhat(x, logged
+    decision) per policy f[B, L, J] (``logged_decision_qhat``), or f[B, J] shared by the
+    policies; the other arguments as in ``row_stats``.
     The terms are the same elementwise formulas as ``rows_stats``; on XLA:CPU the sums over B
     of [B, L] arrays run about 3x faster than ``chunk_stats`` per policy (the L policies of a
     row sit in the vector lanes).
     """
-    def one_row(pi_L, p, r_J, v, qp_LxJ, ql_J):
-        return jax.vmap(lambda pi, qp: row_stats(pi, p, r_J, v, qp, ql_J, floor=floor))(
-            pi_L, qp_LxJ)
+    if qhat_logged_BxJ is not None and qhat_logged_BxJ.ndim == 2:  # shared by the L policies
+        qhat_logged_BxJ = jnp.broadcast_to(qhat_logged_BxJ[:, None, :],
+                                           pi_BxL.shape + qhat_logged_BxJ.shape[-1:])
+
+    def one_row(pi_L, p, r_J, v, qp_LxJ, ql_LxJ):
+        return jax.vmap(lambda pi, qp, ql: row_stats(pi, p, r_J, v, qp, ql, floor=floor))(
+            pi_L, qp_LxJ, ql_LxJ)
 
     return jax.vmap(one_row)(pi_BxL, propensity_B, rewards_BxJ, valid_B, qhat_pi_BxLxJ,
                              qhat_logged_BxJ)

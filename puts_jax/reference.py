@@ -118,7 +118,9 @@ def estimate(pi, propensity, rewards, valid=None, qhat_pi=None, qhat_logged=None
              floor: float | None = None, confidence: float = 0.95, reward_kinds=None,
              constant_propensity: float | None = None) -> dict:
     """Every estimator for ONE policy from per-row arrays (pi f[B], propensity f[B], rewards
-    f[B, J]); returns a dict keyed like ``ope.Estimates`` (without the policy axis)."""
+    f[B, J]; qhat_pi, qhat_logged f[B, J]: the reward model under the policy and at the logged
+    decision, ``logged_decision_qhat``); returns a dict keyed like ``ope.Estimates`` (without the
+    policy axis)."""
     r = np.asarray(rewards, np.float64)
     keep = np.ones(len(r), bool) if valid is None else np.asarray(valid, bool)
     r, pi = r[keep], np.asarray(pi, np.float64)[keep]
@@ -167,19 +169,32 @@ def sweep_estimates(q_BxAxJ, lams_LxJ, action, propensity, rewards, consistent, 
                     fallback: int = 0, floor: float | None = None, with_dr: bool = True,
                     **kw) -> list[dict]:
     """``estimate`` of the greedy target policy of every lambda, the Q-values also serving as the
-    reward model for DM/DR (as ``engine.build_sweep`` does). Rows with action -1 (logged outside
-    the action set) have qhat(x, a) = 0 and no consistent action."""
+    reward model for DM/DR (as ``engine.build_sweep`` does): qhat(x, pi) = Q[a*] and qhat(x,
+    logged decision) = ``logged_decision_qhat`` (the target-weighted mean of Q over the actions
+    consistent with the logged one). Rows with action -1 (logged outside the action set) have
+    no consistent action."""
     q = np.asarray(q_BxAxJ, np.float64)
     rows = np.arange(len(q))
-    a_log = np.asarray(action)
-    ql = np.where((a_log >= 0)[:, None], q[rows, np.maximum(a_log, 0)], 0.0)
+    cons = np.asarray(consistent, bool)
     out = []
     for lam in lams_LxJ:
         a = np.array([select_action(qb, lam, fallback)[0] for qb in q_BxAxJ])
-        pi = np.asarray(consistent, bool)[rows, a].astype(np.float64)
+        pi = cons[rows, a].astype(np.float64)
+        probs = np.eye(q.shape[1])[a]
         qp = q[rows, a] if with_dr else None
-        out.append(estimate(pi, propensity, rewards, valid, qp, ql if with_dr else None,
-                            floor=floor, **kw))
+        ql = logged_decision_qhat(probs, cons, q) if with_dr else None
+        out.append(estimate(pi, propensity, rewards, valid, qp, ql, floor=floor, **kw))
+    return out
+
+
+def logged_decision_qhat(probs_BxA, consistent_BxA, q_BxAxJ) -> np.ndarray:
+    """f64[B, J] qhat(x, logged decision) = sum_a c pi Q / sum_a c pi over the consistent actions
+    c (0 where the target never makes the logged decision), row by row."""
+    out = np.zeros((len(q_BxAxJ), np.shape(q_BxAxJ)[2]))
+    for b, (p, c, q) in enumerate(zip(probs_BxA, consistent_BxA, q_BxAxJ)):
+        m = np.asarray(c, bool) & (np.asarray(p) > 0)
+        if m.any():
+            out[b] = np.average(np.asarray(q, np.float64)[m], axis=0, weights=np.asarray(p)[m])
     return out
 
 

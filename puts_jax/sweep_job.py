@@ -101,12 +101,16 @@ def on_policy_estimates(n: int, s, s2, reward_kinds, confidence: float) -> repor
 def with_boot(pe: report.PolicyEstimates, est: ope.Estimates,
               boot: boot_lib.BootstrapEstimates | None) -> report.PolicyEstimates:
     """Add the "snips_boot" estimator: the SNIPS value with its Poisson-bootstrap percentile
-    interval (no change without a bootstrap)."""
+    interval (no change without a bootstrap). An interval of zero width (every resample gives
+    the same value: every matched reward equal, e.g. no matched successes) is undefined (NaN),
+    as ``with_auto`` makes the normal ones: the resamples of such a log cannot show its spread."""
     if boot is None:
         return pe
     P = len(pe.names)
+    lo, hi = boot.snips_lo.reshape(P, -1), boot.snips_hi.reshape(P, -1)
+    collapsed = (hi - lo <= 0) & (np.asarray(pe.n)[:, None] >= 1)
     block = {"value": np.asarray(est.snips, np.float64).reshape(P, -1),
-             "lo": boot.snips_lo.reshape(P, -1), "hi": boot.snips_hi.reshape(P, -1)}
+             "lo": np.where(collapsed, np.nan, lo), "hi": np.where(collapsed, np.nan, hi)}
     return pe._replace(estimates={**pe.estimates, "snips_boot": block})
 
 

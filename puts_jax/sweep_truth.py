@@ -1,7 +1,10 @@
 """Simulator only: the ground-truth table of a sweep (``puts-jax truth``), the exact true value of
 the learned policy, the Bayes context policy, the best single global action, the production
-action and the logging policy on fresh requests (``truth.npz``), next to their SNIPS estimates
-with intervals on the evaluation log the frontier was estimated on.
+action and the logging policy on fresh requests (``truth.npz``), next to their estimates with
+intervals on the evaluation log the frontier was estimated on, by the frontier's own estimator
+(its ``primary_estimator``; ``auto`` per objective as the sweep resolved it, ``auto_estimator``:
+the exact interval around IPS for a binary reward, SNIPS elsewhere), so a policy that is a point
+of the frontier shows the frontier's numbers for it.
 
 It judges the learned policy against the Bayes context policy's true value (DESIGN.md section 7):
 the personalization gain over the best global action (the single action with the highest true
@@ -20,28 +23,72 @@ from puts_jax.checks import InputError
 from puts_jax.data import logs
 
 
+def _cell(v: float, lo: float, hi: float) -> str:
+    """'V [LO, HI]', 'n/a' for a value or bound the data cannot give (null in the frontier)."""
+    def f(x):
+        return "n/a" if x is None or not np.isfinite(x) else f"{x:.4f}"
+    return f"{f(v)} [{f(lo)}, {f(hi)}]"
+
+
 def _row(name: str, truth_J: np.ndarray, est: dict | None) -> list[str]:
     cells = [name] + [f"{t:.4f}" for t in truth_J]
     if est is None:
         return cells + ["(not estimated)"] * len(truth_J) + ["", ""]
-    cells += [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in zip(est["value"], est["lo"],
-                                                                    est["hi"])]
+    cells += [_cell(v, lo, hi) for v, lo, hi in zip(est["value"], est["lo"], est["hi"])]
     return cells + [str(est["n"]), str(est["matched"])]
 
 
-def _estimate_actions(path: str, actions_fn, A: int, confidence: float, chunk_rows: int,
-                      widths: dict | None = None) -> dict:
-    """SNIPS of a deterministic per-row policy (actions_fn(context) -> i32[b]) on a log."""
-    total = None
+def estimators_shown(doc: dict) -> list[str]:
+    """Per objective, the estimator the frontier's table shows: its ``primary_estimator``, with
+    ``auto`` resolved as the sweep resolved it (``auto_estimator``; for a frontier written
+    without that record: "exact" where every point has an exact interval, else "snips")."""
+    est, J = doc["primary_estimator"], len(doc["objectives"]["names"])
+    if est != "auto":
+        return [est] * J
+    if doc.get("auto_estimator"):
+        return list(doc["auto_estimator"])
+    ex = doc["estimators"].get("exact", {}).get("lo")
+    return ["exact" if ex and all(row[j] is not None for row in ex) else "snips"
+            for j in range(J)]
+
+
+def _pick(e: ope.Estimates, which: list[str]) -> dict:
+    """{value, lo, hi} f64[J] of ``which[j]`` per objective, as the frontier records them: the
+    exact interval around the IPS value; a normal interval of zero width is undefined (NaN), as
+    ``sweep_job.with_auto`` makes it."""
+    nan = np.full(np.shape(e.ips), np.nan)
+    cols = {"ips": (e.ips, e.ips_lo, e.ips_hi), "snips": (e.snips, e.snips_lo, e.snips_hi),
+            "dr": (e.dr, e.dr_lo, e.dr_hi),
+            "exact": (np.where(e.exact_defined, e.ips, nan), e.exact_lo, e.exact_hi)}
+    out = {q: np.array([cols[w][k][j] for j, w in enumerate(which)], np.float64)
+           for k, q in enumerate(("value", "lo", "hi"))}
+    collapsed = (np.array([w != "exact" for w in which]) & (out["hi"] - out["lo"] <= 0)
+                 & (int(e.n) >= 1))
+    out["lo"], out["hi"] = (np.where(collapsed, np.nan, out[q]) for q in ("lo", "hi"))
+    return out
+
+
+def _estimate_actions(path: str, actions_fn, which: list[str], kinds, confidence: float,
+                      chunk_rows: int, model, widths: dict | None = None) -> dict:
+    """The estimates ``which`` (``estimators_shown``) of a deterministic per-row policy
+    (actions_fn(context) -> i32[b]) on a log, computed as the sweep computes them: the exact
+    interval where the log's propensity is constant, DR with the model's Q as reward model."""
+    total, pmin, pmax = None, np.inf, -np.inf
     for _, _, lb in logs.iter_log_chunks(path, chunk_rows, **(widths or {})):
         a = actions_fn(lb.context)
-        pi = lb.consistent[np.arange(len(a)), a].astype(np.float32)
-        s = ope.to_host(ope.chunk_stats(pi, lb.propensity.astype(np.float32), lb.rewards,
-                                        lb.valid))
+        rows = np.arange(len(a))
+        pi = lb.consistent[rows, a].astype(np.float32)
+        p = lb.propensity.astype(np.float32)
+        pmin, pmax = min(pmin, float(p[lb.valid].min(initial=np.inf))), \
+            max(pmax, float(p[lb.valid].max(initial=-np.inf)))
+        qp = None
+        if "dr" in which:  # a matched row's decision is the policy's: qhat = Q(x, a) for both
+            qp = np.asarray(model(lb.context), np.float32)[rows, a]
+        s = ope.to_host(ope.chunk_stats(pi, p, lb.rewards, lb.valid, qp, qp))
         total = ope.merge_stats(total, s)
-    e = ope.finalize(total, confidence)
-    return {"value": e.snips, "lo": e.snips_lo, "hi": e.snips_hi, "n": int(e.n),
-            "matched": int(e.matched)}
+    const = pmax if pmax - pmin <= 1e-12 * pmax else None  # as ``evaluation`` decides it
+    e = ope.finalize(total, confidence, tuple(kinds), const)
+    return {**_pick(e, which), "n": int(e.n), "matched": int(e.matched)}
 
 
 def _baseline(doc: dict, kind: str) -> dict | None:
@@ -136,21 +183,26 @@ def read_truth(data_dir: str, n_actions: int | None = None,
     return truth
 
 
-def _format(rows: list[list[str]], reward_names: list[str], conf: float) -> list[str]:
-    """The table's lines: a header, then one padded line per row."""
+def _format(rows: list[list[str]], reward_names: list[str], conf: float, primary: str,
+            which: list[str]) -> list[str]:
+    """The table's lines: a header (each estimate column named by its estimator, as the sweep's
+    table names it), then one padded line per row."""
     header = ["policy"] + [f"true {n}" for n in reward_names] + \
-        [f"SNIPS {n} ({conf:.0%} CI)" for n in reward_names] + ["n", "matched"]
+        [f"{n} ({primary}{': ' + w if primary == 'auto' else ''}, {conf:.0%} CI)"
+         for n, w in zip(reward_names, which)] + ["n", "matched"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
 
 
 def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str | None = None,
                 chunk_rows: int = 65536) -> str:
-    """Simulator only: exact true value per objective of the learned policy (at the registry's
-    lambda, else lambda = (1, 0)), the Bayes context policy, the best single global action, the
-    production action and the logging policy, on fresh requests (``truth.npz``), next to their
-    SNIPS estimates with 95% intervals on the evaluation log; plus the personalization gain and
-    the fraction of the Bayes policy's headroom the learned policy reaches."""
+    """Simulator only: exact true value per objective of the learned policy (at lambda = (1, 0),
+    and at the registry's lambda when one is given), the Bayes context policy, the best single
+    global action, the production action and the logging policy, on fresh requests
+    (``truth.npz``), next to their estimates with intervals on the evaluation log by the
+    frontier's estimator (``estimators_shown``: the frontier's point at lambda (1, 0) and the
+    learned row show the same numbers); plus the personalization gain and the fraction of the
+    Bayes policy's headroom the learned policy reaches."""
     import jax.numpy as jnp
 
     from puts_jax.data import simulator
@@ -171,12 +223,17 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
     tv, ctx = truth["true_values"], truth["context"]
     widths = model_io.model_widths(model)
     doc = _read_frontier(data_dir, frontier_path, ev_path, truth, widths)
-    conf, A = doc["confidence"], meta.action_set.n_actions
+    conf, which = doc["confidence"], estimators_shown(doc)
     g, prod = (int(np.ravel(truth[k])[0]) for k in ("best_global_action", "production_action"))
 
+    spread = [tv.mean(1)]  # per-request true values of each row's policy (logging: uniform)
+
     def policy_row(name, act):
-        return _row(name, simulator.policy_value(tv, act(ctx)),
-                    _estimate_actions(ev_path, act, A, conf, chunk_rows, widths))
+        a = act(ctx)
+        spread.append(tv[np.arange(len(a)), a])
+        return _row(name, simulator.policy_value(tv, a),
+                    _estimate_actions(ev_path, act, which, meta.reward_kinds, conf, chunk_rows,
+                                      model, widths))
 
     rows = [policy_row(f"learned, lam={lam_0.tolist()}", greedy(lam_0))]
     if lam_op is not None:
@@ -191,11 +248,28 @@ def truth_table(data_dir: str, model_dir: str, frontier_path: str, registry: str
              _row("per-request oracle (unreachable)", truth["value_request_oracle"], None)]
     v_l = float(simulator.policy_value(tv, greedy(lam_0)(ctx))[0])
     v_g, v_b = float(truth["value_best_global"][0]), float(truth["value_bayes"][0])
-    return "\n".join(_format(rows, names, conf) + [
+    return "\n".join(_format(rows, names, conf, doc["primary_estimator"], which) + [
+        truth_error_line(spread, names),
         best_global_line(world.vbar[:, :, 0].mean(0), g, names[0], doc),
         f"personalization gain ({names[0]}, learned at lam={lam_0.tolist()}): learned - best "
         f"global action = {v_l - v_g:+.4f} ({(v_l - v_g) / v_g:+.2%}); fraction of the Bayes "
         f"context policy's headroom ({v_b - v_g:+.4f}) reached: {(v_l - v_g) / (v_b - v_g):.2f}"])
+
+
+def truth_error_line(per_request: list, names: list[str]) -> str:
+    """What the "true" columns are: exact expected rewards averaged over the n fresh requests of
+    ``truth.npz``, so, as the population values the intervals estimate, they carry the
+    requests' sampling error: the largest standard error over the rows' policies
+    (``per_request``: f[n, J] per-request true values of each), per objective."""
+    v = [np.asarray(x, np.float64) for x in per_request]
+    n = len(v[0])
+    se = np.max([x.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full(x.shape[1], np.nan)
+                 for x in v], axis=0)
+    each = ", ".join(f"{'n/a' if not np.isfinite(e) else f'{e:.4f}'} ({m})"
+                     for e, m in zip(se, names))
+    return (f"true values: exact expected rewards averaged over the {n:,} fresh request"
+            f"{'' if n == 1 else 's'} of truth.npz (simulate --n-eval); as the population values "
+            f"the intervals estimate they have a standard error of up to {each} in these rows")
 
 
 def best_global_line(true_means: np.ndarray, g: int, objective: str, doc: dict) -> str:

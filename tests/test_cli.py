@@ -62,6 +62,11 @@ def test_sweep_select_publish_score_truth(run, capsys):
                      str(d / "frontier" / "frontier.json"), "--registry", str(d / "reg")]) == 0
     out = capsys.readouterr().out
     assert "Bayes context policy" in out and "personalization gain" in out
+    # the learned policy at lambda (1, 0) is the frontier's point (1, 0): the same numbers
+    e, i = doc["estimators"][doc["primary_estimator"]], doc["lambdas"].index([1.0, 0.0])
+    line = next(x for x in out.splitlines() if x.startswith("learned, lam=[1.0, 0.0]"))
+    for j in range(2):
+        assert f"{e['value'][i][j]:.4f} [{e['lo'][i][j]:.4f}, {e['hi'][i][j]:.4f}]" in line
     assert "best global action on session_success (action " in out
     assert ("best global action = the single action with the highest true mean session_success "
             "(the simulator's exact population mean)") in out
