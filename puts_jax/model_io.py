@@ -51,12 +51,42 @@ def param_shapes(model: QNetwork) -> dict:
 def save_params(path: str, model: QNetwork) -> None:
     """Save the model's nnx.Param state (a pure dict) with orbax at ``path`` and wait for it.
 
-    Arrays may be sharded over any devices (a mesh); each is written once, whole. ``path`` must
+    Arrays may be sharded over any devices (a mesh); each is written once, whole. In a
+    multi-process run the calling process writes alone (``_checkpointer``) from its host copy of
+    each parameter, which must be replicated or local (ValueError otherwise). ``path`` must
     not exist yet (orbax raises ValueError).
     """
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.abspath(path), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if jax.process_count() > 1:
+        tree = jax.tree.map(_local_copy, tree)
+    with _checkpointer() as ckptr:
+        ckptr.save(os.path.abspath(path), tree)
         ckptr.wait_until_finished()
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer for this process alone. A model directory is written and read by
+    one process (``python -m train``: process 0 of a multi-process run, the others take no
+    part); orbax's default makes every save and restore a barrier over all processes, which the
+    others never join."""
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"model_io_{me}"))
+
+
+def _local_copy(x):
+    """A host copy of a parameter that this process holds whole (replicated over the mesh, or
+    on its own devices): orbax saves no process-local jax.Array when there are several."""
+    if not isinstance(x, jax.Array):
+        return x
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    if not x.is_fully_replicated:
+        raise ValueError(f"save_params: a parameter of shape {x.shape} is sharded across "
+                         "processes; one process can only save replicated parameters")
+    return np.asarray(x.addressable_data(0))
 
 
 def _keystr(path: tuple) -> str:
@@ -70,7 +100,7 @@ def _keystr(path: tuple) -> str:
 def saved_param_shapes(path: str) -> dict:
     """{parameter path: {"shape", "dtype"}} of the params saved at ``path``, read from the
     checkpoint's metadata only (no array is read); keyed like ``param_shapes``."""
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         tree = ckptr.metadata(os.path.abspath(path)).item_metadata.tree
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {_keystr(p): {"shape": [int(d) for d in x.shape], "dtype": str(np.dtype(x.dtype))}
@@ -126,7 +156,7 @@ def restore_params(path: str, model: QNetwork, saved_shapes: dict | None = None)
     state = nnx.state(model, nnx.Param)
     # Target shapes, dtypes and shardings: the model's arrays on this process's devices.
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         try:
             restored = ckptr.restore(os.path.abspath(path), abstract)
         except (OSError, KeyError, ValueError):

@@ -1,9 +1,12 @@
 """Training input: an exploration log in memory, served by grain as whole batches.
 
 Each grain element is one whole batch gathered with one vectorized numpy take (FACTS.md: far
-faster than per-record sources). The order depends only on (seed, epoch, shard): every epoch
-permutes this process's rows with ``default_rng([seed, epoch, shard_index])``. A process reads
-its own shard (rows ``shard_index::shard_count``); shards are disjoint and their union is the log.
+faster than per-record sources). The order depends only on (seed, epoch): every epoch permutes
+the log's rows with ``default_rng([seed, epoch, 0])`` and cuts the permutation into global
+batches of ``batch_size * shard_count`` rows. Process ``shard_index`` of ``shard_count`` (a
+multi-process run, ``jax.process_index()``) takes its slice ``shard_index`` of each global batch,
+so the global batches, and the trained parameters up to float rounding, are the same on any
+number of processes; the shards of a step are disjoint and their union is the global batch.
 The last batch of an epoch is padded with ``valid=False`` rows (they contribute 0 to the loss), so
 every batch has the same shape and the step compiles once. The grain iterator's state
 (``{"next_index": i}``) is JSON and restores the exact remainder of the stream (PITFALLS P7).
@@ -71,7 +74,9 @@ def _ceil_div(a: int, b: int) -> int:
 class BatchSource:
     """grain random-access source whose element i is batch i of the whole run (all epochs).
 
-    Element: dict with the TrainBatch fields plus ``row`` i64[B] (the log row, -1 at padding).
+    Element: dict with the TrainBatch fields plus ``row`` i64[B] (the log row, -1 at padding),
+    B = ``batch_size``, this shard's rows of a global batch of ``batch_size * shard_count``.
+    Raises ValueError for a shard outside [0, shard_count) or a log without rows.
     """
 
     def __init__(self, arrays: LogArrays, batch_size: int, epochs: int, seed: int,
@@ -82,10 +87,10 @@ class BatchSource:
         if n < 1:
             raise ValueError("arrays: the training log has no rows")
         self.arrays, self.batch_size, self.epochs, self.seed = arrays, batch_size, epochs, seed
-        self.shard_index = shard_index
-        self.rows = np.arange(shard_index, n, shard_count, dtype=np.int64)
-        # Every shard runs the same number of steps (shards differ by at most one row).
-        self.steps_per_epoch = _ceil_div(_ceil_div(n, shard_count), batch_size)
+        self.shard_index, self.shard_count = shard_index, shard_count
+        self.rows = np.arange(n, dtype=np.int64)
+        self.global_batch = batch_size * shard_count
+        self.steps_per_epoch = _ceil_div(n, self.global_batch)
         self._lock = threading.Lock()
         self._perm_epoch, self._perm = -1, None
 
@@ -95,7 +100,7 @@ class BatchSource:
     def _permutation(self, epoch: int) -> np.ndarray:
         with self._lock:
             if self._perm_epoch != epoch:
-                rng = np.random.default_rng([self.seed, epoch, self.shard_index])
+                rng = np.random.default_rng([self.seed, epoch, 0])  # the same on every shard
                 self._perm, self._perm_epoch = rng.permutation(self.rows), epoch
             return self._perm
 
@@ -106,7 +111,8 @@ class BatchSource:
         perm = self._permutation(epoch)
         B = self.batch_size
         rows = np.full(B, -1, np.int64)
-        got = perm[j * B:(j + 1) * B]
+        start = j * self.global_batch + self.shard_index * B  # this shard's slice of batch j
+        got = perm[start:min(start + B, (j + 1) * self.global_batch)]
         rows[:len(got)] = got
         valid = rows >= 0
         take = np.where(valid, rows, 0)

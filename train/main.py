@@ -49,7 +49,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="override TrainConfig.epochs (default: the preset's: "
                         f"{_preset_values('epochs')})")
+    p.add_argument("--coordinator", default=None,
+                   help="multi-process (multi-host) training: HOST:PORT of process 0, given "
+                        "with --num-processes and --process-id to every process "
+                        "(jax.distributed.initialize); every process reads the same --logs, "
+                        "--heldout and --workdir paths")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="multi-process training: how many processes (with --coordinator)")
+    p.add_argument("--process-id", type=int, default=None,
+                   help="multi-process training: this process's index, 0 to --num-processes - 1")
     return p
+
+
+def _distributed(args: argparse.Namespace) -> str | None:
+    """Join a multi-process run when --coordinator, --num-processes and --process-id are given
+    (``jax.distributed.initialize``; on CPU with gloo collectives). Returns '--flag: what is
+    wrong' for flags that do not fit together, else None. Must run before JAX starts a backend."""
+    flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    given = [f for f, v in flags.items() if v is not None]
+    if not given:
+        return None
+    if len(given) < 3:
+        missing = ", ".join(f for f in flags if f not in given)
+        return f"{given[0]}: multi-process training needs {missing} as well"
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"--coordinator: expected HOST:PORT, got {args.coordinator!r}"
+    if args.num_processes < 1:
+        return f"--num-processes: must be >= 1, got {args.num_processes}"
+    if not 0 <= args.process_id < args.num_processes:
+        return (f"--process-id: must be in [0, {args.num_processes - 1}] "
+                f"(--num-processes {args.num_processes}), got {args.process_id}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; else unused
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+    return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -183,7 +220,7 @@ def main(argv=None) -> int:
     and as one JSON line on stdout; returns the exit status (0, or 2 after a one-line
     ``error:`` message on stderr for bad input or arguments, or 130 after one line on Ctrl-C)."""
     args = parse_args(argv)
-    problem = _check_paths(args)
+    problem = _check_paths(args) or _distributed(args)
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
