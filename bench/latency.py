@@ -212,10 +212,12 @@ def run_case(rep: Report, s: workload.Shapes, B: int, prog: dict[str, Any], qpar
 
         calls["baseline_agent_busy"] = baseline_agent_busy
     per_call = max(harness.probe(f) for f in calls.values())
-    rounds = 3 if quick else 8
+    # --quick: 6 rounds of 0.4 s a variant (B = 256: ~130 calls each; with 3 rounds of 0.3 s,
+    # 39 calls left the p50 of B = 256 ~10% apart between two runs of the same program)
+    rounds = 6 if quick else 8
     lo = (10 if B < 64 else 3) if quick else (30 if B < 64 else 10)
-    samples = harness.interleave(calls, rounds=rounds, budget_s=20.0 if quick else 60.0,
-                                 reps=harness.reps_for(per_call, 0.3 if quick else 1.0, lo=lo))
+    samples = harness.interleave(calls, rounds=rounds, budget_s=40.0 if quick else 60.0,
+                                 reps=harness.reps_for(per_call, 0.4 if quick else 1.0, lo=lo))
     summ = {n: harness.Summary.of(x) for n, x in samples.items()}
     base = summ["baseline"]
     for name, sm in summ.items():
