@@ -18,8 +18,8 @@ import tqdm
 from flax import nnx
 
 from puts_jax.data import logs
-from train import checkpointing, input as input_lib, metrics as metrics_lib, publish, selection, \
-    state as state_lib, step as step_lib
+from train import checkpointing, input as input_lib, metrics as metrics_lib, processes, publish, \
+    selection, state as state_lib, step as step_lib
 from train.config import MAX_STEPS, TrainConfig
 from train.workdir_lock import WorkdirLock
 
@@ -279,8 +279,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str, logs_path: str, heldou
     or ``heldout_path``), the field and the rows on bad input, "selection" (``heldout_path``)
     when no evaluation gave a value to select by, or the role ("logs", "heldout") whose file
     differs from the one a resumed run was trained on, or "config" (``source``: ``workdir``)
-    naming the fields that differ from the resumed run's.
+    naming the fields that differ from the resumed run's; in a multi-process run, InputError
+    ("--seed", "--epochs", "--logs", "--workdir", ...) on every process when the processes were
+    not started alike (``processes.check_processes_agree``).
     """
+    if jax.process_count() > 1:  # before any collective (device_put of the state is one)
+        os.makedirs(workdir, exist_ok=True)
+        processes.check_processes_agree(
+            config.to_dict(), {role: checkpointing.input_identity(path)
+                               for role, path in (("logs", logs_path), ("heldout", heldout_path))},
+            workdir)
     run = _Run(config, workdir, logs_path, heldout_path)
     try:
         try:

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+import socket
 import sys
+import threading
 
 import numpy as np
 
@@ -58,7 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-process training: how many processes (with --coordinator)")
     p.add_argument("--process-id", type=int, default=None,
                    help="multi-process training: this process's index, 0 to --num-processes - 1")
+    p.add_argument("--join-timeout", type=int, default=300,
+                   help="multi-process training: seconds a process waits for all "
+                        "--num-processes to join at --coordinator before it gives up")
     return p
+
+
+def _port_free(port: int) -> bool:
+    """Whether process 0 can listen on ``port`` (all interfaces, as JAX's coordinator does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def _distributed(args: argparse.Namespace) -> str | None:
@@ -81,11 +97,35 @@ def _distributed(args: argparse.Namespace) -> str | None:
     if not 0 <= args.process_id < args.num_processes:
         return (f"--process-id: must be in [0, {args.num_processes - 1}] "
                 f"(--num-processes {args.num_processes}), got {args.process_id}")
+    if args.join_timeout < 1:
+        return f"--join-timeout: must be >= 1 second, got {args.join_timeout}"
+    if args.process_id == 0 and not _port_free(int(port)):  # JAX would segfault (exit 139)
+        return (f"--coordinator: port {port} is in use on this machine, where process 0 "
+                "listens: choose a free port (the same --coordinator for every process)")
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; else unused
-    jax.distributed.initialize(coordinator_address=args.coordinator,
-                               num_processes=args.num_processes, process_id=args.process_id)
+    print(f"{PROG}: process {args.process_id} of {args.num_processes}: joining at "
+          f"{args.coordinator} (waiting up to {args.join_timeout} s for all processes)",
+          file=sys.stderr, flush=True)
+    joined = threading.Event()
+
+    def give_up() -> None:  # JAX itself would abort later, with a C++ stack trace (exit 134)
+        if not joined.wait(args.join_timeout):
+            print(f"{PROG}: error: --coordinator: process {args.process_id}: not all "
+                  f"{args.num_processes} processes joined at {args.coordinator} within "
+                  f"{args.join_timeout} s (--join-timeout); start every process with the same "
+                  "--coordinator and --num-processes, each --process-id once, process 0 on "
+                  "HOST", file=sys.stderr, flush=True)
+            os._exit(2)
+
+    threading.Thread(target=give_up, daemon=True).start()
+    try:  # the GIL is released while it waits, so give_up runs
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id,
+                                   initialization_timeout=2 * args.join_timeout + 30)
+    finally:
+        joined.set()
     return None
 
 
@@ -224,6 +264,12 @@ def main(argv=None) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
+    if args.coordinator is not None:  # gloo prints '[Gloo] Rank I is connected ...' on fd 1:
+        sys.stdout.flush()  # keep stdout for the JSON line alone (scripts parse it)
+        json_fd = os.dup(1)
+        os.dup2(2, 1)
+    else:
+        json_fd = None
     if os.path.samefile(args.logs, args.heldout):
         print(f"{PROG}: warning: --heldout is the same file as --logs: checkpoints are then "
               "selected on the rows they were trained on, and the selected value and gain are "
@@ -244,11 +290,27 @@ def main(argv=None) -> int:
     except NonFiniteLossError as err:
         print(f"{PROG}: error: --logs: {_non_finite_message(err, args.logs)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - only a peer's failure, below; others re-raised
+        import jax
+
+        if json_fd is None or not isinstance(err, jax.errors.JaxRuntimeError):
+            raise
+        # another process stopped (Ctrl-C, kill, crash): a collective failed here; exit now,
+        # without JAX's shutdown barrier, which would wait minutes for the gone process
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"{PROG}: error: process {args.process_id}: another process of the run stopped "
+              f"({first}); committed checkpoints stay: rerun every process with the same "
+              "command to resume", file=sys.stderr, flush=True)
+        os._exit(1)
     except KeyboardInterrupt:  # committed checkpoints and exports stay; the next run resumes
         print(f"{PROG}: interrupted (resume with the same command)", file=sys.stderr)
         return 130
     # the sentence for people on stderr, then the JSON line alone on stdout (scripts parse it)
     print(selection.describe(out), file=sys.stderr, flush=True)
+    if json_fd is not None:
+        sys.stdout.flush()
+        os.dup2(json_fd, 1)
+        os.close(json_fd)
     print(json.dumps({k: out.get(k) for k in ("step", "value", "gain_over_global", "gain_shown",
                                                "global_action", "final_step")}))
     return 0
