@@ -148,6 +148,20 @@ def test_a_process_whose_peers_never_come_stops_after_join_timeout(sim_logs, tmp
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_joining_ends_the_wait_at_once(sim_logs, tmp_path):
+    # before: Python raises KeyboardInterrupt only once JAX returns: the wait went on to the
+    # join timeout (300 s, then SIGABRT)
+    p = _start(sim_logs, tmp_path / "w", _free_port(), 0, "--join-timeout", "200")
+    first = p.stderr.readline()
+    assert first.startswith("python -m train: process 0 of 2: joining at 127.0.0.1:")
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)  # far below the 200 s join timeout
+    assert p.returncode == 130, err
+    assert err.strip() == "python -m train: interrupted"
+
+
+@pytest.mark.slow
 def test_processes_with_other_seeds_both_stop_with_the_same_line(sim_logs, tmp_path):
     port = _free_port()
     ps = [_start(sim_logs, tmp_path / "w", port, 0),

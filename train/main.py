@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import select
+import signal
 import socket
 import sys
 import threading
@@ -108,24 +110,40 @@ def _distributed(args: argparse.Namespace) -> str | None:
     print(f"{PROG}: process {args.process_id} of {args.num_processes}: joining at "
           f"{args.coordinator} (waiting up to {args.join_timeout} s for all processes)",
           file=sys.stderr, flush=True)
-    joined = threading.Event()
+    # a watchdog thread (the GIL is released while JAX waits): Ctrl-C, which Python would only
+    # raise once JAX returns, and --join-timeout (JAX itself would abort later, exit 134 with a
+    # C++ stack trace) end the wait with one line; the signal handler's wakeup byte wakes it
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    old_fd = signal.set_wakeup_fd(wake_w.fileno())
 
-    def give_up() -> None:  # JAX itself would abort later, with a C++ stack trace (exit 134)
-        if not joined.wait(args.join_timeout):
-            print(f"{PROG}: error: --coordinator: process {args.process_id}: not all "
-                  f"{args.num_processes} processes joined at {args.coordinator} within "
-                  f"{args.join_timeout} s (--join-timeout); start every process with the same "
-                  "--coordinator and --num-processes, each --process-id once, process 0 on "
-                  "HOST", file=sys.stderr, flush=True)
-            os._exit(2)
+    def give_up() -> None:
+        ready = select.select([wake_r], [], [], args.join_timeout)[0]
+        got = wake_r.recv(64) if ready else b""
+        if b"\0" in got:  # joined
+            return
+        if got:  # a signal: SIGINT
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            os._exit(130)
+        print(f"{PROG}: error: --coordinator: process {args.process_id}: not all "
+              f"{args.num_processes} processes joined at {args.coordinator} within "
+              f"{args.join_timeout} s (--join-timeout); start every process with the same "
+              "--coordinator and --num-processes, each --process-id once, process 0 on "
+              "HOST", file=sys.stderr, flush=True)
+        os._exit(2)
 
-    threading.Thread(target=give_up, daemon=True).start()
-    try:  # the GIL is released while it waits, so give_up runs
+    watchdog = threading.Thread(target=give_up, daemon=True)
+    watchdog.start()
+    try:
         jax.distributed.initialize(coordinator_address=args.coordinator,
                                    num_processes=args.num_processes, process_id=args.process_id,
                                    initialization_timeout=2 * args.join_timeout + 30)
     finally:
-        joined.set()
+        signal.set_wakeup_fd(old_fd)
+        wake_w.send(b"\0")
+        watchdog.join()
+        wake_r.close()
+        wake_w.close()
     return None
 
 
