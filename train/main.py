@@ -32,6 +32,7 @@ from train.workdir_lock import WorkdirInUseError
 
 PRESETS = {"tiny": TrainConfig.tiny, "default": TrainConfig.default, "obd": TrainConfig.obd}
 PROG = "python -m train"
+JOINED = False  # this process joined a multi-process run (``_distributed``)
 
 
 def _preset_values(field: str) -> str:
@@ -144,6 +145,11 @@ def _distributed(args: argparse.Namespace) -> str | None:
         watchdog.join()
         wake_r.close()
         wake_w.close()
+    global JOINED
+    JOINED = True
+    # JAX's preemption notifier now holds SIGTERM and the process would train on: a `kill`
+    # stops it as Ctrl-C does instead (the step in progress, exit 130; the peers exit 1)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return None
 
 
